@@ -1,0 +1,381 @@
+// Per-pixel arithmetic shared by the CPU and the CUDA kernels.
+//
+// Everything here is a small inline function that compiles for the host and, under nvcc, for the
+// device. The CPU kernels and the CUDA kernels call the same functions, so the CPU tests exercise
+// the arithmetic that the GPU runs. SPEC.md sections 1 to 5 define what is computed; the comments
+// here say how.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define JDRL_HD __host__ __device__ __forceinline__
+#else
+#define JDRL_HD inline
+#endif
+
+namespace jdrl {
+
+// ---------------------------------------------------------------------------------------------
+// Seed layout (SPEC 1): level r = 1..m-1 owns r + 1 seed channels, packed in order of r.
+
+JDRL_HD int seed_offset(int radius) { return (radius - 1) * (radius + 2) / 2; }
+JDRL_HD int seed_channels(int levels) { return (levels - 1) * (levels + 2) / 2; }
+
+JDRL_HD int imin(int a, int b) { return a < b ? a : b; }
+JDRL_HD int imax(int a, int b) { return a > b ? a : b; }
+JDRL_HD int iabs(int a) { return a < 0 ? -a : a; }
+JDRL_HD int64_t clamp_index(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+
+// floor(sqrt(n)) for n >= 0, exact: the float estimate is corrected with integer arithmetic.
+JDRL_HD int isqrt_floor(int n) {
+  int root = static_cast<int>(sqrt(static_cast<double>(n)));
+  while (root * root > n) --root;
+  while ((root + 1) * (root + 1) <= n) ++root;
+  return root;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Polar interpolation (SPEC 2). An offset with dx^2 + dy^2 = squared lies at rho = sqrt(squared);
+// its logit at level `radius` is (1 - f) * a_l + f * a_{l+1}, l = floor(rho), f = rho - l.
+
+template <typename acc_t>
+struct PolarTap {
+  bool inside;  // dx^2 + dy^2 <= r^2, decided on integers
+  int lower;    // l, a seed index in [0, r]
+  int upper;    // l + 1, or l where f == 0 (the rim)
+  acc_t frac;   // f in [0, 1)
+};
+
+template <typename acc_t>
+JDRL_HD PolarTap<acc_t> polar_tap(int squared, int radius) {
+  PolarTap<acc_t> tap;
+  tap.inside = squared <= radius * radius;
+  tap.lower = isqrt_floor(squared);
+  tap.frac = static_cast<acc_t>(sqrt(static_cast<double>(squared)) - tap.lower);
+  tap.upper = tap.frac == acc_t(0) ? tap.lower : imin(tap.lower + 1, radius);
+  return tap;
+}
+
+// The logit of an inside tap. f == 0 reads a_l alone, so a_{l+1} never enters (0 * inf is NaN).
+template <typename acc_t>
+JDRL_HD acc_t polar_logit(const PolarTap<acc_t>& tap, acc_t a_lower, acc_t a_upper) {
+  return tap.frac == acc_t(0) ? a_lower : (acc_t(1) - tap.frac) * a_lower + tap.frac * a_upper;
+}
+
+// Running maximum that lets a NaN through: once NaN, always NaN, so NaN seeds give NaN kernels.
+template <typename acc_t>
+JDRL_HD acc_t nan_max(acc_t running, acc_t value) {
+  return (value != value || value > running) ? value : running;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Isotropic kernels of one pixel (SPEC 2). `seeds` points at channel 0 of this pixel, channels
+// `seed_stride` apart; `kernels` likewise with K*K taps, t = (dy + r) * K + (dx + r).
+
+template <typename scalar_t, typename acc_t>
+JDRL_HD acc_t kernel_logit(const scalar_t* seeds, int64_t seed_stride, int dy, int dx, int radius,
+                           bool disk, bool* in_softmax) {
+  const PolarTap<acc_t> tap = polar_tap<acc_t>(dy * dy + dx * dx, radius);
+  *in_softmax = tap.inside || !disk;
+  if (!tap.inside) return acc_t(0);  // window support: the corners keep logit 0
+  return polar_logit<acc_t>(tap, static_cast<acc_t>(seeds[tap.lower * seed_stride]),
+                            static_cast<acc_t>(seeds[tap.upper * seed_stride]));
+}
+
+// Maximum logit and softmax denominator of one pixel's kernel.
+template <typename scalar_t, typename acc_t>
+JDRL_HD void kernel_softmax_stats(const scalar_t* seeds, int64_t seed_stride, int radius, bool disk,
+                                  acc_t* max_logit, acc_t* denominator) {
+  acc_t running = static_cast<acc_t>(seeds[0]);  // the centre tap is always in the softmax
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      bool used;
+      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
+      if (used) running = nan_max(running, z);
+    }
+  }
+  acc_t sum = 0;
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      bool used;
+      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
+      if (used) sum += exp(z - running);
+    }
+  }
+  *max_logit = running;
+  *denominator = sum;
+}
+
+template <typename scalar_t, typename acc_t>
+JDRL_HD void isotropic_kernel_pixel(const scalar_t* seeds, int64_t seed_stride, int radius, bool disk,
+                                    scalar_t* kernels, int64_t kernel_stride) {
+  acc_t max_logit, denominator;
+  kernel_softmax_stats<scalar_t, acc_t>(seeds, seed_stride, radius, disk, &max_logit, &denominator);
+  const int size = 2 * radius + 1;
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      bool used;
+      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
+      const int t = (dy + radius) * size + (dx + radius);
+      kernels[t * kernel_stride] = static_cast<scalar_t>(used ? exp(z - max_logit) / denominator : acc_t(0));
+    }
+  }
+}
+
+// Softmax backward of one pixel: dz_t = k_t (g_t - sum_s k_s g_s), then each inside tap's dz goes
+// to its two seeds with the interpolation weights (1 - f) and f.
+template <typename scalar_t, typename acc_t>
+JDRL_HD void isotropic_kernel_pixel_backward(const scalar_t* grad_kernels, int64_t kernel_stride,
+                                             const scalar_t* seeds, int64_t seed_stride, int radius,
+                                             bool disk, acc_t* grad_seeds) {
+  acc_t max_logit, denominator;
+  kernel_softmax_stats<scalar_t, acc_t>(seeds, seed_stride, radius, disk, &max_logit, &denominator);
+  const int size = 2 * radius + 1;
+  acc_t expected_grad = 0;  // sum_s k_s g_s
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      bool used;
+      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
+      if (!used) continue;
+      const int t = (dy + radius) * size + (dx + radius);
+      expected_grad += exp(z - max_logit) / denominator * static_cast<acc_t>(grad_kernels[t * kernel_stride]);
+    }
+  }
+  // grad_seeds is in the accumulation type (a float32 scratch tensor for half inputs), so the
+  // scattered sums keep their precision.
+  for (int s = 0; s <= radius; ++s) grad_seeds[s * seed_stride] = acc_t(0);
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      const PolarTap<acc_t> tap = polar_tap<acc_t>(dy * dy + dx * dx, radius);
+      if (!tap.inside) continue;  // corner logits are constant: no seed gradient
+      bool used;
+      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
+      const int t = (dy + radius) * size + (dx + radius);
+      const acc_t k = exp(z - max_logit) / denominator;
+      const acc_t dz = k * (static_cast<acc_t>(grad_kernels[t * kernel_stride]) - expected_grad);
+      grad_seeds[tap.lower * seed_stride] += (acc_t(1) - tap.frac) * dz;
+      if (tap.frac != acc_t(0)) grad_seeds[tap.upper * seed_stride] += tap.frac * dz;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orbits (SPEC 4). The offsets of a (2m-1)^2 window fall into the symmetry orbits
+// (a, b) = (max(|dx|, |dy|), min(|dx|, |dy|)), 0 <= b <= a <= m - 1, indexed o = a(a+1)/2 + b, so
+// the orbits that level r's square window covers (a <= r) are exactly the prefix o < (r+1)(r+2)/2.
+
+JDRL_HD int orbit_count(int levels) { return levels * (levels + 1) / 2; }
+JDRL_HD int orbit_index(int a, int b) { return a * (a + 1) / 2 + b; }
+JDRL_HD int orbit_of_offset(int dy, int dx) {
+  const int ay = iabs(dy), ax = iabs(dx);
+  return ay > ax ? orbit_index(ay, ax) : orbit_index(ax, ay);
+}
+JDRL_HD int orbit_size(int a, int b) { return a == 0 ? 1 : ((b == 0 || b == a) ? 4 : 8); }
+
+// The logit of orbit (a, b) at level `radius` (a <= radius), and whether it is in the softmax.
+template <typename scalar_t, typename acc_t>
+JDRL_HD acc_t orbit_logit(const scalar_t* level_seeds, int64_t seed_stride, int a, int b, int radius,
+                          bool disk, bool* in_softmax, PolarTap<acc_t>* tap_out) {
+  const PolarTap<acc_t> tap = polar_tap<acc_t>(a * a + b * b, radius);
+  *tap_out = tap;
+  *in_softmax = tap.inside || !disk;
+  if (!tap.inside) return acc_t(0);
+  return polar_logit<acc_t>(tap, static_cast<acc_t>(level_seeds[tap.lower * seed_stride]),
+                            static_cast<acc_t>(level_seeds[tap.upper * seed_stride]));
+}
+
+// Softmax statistics of level `radius` over its orbits, each orbit counting orbit_size taps.
+template <typename scalar_t, typename acc_t>
+JDRL_HD void level_softmax_stats(const scalar_t* level_seeds, int64_t seed_stride, int radius, bool disk,
+                                 acc_t* max_logit, acc_t* denominator) {
+  acc_t running = static_cast<acc_t>(level_seeds[0]);
+  PolarTap<acc_t> tap;
+  for (int a = 0; a <= radius; ++a) {
+    for (int b = 0; b <= a; ++b) {
+      bool used;
+      const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
+      if (used) running = nan_max(running, z);
+    }
+  }
+  acc_t sum = 0;
+  for (int a = 0; a <= radius; ++a) {
+    for (int b = 0; b <= a; ++b) {
+      bool used;
+      const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
+      if (used) sum += static_cast<acc_t>(orbit_size(a, b)) * exp(z - running);
+    }
+  }
+  *max_logit = running;
+  *denominator = sum;
+}
+
+// The radial kernel of one pixel: Wt(o) = [o == 0] w_0 + sum_{r >= a(o)} w_r k_r(o), with k_r(o) the
+// per-tap softmax weight of orbit o at level r. Written to orbit_weights[o * stride], o < m(m+1)/2.
+template <typename scalar_t, typename acc_t>
+JDRL_HD void reblur_orbit_weights(const scalar_t* seeds, int64_t seed_stride, const scalar_t* weights,
+                                  int64_t weight_stride, int levels, bool disk, acc_t* orbit_weights,
+                                  int64_t orbit_stride) {
+  const int orbits = orbit_count(levels);
+  orbit_weights[0] = static_cast<acc_t>(weights[0]);
+  for (int o = 1; o < orbits; ++o) orbit_weights[o * orbit_stride] = acc_t(0);
+  PolarTap<acc_t> tap;
+  for (int radius = 1; radius < levels; ++radius) {
+    const scalar_t* level_seeds = seeds + seed_offset(radius) * seed_stride;
+    acc_t max_logit, denominator;
+    level_softmax_stats<scalar_t, acc_t>(level_seeds, seed_stride, radius, disk, &max_logit, &denominator);
+    const acc_t scale = static_cast<acc_t>(weights[radius * weight_stride]) / denominator;
+    for (int a = 0; a <= radius; ++a) {
+      for (int b = 0; b <= a; ++b) {
+        bool used;
+        const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
+        if (used) orbit_weights[orbit_index(a, b) * orbit_stride] += scale * exp(z - max_logit);
+      }
+    }
+  }
+}
+
+// Seed and weight gradients of one pixel, given orbit_grad[o] = sum_c grad_out[c] * S_o[c], the
+// gradient of the loss with respect to Wt(o). Per level r with per-tap weights k_r(o):
+//   d/dw_r = sum_o k_r(o) orbit_grad[o]
+//   d/dz_r(o) = w_r k_r(o) (orbit_grad[o] - |o| d/dw_r)    (softmax backward, |o| taps share z_r(o))
+template <typename scalar_t, typename acc_t>
+JDRL_HD void reblur_param_backward(const acc_t* orbit_grad, int64_t orbit_stride, const scalar_t* seeds,
+                                   int64_t seed_stride, const scalar_t* weights, int64_t weight_stride,
+                                   int levels, bool disk, acc_t* grad_seeds, scalar_t* grad_weights) {
+  grad_weights[0] = static_cast<scalar_t>(orbit_grad[0]);
+  PolarTap<acc_t> tap;
+  for (int radius = 1; radius < levels; ++radius) {
+    const scalar_t* level_seeds = seeds + seed_offset(radius) * seed_stride;
+    acc_t* level_grad = grad_seeds + seed_offset(radius) * seed_stride;
+    acc_t max_logit, denominator;
+    level_softmax_stats<scalar_t, acc_t>(level_seeds, seed_stride, radius, disk, &max_logit, &denominator);
+    acc_t grad_weight = 0;
+    for (int a = 0; a <= radius; ++a) {
+      for (int b = 0; b <= a; ++b) {
+        bool used;
+        const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
+        if (used) grad_weight += exp(z - max_logit) / denominator * orbit_grad[orbit_index(a, b) * orbit_stride];
+      }
+    }
+    grad_weights[radius * weight_stride] = static_cast<scalar_t>(grad_weight);
+    const acc_t weight = static_cast<acc_t>(weights[radius * weight_stride]);
+    for (int s = 0; s <= radius; ++s) level_grad[s * seed_stride] = acc_t(0);
+    for (int a = 0; a <= radius; ++a) {
+      for (int b = 0; b <= a; ++b) {
+        bool used;
+        const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
+        if (!tap.inside) continue;
+        const acc_t k = exp(z - max_logit) / denominator;
+        const acc_t dz = weight * k *
+                         (orbit_grad[orbit_index(a, b) * orbit_stride] - static_cast<acc_t>(orbit_size(a, b)) * grad_weight);
+        level_grad[tap.lower * seed_stride] += (acc_t(1) - tap.frac) * dz;
+        if (tap.frac != acc_t(0)) level_grad[tap.upper * seed_stride] += tap.frac * dz;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Border folding for the transposed convolutions (image gradients of sv_conv and reblur).
+// The forward pass reads the extended image Ie at e = p + d, e in [-R, n - 1 + R]. Pixel q of the
+// real image receives the gradient of every extended position that the padding maps onto it:
+// "replicate": [-R, 0] onto 0, [n-1, n-1+R] onto n-1, q alone elsewhere; "zeros": q alone.
+JDRL_HD void folded_range(int q, int n, int radius, bool replicate, int* first, int* last) {
+  *first = q;
+  *last = q;
+  if (replicate) {
+    if (q == 0) *first = -radius;
+    if (q == n - 1) *last = n - 1 + radius;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bilinear taps (SPEC 5): sample at (sx, sy) = (x + flow_x, y + flow_y), align_corners=True.
+// "border" clamps the coordinate to [0, n-1] and then has zero gradient there, as grid_sample
+// does (a coordinate on or past the border counts as clamped); "zeros" drops taps outside.
+
+template <typename acc_t>
+struct BilinearTaps {
+  int64_t x0, y0;      // top-left tap; the others are x0 + 1, y0 + 1
+  acc_t wx, wy;        // fractional parts: weights (1 - wx, wx), (1 - wy, wy)
+  acc_t dsx_dflow;     // 1 where the x coordinate moves with the flow, 0 where clamped
+  acc_t dsy_dflow;
+};
+
+template <typename acc_t>
+JDRL_HD acc_t clamp_coordinate(acc_t coordinate, int64_t n, acc_t* slope) {
+  const acc_t high = static_cast<acc_t>(n - 1);
+  if (coordinate <= acc_t(0)) {
+    *slope = acc_t(0);
+    return acc_t(0);
+  }
+  if (coordinate >= high) {
+    *slope = acc_t(0);
+    return high;
+  }
+  *slope = acc_t(1);
+  return coordinate;
+}
+
+template <typename acc_t>
+JDRL_HD BilinearTaps<acc_t> bilinear_taps(int64_t y, int64_t x, acc_t flow_x, acc_t flow_y, int64_t height,
+                                          int64_t width, bool border) {
+  acc_t sx = static_cast<acc_t>(x) + flow_x;
+  acc_t sy = static_cast<acc_t>(y) + flow_y;
+  BilinearTaps<acc_t> taps;
+  taps.dsx_dflow = acc_t(1);
+  taps.dsy_dflow = acc_t(1);
+  if (border) {
+    // A NaN coordinate fails both comparisons and stays NaN.
+    if (sx == sx) sx = clamp_coordinate(sx, width, &taps.dsx_dflow);
+    if (sy == sy) sy = clamp_coordinate(sy, height, &taps.dsy_dflow);
+  }
+  const acc_t fx = floor(sx), fy = floor(sy);
+  taps.wx = sx - fx;
+  taps.wy = sy - fy;
+  // Far-away or NaN coordinates would overflow the integer cast: park them outside the image.
+  const acc_t limit = static_cast<acc_t>(width + height + 4);
+  taps.x0 = (fx == fx && fx > -limit && fx < limit) ? static_cast<int64_t>(fx) : -2;
+  taps.y0 = (fy == fy && fy > -limit && fy < limit) ? static_cast<int64_t>(fy) : -2;
+  return taps;
+}
+
+JDRL_HD bool tap_inside(int64_t y, int64_t x, int64_t height, int64_t width) {
+  return y >= 0 && y < height && x >= 0 && x < width;
+}
+
+// Bilinear sample of one plane; a tap outside the image counts as 0 (with border padding the
+// coordinate was clamped, so only taps of weight 0 can fall outside).
+template <typename scalar_t, typename acc_t>
+JDRL_HD acc_t bilinear_sample(const scalar_t* plane, int64_t height, int64_t width, const BilinearTaps<acc_t>& taps) {
+  acc_t value = 0;
+  const acc_t w[2][2] = {{(acc_t(1) - taps.wy) * (acc_t(1) - taps.wx), (acc_t(1) - taps.wy) * taps.wx},
+                         {taps.wy * (acc_t(1) - taps.wx), taps.wy * taps.wx}};
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      const int64_t ty = taps.y0 + i, tx = taps.x0 + j;
+      if (tap_inside(ty, tx, height, width)) value += w[i][j] * static_cast<acc_t>(plane[ty * width + tx]);
+    }
+  }
+  return value;
+}
+
+// The gradient of one sample with respect to the sampling coordinate (d/dsx, d/dsy), before the
+// clamping slope is applied.
+template <typename scalar_t, typename acc_t>
+JDRL_HD void bilinear_coordinate_grad(const scalar_t* plane, int64_t height, int64_t width,
+                                      const BilinearTaps<acc_t>& taps, acc_t* d_sx, acc_t* d_sy) {
+  acc_t v[2][2];
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      const int64_t ty = taps.y0 + i, tx = taps.x0 + j;
+      v[i][j] = tap_inside(ty, tx, height, width) ? static_cast<acc_t>(plane[ty * width + tx]) : acc_t(0);
+    }
+  }
+  *d_sx = (acc_t(1) - taps.wy) * (v[0][1] - v[0][0]) + taps.wy * (v[1][1] - v[1][0]);
+  *d_sy = (acc_t(1) - taps.wx) * (v[1][0] - v[0][0]) + taps.wx * (v[1][1] - v[0][1]);
+}
+
+}  // namespace jdrl
