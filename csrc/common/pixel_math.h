@@ -28,13 +28,12 @@ JDRL_HD int imax(int a, int b) { return a > b ? a : b; }
 JDRL_HD int iabs(int a) { return a < 0 ? -a : a; }
 JDRL_HD int64_t clamp_index(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
-// floor(sqrt(n)) for n >= 0, exact: the float estimate is corrected with integer arithmetic.
-JDRL_HD int isqrt_floor(int n) {
-  int root = static_cast<int>(sqrt(static_cast<double>(n)));
-  while (root * root > n) --root;
-  while ((root + 1) * (root + 1) <= n) ++root;
-  return root;
-}
+// exp and sqrt in the precision of the accumulator: float math for float (expf is several times
+// cheaper than the double exp that an unqualified exp(float) may resolve to on the host).
+JDRL_HD float math_exp(float x) { return expf(x); }
+JDRL_HD double math_exp(double x) { return exp(x); }
+JDRL_HD float math_sqrt(float x) { return sqrtf(x); }
+JDRL_HD double math_sqrt(double x) { return sqrt(x); }
 
 // ---------------------------------------------------------------------------------------------
 // Polar interpolation (SPEC 2). An offset with dx^2 + dy^2 = squared lies at rho = sqrt(squared);
@@ -52,8 +51,13 @@ template <typename acc_t>
 JDRL_HD PolarTap<acc_t> polar_tap(int squared, int radius) {
   PolarTap<acc_t> tap;
   tap.inside = squared <= radius * radius;
-  tap.lower = isqrt_floor(squared);
-  tap.frac = static_cast<acc_t>(sqrt(static_cast<double>(squared)) - tap.lower);
+  const acc_t rho = math_sqrt(static_cast<acc_t>(squared));  // exact for perfect squares
+  int lower = static_cast<int>(rho);
+  // floor(sqrt) decided on integers, in case rounding put rho on the wrong side of an integer.
+  while (lower * lower > squared) --lower;
+  while ((lower + 1) * (lower + 1) <= squared) ++lower;
+  tap.lower = lower;
+  tap.frac = lower * lower == squared ? acc_t(0) : rho - static_cast<acc_t>(lower);
   tap.upper = tap.frac == acc_t(0) ? tap.lower : imin(tap.lower + 1, radius);
   return tap;
 }
@@ -101,7 +105,7 @@ JDRL_HD void kernel_softmax_stats(const scalar_t* seeds, int64_t seed_stride, in
     for (int dx = -radius; dx <= radius; ++dx) {
       bool used;
       const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
-      if (used) sum += exp(z - running);
+      if (used) sum += math_exp(z - running);
     }
   }
   *max_logit = running;
@@ -119,7 +123,7 @@ JDRL_HD void isotropic_kernel_pixel(const scalar_t* seeds, int64_t seed_stride, 
       bool used;
       const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
       const int t = (dy + radius) * size + (dx + radius);
-      kernels[t * kernel_stride] = static_cast<scalar_t>(used ? exp(z - max_logit) / denominator : acc_t(0));
+      kernels[t * kernel_stride] = static_cast<scalar_t>(used ? math_exp(z - max_logit) / denominator : acc_t(0));
     }
   }
 }
@@ -140,7 +144,7 @@ JDRL_HD void isotropic_kernel_pixel_backward(const scalar_t* grad_kernels, int64
       const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
       if (!used) continue;
       const int t = (dy + radius) * size + (dx + radius);
-      expected_grad += exp(z - max_logit) / denominator * static_cast<acc_t>(grad_kernels[t * kernel_stride]);
+      expected_grad += math_exp(z - max_logit) / denominator * static_cast<acc_t>(grad_kernels[t * kernel_stride]);
     }
   }
   // grad_seeds is in the accumulation type (a float32 scratch tensor for half inputs), so the
@@ -153,7 +157,7 @@ JDRL_HD void isotropic_kernel_pixel_backward(const scalar_t* grad_kernels, int64
       bool used;
       const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
       const int t = (dy + radius) * size + (dx + radius);
-      const acc_t k = exp(z - max_logit) / denominator;
+      const acc_t k = math_exp(z - max_logit) / denominator;
       const acc_t dz = k * (static_cast<acc_t>(grad_kernels[t * kernel_stride]) - expected_grad);
       grad_seeds[tap.lower * seed_stride] += (acc_t(1) - tap.frac) * dz;
       if (tap.frac != acc_t(0)) grad_seeds[tap.upper * seed_stride] += tap.frac * dz;
@@ -204,7 +208,7 @@ JDRL_HD void level_softmax_stats(const scalar_t* level_seeds, int64_t seed_strid
     for (int b = 0; b <= a; ++b) {
       bool used;
       const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
-      if (used) sum += static_cast<acc_t>(orbit_size(a, b)) * exp(z - running);
+      if (used) sum += static_cast<acc_t>(orbit_size(a, b)) * math_exp(z - running);
     }
   }
   *max_logit = running;
@@ -230,7 +234,7 @@ JDRL_HD void reblur_orbit_weights(const scalar_t* seeds, int64_t seed_stride, co
       for (int b = 0; b <= a; ++b) {
         bool used;
         const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
-        if (used) orbit_weights[orbit_index(a, b) * orbit_stride] += scale * exp(z - max_logit);
+        if (used) orbit_weights[orbit_index(a, b) * orbit_stride] += scale * math_exp(z - max_logit);
       }
     }
   }
@@ -256,7 +260,7 @@ JDRL_HD void reblur_param_backward(const acc_t* orbit_grad, int64_t orbit_stride
       for (int b = 0; b <= a; ++b) {
         bool used;
         const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
-        if (used) grad_weight += exp(z - max_logit) / denominator * orbit_grad[orbit_index(a, b) * orbit_stride];
+        if (used) grad_weight += math_exp(z - max_logit) / denominator * orbit_grad[orbit_index(a, b) * orbit_stride];
       }
     }
     grad_weights[radius * weight_stride] = static_cast<scalar_t>(grad_weight);
@@ -267,12 +271,130 @@ JDRL_HD void reblur_param_backward(const acc_t* orbit_grad, int64_t orbit_stride
         bool used;
         const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
         if (!tap.inside) continue;
-        const acc_t k = exp(z - max_logit) / denominator;
+        const acc_t k = math_exp(z - max_logit) / denominator;
         const acc_t dz = weight * k *
                          (orbit_grad[orbit_index(a, b) * orbit_stride] - static_cast<acc_t>(orbit_size(a, b)) * grad_weight);
         level_grad[tap.lower * seed_stride] += (acc_t(1) - tap.frac) * dz;
         if (tap.frac != acc_t(0)) level_grad[tap.upper * seed_stride] += tap.frac * dz;
       }
+    }
+  }
+}
+
+// The same two computations with a precomputed table of the orbits' polar positions and a scratch
+// of m(m+1)/2 values per pixel, so each (level, orbit) costs one exponential (SPEC 4 counts 119 for
+// m = 8) instead of recomputing square roots and exponentials pass after pass.
+
+template <typename acc_t>
+struct OrbitPolar {
+  int squared;  // a^2 + b^2: the orbit is inside level r's disk when squared <= r^2
+  int lower;    // l = floor(rho)
+  int upper;    // l + 1, or l where f == 0
+  acc_t frac;   // f = rho - l
+  acc_t size;   // number of offsets in the orbit (1, 4 or 8)
+};
+
+template <typename acc_t>
+JDRL_HD void fill_orbit_table(int levels, OrbitPolar<acc_t>* table) {
+  for (int a = 0; a < levels; ++a) {
+    for (int b = 0; b <= a; ++b) {
+      const PolarTap<acc_t> tap = polar_tap<acc_t>(a * a + b * b, a + 1);  // radius a + 1: upper never clamps
+      OrbitPolar<acc_t>& entry = table[orbit_index(a, b)];
+      entry.squared = a * a + b * b;
+      entry.lower = tap.lower;
+      entry.upper = tap.upper;
+      entry.frac = tap.frac;
+      entry.size = static_cast<acc_t>(orbit_size(a, b));
+    }
+  }
+}
+
+// Per-tap softmax weights k_r(o) of level `radius` into probs[o * probs_stride] for the orbits
+// o < (r+1)(r+2)/2 of its square window (0 for the corners under "disk").
+template <typename scalar_t, typename acc_t>
+JDRL_HD void level_tap_weights(const scalar_t* level_seeds, int64_t seed_stride, int radius, bool disk,
+                               const OrbitPolar<acc_t>* table, acc_t* probs, int64_t probs_stride) {
+  const int orbits = orbit_count(radius + 1);
+  const int radius_squared = radius * radius;
+  acc_t max_logit = static_cast<acc_t>(level_seeds[0]);
+  for (int o = 0; o < orbits; ++o) {
+    const OrbitPolar<acc_t>& orbit = table[o];
+    acc_t z = 0;  // window support: the corners keep logit 0
+    if (orbit.squared <= radius_squared) {
+      const acc_t a_lower = static_cast<acc_t>(level_seeds[orbit.lower * seed_stride]);
+      z = orbit.frac == acc_t(0)
+              ? a_lower
+              : (acc_t(1) - orbit.frac) * a_lower + orbit.frac * static_cast<acc_t>(level_seeds[orbit.upper * seed_stride]);
+    } else if (disk) {
+      continue;
+    }
+    probs[o * probs_stride] = z;
+    max_logit = nan_max(max_logit, z);
+  }
+  acc_t denominator = 0;
+  for (int o = 0; o < orbits; ++o) {
+    if (disk && table[o].squared > radius_squared) {
+      probs[o * probs_stride] = acc_t(0);
+      continue;
+    }
+    const acc_t e = math_exp(probs[o * probs_stride] - max_logit);
+    probs[o * probs_stride] = e;
+    denominator += table[o].size * e;
+  }
+  const acc_t inverse = acc_t(1) / denominator;
+  for (int o = 0; o < orbits; ++o) probs[o * probs_stride] *= inverse;
+}
+
+// Wt(o) of one pixel, as reblur_orbit_weights, into orbit_weights[o * stride].
+template <typename scalar_t, typename acc_t>
+JDRL_HD void radial_kernel(const scalar_t* seeds, int64_t seed_stride, const scalar_t* weights, int64_t weight_stride,
+                           int levels, bool disk, const OrbitPolar<acc_t>* table, acc_t* probs, int64_t probs_stride,
+                           acc_t* orbit_weights, int64_t orbit_stride) {
+  const int orbits = orbit_count(levels);
+  orbit_weights[0] = static_cast<acc_t>(weights[0]);
+  for (int o = 1; o < orbits; ++o) orbit_weights[o * orbit_stride] = acc_t(0);
+  for (int radius = 1; radius < levels; ++radius) {
+    level_tap_weights<scalar_t, acc_t>(seeds + seed_offset(radius) * seed_stride, seed_stride, radius, disk, table,
+                                       probs, probs_stride);
+    const acc_t weight = static_cast<acc_t>(weights[radius * weight_stride]);
+    const int level_orbits = orbit_count(radius + 1);
+    for (int o = 0; o < level_orbits; ++o) orbit_weights[o * orbit_stride] += weight * probs[o * probs_stride];
+  }
+}
+
+// Seed and weight gradients of one pixel, as reblur_param_backward; also writes Wt(o) into
+// orbit_weights (the image gradient needs it) from the same softmax values.
+template <typename scalar_t, typename acc_t>
+JDRL_HD void radial_kernel_backward(const acc_t* orbit_grad, int64_t orbit_grad_stride, const scalar_t* seeds,
+                                    int64_t seed_stride, const scalar_t* weights, int64_t weight_stride, int levels,
+                                    bool disk, const OrbitPolar<acc_t>* table, acc_t* probs, int64_t probs_stride,
+                                    acc_t* grad_seeds, scalar_t* grad_weights, acc_t* orbit_weights,
+                                    int64_t orbit_stride) {
+  const int orbits = orbit_count(levels);
+  grad_weights[0] = static_cast<scalar_t>(orbit_grad[0]);
+  orbit_weights[0] = static_cast<acc_t>(weights[0]);
+  for (int o = 1; o < orbits; ++o) orbit_weights[o * orbit_stride] = acc_t(0);
+  for (int radius = 1; radius < levels; ++radius) {
+    level_tap_weights<scalar_t, acc_t>(seeds + seed_offset(radius) * seed_stride, seed_stride, radius, disk, table,
+                                       probs, probs_stride);
+    const int level_orbits = orbit_count(radius + 1);
+    const acc_t weight = static_cast<acc_t>(weights[radius * weight_stride]);
+    acc_t grad_weight = 0;
+    for (int o = 0; o < level_orbits; ++o) {
+      const acc_t k = probs[o * probs_stride];
+      grad_weight += k * orbit_grad[o * orbit_grad_stride];
+      orbit_weights[o * orbit_stride] += weight * k;
+    }
+    grad_weights[radius * weight_stride] = static_cast<scalar_t>(grad_weight);
+    acc_t* level_grad = grad_seeds + seed_offset(radius) * seed_stride;
+    for (int s = 0; s <= radius; ++s) level_grad[s * seed_stride] = acc_t(0);
+    const int radius_squared = radius * radius;
+    for (int o = 0; o < level_orbits; ++o) {
+      const OrbitPolar<acc_t>& orbit = table[o];
+      if (orbit.squared > radius_squared) continue;  // corner logits are constant
+      const acc_t dz = weight * probs[o * probs_stride] * (orbit_grad[o * orbit_grad_stride] - orbit.size * grad_weight);
+      level_grad[orbit.lower * seed_stride] += (acc_t(1) - orbit.frac) * dz;
+      if (orbit.frac != acc_t(0)) level_grad[orbit.upper * seed_stride] += orbit.frac * dz;
     }
   }
 }

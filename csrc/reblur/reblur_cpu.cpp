@@ -23,14 +23,11 @@ struct OrbitIndex {
   int operator()(int dy, int dx) const { return orbit_of_offset(dy, dx); }
 };
 
-// Wt(o) for the pixels x = 0..W-1 of one row, into row_weights[o * width + x].
 template <typename scalar_t>
-void row_orbit_weights(const scalar_t* seeds, const scalar_t* weights, int64_t plane, int64_t width,
-                       const ReblurArgs& args, scalar_t* row_weights) {
-  for (int64_t x = 0; x < width; ++x) {
-    reblur_orbit_weights<scalar_t, scalar_t>(seeds + x, plane, weights + x, plane, args.levels, args.disk,
-                                             row_weights + x, width);
-  }
+std::vector<OrbitPolar<scalar_t>> orbit_table(int levels) {
+  std::vector<OrbitPolar<scalar_t>> table(orbit_count(levels));
+  fill_orbit_table<scalar_t>(levels, table.data());
+  return table;
 }
 
 at::Tensor reblur_cpu(const at::Tensor& image_in, const at::Tensor& seeds_in, const at::Tensor& weights_in,
@@ -51,12 +48,17 @@ at::Tensor reblur_cpu(const at::Tensor& image_in, const at::Tensor& seeds_in, co
     const scalar_t* seeds_ptr = seeds.data_ptr<scalar_t>();
     const scalar_t* weights_ptr = weights.data_ptr<scalar_t>();
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
+    const std::vector<OrbitPolar<scalar_t>> table = orbit_table<scalar_t>(args.levels);
     at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> row_weights(orbits * width), row_buffer, accumulator;
+      std::vector<scalar_t> row_weights(orbits * width), probs(orbits), row_buffer, accumulator;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
-        row_orbit_weights(seeds_ptr + b * seed_count * plane + y * width,
-                          weights_ptr + b * args.levels * plane + y * width, plane, width, args, row_weights.data());
+        const scalar_t* row_seeds = seeds_ptr + b * seed_count * plane + y * width;
+        const scalar_t* row_level_weights = weights_ptr + b * args.levels * plane + y * width;
+        for (int64_t x = 0; x < width; ++x) {
+          radial_kernel<scalar_t, scalar_t>(row_seeds + x, plane, row_level_weights + x, plane, args.levels, args.disk,
+                                            table.data(), probs.data(), 1, row_weights.data() + x, width);
+        }
         cpu::apply_planes_row(image_ptr + b * channels * plane, out_ptr + b * channels * plane, channels, height, width,
                               y, radius, args.replicate, row_weights.data(), width, OrbitIndex{}, row_buffer,
                               accumulator);
@@ -101,8 +103,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_cpu(const at::Ten
     scalar_t* grad_weights_ptr = grad_weights.data_ptr<scalar_t>();
     // Pass 1, per row: the gradient with respect to each orbit weight, sum_c grad * S_o, then the
     // seed and weight gradients of each pixel; and the radial kernels for pass 2.
+    const std::vector<OrbitPolar<scalar_t>> table = orbit_table<scalar_t>(args.levels);
     at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> orbit_grad(orbits * width), row_buffer;
+      std::vector<scalar_t> orbit_grad(orbits * width), probs(orbits), row_buffer;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
         const int64_t image_base = b * channels * plane;
@@ -112,14 +115,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_cpu(const at::Ten
         cpu::correlate_planes_row(image_ptr + image_base, grad_ptr + image_base, channels, height, width, y, radius,
                                   args.replicate, orbit_grad.data(), width, OrbitIndex{}, row_buffer);
         for (int64_t x = 0; x < width; ++x) {
-          reblur_param_backward<scalar_t, scalar_t>(orbit_grad.data() + x, width, seeds_ptr + seed_base + x, plane,
-                                                    weights_ptr + weight_base + x, plane, args.levels, args.disk,
-                                                    grad_seeds_ptr + seed_base + x, grad_weights_ptr + weight_base + x);
-        }
-        for (int64_t x = 0; x < width; ++x) {
-          reblur_orbit_weights<scalar_t, scalar_t>(seeds_ptr + seed_base + x, plane, weights_ptr + weight_base + x,
-                                                   plane, args.levels, args.disk,
-                                                   orbit_weights_ptr + b * orbits * plane + y * width + x, plane);
+          radial_kernel_backward<scalar_t, scalar_t>(
+              orbit_grad.data() + x, width, seeds_ptr + seed_base + x, plane, weights_ptr + weight_base + x, plane,
+              args.levels, args.disk, table.data(), probs.data(), 1, grad_seeds_ptr + seed_base + x,
+              grad_weights_ptr + weight_base + x, orbit_weights_ptr + b * orbits * plane + y * width + x, plane);
         }
       }
     });
