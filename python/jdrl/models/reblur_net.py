@@ -1,0 +1,101 @@
+"""R: the reblurring network of paper section 3.3 (Fig. 5).
+
+From the deblurred estimate ``I_hat`` and the blurry input ``I_B`` it predicts, per pixel, the
+kernel seeds of ``m - 1`` isotropic blur levels (R_kpn, Eq. 8) and ``m`` mixing weights (R_wpn,
+Eq. 10), and reblurs ``I_hat`` with them through the fused ``jdrl_ext.reblur`` (Eq. 11), which
+never holds the per-level kernels of the whole image in memory.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from jdrl.models.common import TwoScaleResNet, he_initialize, seed_channels
+
+__all__ = ["ReblurNet", "ReblurOutput"]
+
+SUPPORTS = ("window", "disk")
+PADDING_MODES = ("replicate", "zeros")
+
+
+class ReblurOutput(NamedTuple):
+    """reblurred ``(B, 3, H, W)``; seeds ``(B, S(m), H, W)`` (raw logits, SPEC section 1 layout);
+    weights ``(B, m, H, W)``, softmax-normalized over the ``m`` levels."""
+
+    reblurred: torch.Tensor
+    seeds: torch.Tensor
+    weights: torch.Tensor
+
+
+class ReblurNet(nn.Module):
+    """``forward(sharp_est (B, 3, H, W), blurry (B, 3, H, W)) -> ReblurOutput``, any ``H, W``.
+
+    Args:
+        levels: the number of blur levels ``m`` (level 0 is the identity, level ``r`` has radius
+            ``r``); the paper uses 8.
+        width: channels of R_kpn and R_wpn at full resolution.
+        predict_seeds: with ``False`` there is no R_kpn and the seeds are fixed zeros, i.e. flat
+            kernels (the "w/o R_kpn" ablation).
+        predict_weights: with ``False`` there is no R_wpn and the weights are uniform ``1/m``
+            (the "w/o R_wpn" ablation).
+        support, padding_mode: passed to ``jdrl_ext.reblur`` (SPEC sections 2 and 3).
+        residual_blocks: residual blocks at half resolution in each branch.
+    """
+
+    def __init__(
+        self,
+        levels: int = 8,
+        width: int = 32,
+        predict_seeds: bool = True,
+        predict_weights: bool = True,
+        support: str = "window",
+        padding_mode: str = "replicate",
+        residual_blocks: int = 2,
+    ) -> None:
+        super().__init__()
+        if support not in SUPPORTS:
+            raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.levels = levels
+        self.seed_count = seed_channels(levels)
+        self.support = support
+        self.padding_mode = padding_mode
+        # Both branches see cat(I_hat, I_B): 6 channels.
+        self.kernel_net = TwoScaleResNet(6, self.seed_count, width, residual_blocks) if predict_seeds else None
+        self.weight_net = TwoScaleResNet(6, levels, width, residual_blocks) if predict_weights else None
+        he_initialize(self)
+
+    @property
+    def predict_seeds(self) -> bool:
+        return self.kernel_net is not None
+
+    @property
+    def predict_weights(self) -> bool:
+        return self.weight_net is not None
+
+    def forward(self, sharp_est: torch.Tensor, blurry: torch.Tensor) -> ReblurOutput:
+        # Imported here, not at the top, so that the deblurring networks (all that inference
+        # needs) import without the compiled ops; training cannot run without them.
+        import jdrl_ext
+
+        if sharp_est.dim() != 4 or sharp_est.shape[1] != 3 or blurry.shape != sharp_est.shape:
+            raise ValueError(
+                f"sharp_est and blurry must both be (B, 3, H, W) of one size, got {tuple(sharp_est.shape)} "
+                f"and {tuple(blurry.shape)}"
+            )
+        batch, _, height, width = sharp_est.shape
+        both = torch.cat([sharp_est, blurry], dim=1)
+        if self.kernel_net is not None:
+            seeds = self.kernel_net(both)
+        else:
+            seeds = sharp_est.new_zeros(batch, self.seed_count, height, width)
+        if self.weight_net is not None:
+            weights = torch.softmax(self.weight_net(both), dim=1)
+        else:
+            weights = sharp_est.new_full((batch, self.levels, height, width), 1.0 / self.levels)
+        reblurred = jdrl_ext.reblur(sharp_est, seeds, weights, support=self.support, padding_mode=self.padding_mode)
+        return ReblurOutput(reblurred, seeds, weights)

@@ -1,0 +1,210 @@
+"""The networks of jdrl.models: shapes on odd sizes, gradients, presets, the reblurring network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from jdrl.models import (
+    PRESETS,
+    DeblurOutput,
+    DefocusMapNet,
+    ReblurNet,
+    ReblurOutput,
+    build_deblur_net,
+    seed_channels,
+)
+
+ODD_SIZE = (37, 45)
+
+
+def assert_every_parameter_has_gradient(module: torch.nn.Module) -> None:
+    missing = [name for name, p in module.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient reached {missing}"
+    silent = [name for name, p in module.named_parameters() if not torch.any(p.grad != 0)]
+    assert not silent, f"all-zero gradient for {silent}"
+    broken = [name for name, p in module.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not broken, f"non-finite gradient for {broken}"
+
+
+def test_seed_channels_matches_the_spec_layout():
+    assert seed_channels(8) == 35
+    assert seed_channels(2) == 2
+    with pytest.raises(ValueError, match="levels"):
+        seed_channels(1)
+
+
+def test_seed_channels_agrees_with_jdrl_ext():
+    import jdrl_ext
+
+    for levels in (2, 3, 8, 10):
+        assert seed_channels(levels) == jdrl_ext.seed_channels(levels)
+
+
+@pytest.mark.parametrize("arch", ["jdrl", "unet"])
+@pytest.mark.parametrize("size", [ODD_SIZE, (32, 40), (5, 7)])
+def test_deblur_net_keeps_any_input_size(arch, size):
+    torch.manual_seed(0)
+    net = build_deblur_net(arch, "tiny")
+    blurry = torch.rand(2, 3, *size)
+    out = net(blurry)
+    assert isinstance(out, DeblurOutput)
+    assert out.sharp.shape == blurry.shape
+    if arch == "jdrl":
+        assert out.defocus_map.shape == (2, 35, *size)
+    else:
+        assert out.defocus_map is None
+
+
+def test_small_preset_shapes_and_levels():
+    torch.manual_seed(0)
+    net = build_deblur_net("jdrl", "small", levels=5)
+    out = net(torch.rand(1, 3, *ODD_SIZE))
+    assert out.sharp.shape == (1, 3, *ODD_SIZE)
+    assert out.defocus_map.shape == (1, seed_channels(5), *ODD_SIZE)
+
+
+@pytest.mark.parametrize("arch", ["jdrl", "unet"])
+def test_gradients_reach_every_parameter_of_the_deblur_net(arch):
+    torch.manual_seed(0)
+    net = build_deblur_net(arch, "tiny")
+    out = net(torch.rand(2, 3, *ODD_SIZE))
+    loss = out.sharp.square().mean()
+    if out.defocus_map is not None:
+        loss = loss + out.defocus_map.square().mean()
+    loss.backward()
+    assert_every_parameter_has_gradient(net)
+
+
+@pytest.mark.parametrize("arch", ["jdrl", "unet"])
+def test_deblur_net_starts_near_the_identity(arch):
+    # The global residual with a small last layer: the first estimates are close to I_B.
+    torch.manual_seed(0)
+    net = build_deblur_net(arch, "small")
+    blurry = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        sharp = net(blurry).sharp
+    assert (sharp - blurry).abs().mean() < 0.25
+
+
+def test_paper_presets_have_plausible_sizes():
+    counts = {}
+    for arch in PRESETS:
+        for preset in PRESETS[arch]:
+            net = build_deblur_net(arch, preset)
+            counts[(arch, preset)] = sum(p.numel() for p in net.parameters())
+    print("parameters per preset:", {f"{a}/{p}": n for (a, p), n in counts.items()})
+    # Restormer alone has about 26.1M parameters; F_B and the fusion add a few hundred thousand.
+    assert 25e6 < counts[("jdrl", "paper")] < 28e6
+    assert counts[("jdrl", "tiny")] < counts[("jdrl", "small")] < counts[("jdrl", "paper")]
+    assert counts[("unet", "tiny")] < counts[("unet", "small")] < counts[("unet", "paper")]
+    # "small" must stay trainable on a CPU.
+    assert counts[("jdrl", "small")] < 2e6
+
+
+def test_paper_preset_runs_on_a_small_image():
+    torch.manual_seed(0)
+    net = build_deblur_net("jdrl", "paper").eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 13, 11))
+    assert out.sharp.shape == (1, 3, 13, 11)
+    assert out.defocus_map.shape == (1, 35, 13, 11)
+    assert torch.isfinite(out.sharp).all()
+
+
+def test_rebuilt_net_reproduces_outputs_from_its_state_dict():
+    # What checkpoint.load_deblur_net relies on: arch, preset and levels rebuild the same module.
+    torch.manual_seed(0)
+    original = build_deblur_net("jdrl", "tiny", levels=6)
+    torch.manual_seed(1)
+    rebuilt = build_deblur_net("jdrl", "tiny", levels=6)
+    rebuilt.load_state_dict(original.state_dict())
+    blurry = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(blurry).sharp, original(blurry).sharp)
+
+
+def test_deblur_net_arguments_are_checked():
+    with pytest.raises(ValueError, match="'resnet'"):
+        build_deblur_net("resnet", "tiny")
+    with pytest.raises(ValueError, match="'huge'"):
+        build_deblur_net("unet", "huge")
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        build_deblur_net("jdrl", "tiny")(torch.rand(1, 4, 16, 16))
+
+
+def test_defocus_map_net_shapes_and_gradients():
+    torch.manual_seed(0)
+    net = DefocusMapNet(levels=8, width=8, residual_blocks=1)
+    out = net(torch.rand(2, 3, *ODD_SIZE))
+    assert out.shape == (2, 35, *ODD_SIZE)
+    out.square().mean().backward()
+    assert_every_parameter_has_gradient(net)
+    assert DefocusMapNet(levels=4, width=8)(torch.rand(1, 3, 9, 9)).shape == (1, 9, 9, 9)
+
+
+# ---- ReblurNet: its forward calls the compiled jdrl_ext.reblur --------------------------------
+
+
+def test_reblur_net_outputs():
+    torch.manual_seed(0)
+    net = ReblurNet(levels=8, width=8)
+    sharp_est, blurry = torch.rand(2, 3, *ODD_SIZE), torch.rand(2, 3, *ODD_SIZE)
+    out = net(sharp_est, blurry)
+    assert isinstance(out, ReblurOutput)
+    assert out.reblurred.shape == (2, 3, *ODD_SIZE)
+    assert out.seeds.shape == (2, 35, *ODD_SIZE)
+    assert out.weights.shape == (2, 8, *ODD_SIZE)
+    assert (out.weights >= 0).all()
+    torch.testing.assert_close(out.weights.sum(dim=1), torch.ones(2, *ODD_SIZE))
+
+
+def test_reblur_net_uses_the_op_as_specified():
+    import jdrl_ext
+    import jdrl_ext.reference
+
+    torch.manual_seed(0)
+    net = ReblurNet(levels=4, width=8, support="disk", padding_mode="zeros").double()
+    sharp_est, blurry = torch.rand(1, 3, 17, 19, dtype=torch.float64), torch.rand(1, 3, 17, 19, dtype=torch.float64)
+    out = net(sharp_est, blurry)
+    expected = jdrl_ext.reference.reblur(sharp_est, out.seeds, out.weights, support="disk", padding_mode="zeros")
+    torch.testing.assert_close(out.reblurred, expected)
+
+
+def test_gradients_reach_every_parameter_of_the_reblur_net():
+    torch.manual_seed(0)
+    net = ReblurNet(levels=8, width=8)
+    sharp_est = torch.rand(1, 3, *ODD_SIZE, requires_grad=True)
+    out = net(sharp_est, torch.rand(1, 3, *ODD_SIZE))
+    out.reblurred.square().mean().backward()
+    assert_every_parameter_has_gradient(net)
+    assert sharp_est.grad is not None and torch.any(sharp_est.grad != 0)
+
+
+def test_reblur_net_without_kernel_prediction_uses_flat_kernels():
+    torch.manual_seed(0)
+    net = ReblurNet(levels=8, width=8, predict_seeds=False)
+    assert net.kernel_net is None and not net.predict_seeds
+    out = net(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+    assert out.seeds.shape == (1, 35, 16, 16)
+    assert (out.seeds == 0).all()
+    out.reblurred.mean().backward()
+    assert_every_parameter_has_gradient(net)
+
+
+def test_reblur_net_without_weight_prediction_uses_uniform_weights():
+    torch.manual_seed(0)
+    net = ReblurNet(levels=8, width=8, predict_weights=False)
+    assert net.weight_net is None and not net.predict_weights
+    out = net(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+    torch.testing.assert_close(out.weights, torch.full((1, 8, 16, 16), 1 / 8))
+    out.reblurred.mean().backward()
+    assert_every_parameter_has_gradient(net)
+
+
+def test_reblur_net_arguments_are_checked():
+    with pytest.raises(ValueError, match="support"):
+        ReblurNet(support="square")
+    with pytest.raises(ValueError, match="padding_mode"):
+        ReblurNet(padding_mode="reflect")
+    with pytest.raises(ValueError, match="sharp_est and blurry"):
+        ReblurNet(width=8)(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 17))
