@@ -298,9 +298,12 @@ template <typename acc_t>
 JDRL_HD void fill_orbit_table(int levels, OrbitPolar<acc_t>* table) {
   for (int a = 0; a < levels; ++a) {
     for (int b = 0; b <= a; ++b) {
-      const PolarTap<acc_t> tap = polar_tap<acc_t>(a * a + b * b, a + 1);  // radius a + 1: upper never clamps
+      // rho can reach a * sqrt(2), so no radius bounds l + 1 here; where the orbit is inside a
+      // level's disk (rho <= r) and f > 0, l + 1 <= r holds by itself.
+      const int squared = a * a + b * b;
+      const PolarTap<acc_t> tap = polar_tap<acc_t>(squared, squared + 1);
       OrbitPolar<acc_t>& entry = table[orbit_index(a, b)];
-      entry.squared = a * a + b * b;
+      entry.squared = squared;
       entry.lower = tap.lower;
       entry.upper = tap.upper;
       entry.frac = tap.frac;
@@ -470,8 +473,15 @@ JDRL_HD bool tap_inside(int64_t y, int64_t x, int64_t height, int64_t width) {
 
 // Bilinear sample of one plane; a tap outside the image counts as 0 (with border padding the
 // coordinate was clamped, so only taps of weight 0 can fall outside).
+// A NaN sample coordinate (NaN flow) gives a NaN sample and NaN coordinate gradients.
+template <typename acc_t>
+JDRL_HD bool taps_are_nan(const BilinearTaps<acc_t>& taps) {
+  return taps.wx != taps.wx || taps.wy != taps.wy;
+}
+
 template <typename scalar_t, typename acc_t>
 JDRL_HD acc_t bilinear_sample(const scalar_t* plane, int64_t height, int64_t width, const BilinearTaps<acc_t>& taps) {
+  if (taps_are_nan(taps)) return taps.wx + taps.wy;
   acc_t value = 0;
   const acc_t w[2][2] = {{(acc_t(1) - taps.wy) * (acc_t(1) - taps.wx), (acc_t(1) - taps.wy) * taps.wx},
                          {taps.wy * (acc_t(1) - taps.wx), taps.wy * taps.wx}};
@@ -489,6 +499,10 @@ JDRL_HD acc_t bilinear_sample(const scalar_t* plane, int64_t height, int64_t wid
 template <typename scalar_t, typename acc_t>
 JDRL_HD void bilinear_coordinate_grad(const scalar_t* plane, int64_t height, int64_t width,
                                       const BilinearTaps<acc_t>& taps, acc_t* d_sx, acc_t* d_sy) {
+  if (taps_are_nan(taps)) {
+    *d_sx = *d_sy = taps.wx + taps.wy;
+    return;
+  }
   acc_t v[2][2];
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 2; ++j) {
