@@ -1,0 +1,161 @@
+"""Training checkpoints: atomic writes, loading, and rebuilding the deblurring net for inference.
+
+A checkpoint is a dict (SPEC / package contract):
+
+- ``"model"``: deblurring net ``state_dict``; ``"reblur"``: reblurring net ``state_dict`` or None;
+- ``"optimizer"``, ``"scheduler"``: their ``state_dict``s;
+- ``"epoch"``: epochs completed; ``"step"``: optimizer steps taken;
+- ``"rng"``: python / numpy / torch / cuda generator states (see :func:`rng_state`);
+- ``"config"``: the resolved config as a plain dict, ``config["model"] = {"arch", "preset", "levels"}``;
+- optional extras written by the trainer (``"best_metric"``, ``"history"``).
+
+Everything in it is made of tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)``: opening a checkpoint never runs pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_deblur_net",
+    "rng_state",
+    "set_rng_state",
+]
+
+REQUIRED_KEYS = ("model", "config")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or lacks what is asked of it; the message names it."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsynced, and then replace
+    ``path`` in one ``os.replace``: a crash at any point leaves either the old file or the new one,
+    never a truncated mix. The folder is created if needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable on POSIX; folders cannot be opened this way on Windows.
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a corrupt file
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {error}") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a dict")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}; was it written by `jdrl train`?")
+    return state
+
+
+def load_deblur_net(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the deblurring net from the config saved in a checkpoint and load its weights.
+
+    Returns the net in eval mode on ``map_location``.
+    """
+    from jdrl.models import build_deblur_net
+
+    state = load_checkpoint(path, map_location=map_location)
+    model_config = state["config"].get("model") if isinstance(state["config"], dict) else None
+    if not isinstance(model_config, dict) or not {"arch", "preset", "levels"} <= set(model_config):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: config['model'] must hold arch, preset and levels, got {model_config!r}"
+        )
+    net = build_deblur_net(
+        arch=model_config["arch"], preset=model_config["preset"], levels=int(model_config["levels"])
+    )
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: weights do not fit the {model_config['arch']}/{model_config['preset']} "
+            f"net: {error}"
+        ) from error
+    return net.to(map_location).eval()
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator the training touches, as tensors and plain values.
+
+    numpy's state is split into its parts so that the checkpoint stays loadable with
+    ``weights_only=True``.
+    """
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gauss": float(cached_gauss),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (the cuda part only where CUDA is available)."""
+    python_state = state["python"]
+    # weights_only loading turns the inner tuple into a list; random.setstate needs tuples.
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gauss"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,404 @@
+"""Training losses of the reblurring-guided framework (SPEC section 7, paper Eqs. 1-2, 6-7, 12-14).
+
+Shapes: images ``(B, 3, H, W)``; flows ``(B, 2, H, W)`` in pixels, channel 0 = x (right),
+channel 1 = y (down); seeds ``(B, S(m), H, W)`` with ``S(m) = (m-1)(m+2)/2``; blend weights
+``(B, m, H, W)``; masks ``(B, 1, H, W)``.
+
+Flow convention (SPEC section 7): an estimator called as ``estimator(reference, moving)`` returns
+``flow`` with ``moving(p + flow(p)) ~ reference(p)``, so ``jdrl_ext.flow_warp(moving, flow)`` lines
+``moving`` up with ``reference``.
+
+Every part of the objective can be switched off through :class:`LossConfig`, so each row of the
+paper's ablation (Table 5) is a config; :data:`VARIANTS` lists them as config overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn as nn
+
+import jdrl_ext
+
+if TYPE_CHECKING:
+    from jdrl.flow import FlowEstimator
+
+__all__ = [
+    "MASK_TAU_PIXELS",
+    "DEBLUR_LOSSES",
+    "VARIANTS",
+    "LossConfig",
+    "LossOutput",
+    "JDRLLoss",
+    "charbonnier",
+    "calibration_mask",
+    "pseudo_defocus_map",
+    "variant_overrides",
+]
+
+# The floor of the calibration mask's tolerance, in pixels. Eq. 6 read literally keeps a pixel when
+# its flow magnitude is within lambda * mean of the mean; for a nearly aligned pair the mean is a
+# fraction of a pixel, the tolerance shrinks towards zero and the estimator's sub-pixel noise (or an
+# exactly zero flow on most pixels next to a few outliers) masks out almost every pixel. One pixel
+# is about the accuracy of DIS / RAFT-class estimators on blurry content, so a magnitude within one
+# pixel of the mean cannot be told apart from the pair's true misalignment; the gross flow errors the
+# mask exists to catch (occlusions, drifting flat regions) are several pixels. The floor only acts
+# while lambda * mean < tau, i.e. for mean misalignments under tau / lambda ~ 2.9 px at lambda 0.35,
+# so on strongly misaligned pairs the mask is exactly Eq. 6.
+MASK_TAU_PIXELS = 1.0
+
+DEBLUR_LOSSES = ("deformation", "l1")
+_KERNEL_SUPPORTS = ("window", "disk")
+_REBLUR_PADDINGS = ("replicate", "zeros")
+_WARP_PADDINGS = ("border", "zeros")
+
+
+def charbonnier(diff: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-3) -> torch.Tensor:
+    """Charbonnier penalty ``sqrt(d^2 + eps^2)`` per element, averaged.
+
+    Args:
+        diff: ``(B, C, H, W)`` (any shape) difference.
+        mask: optional ``(B, 1, H, W)`` or ``diff``-shaped mask (bool or float in [0, 1]); a
+            one-channel mask applies to every channel. With a mask the average runs over the
+            masked-in elements only (a weighted mean for a fractional mask); an all-zero mask gives 0.
+        eps: the Charbonnier epsilon (1e-3 in the paper).
+
+    Returns:
+        A scalar tensor.
+    """
+    if eps <= 0:
+        raise ValueError(f"charbonnier: eps must be positive, got {eps}")
+    values = torch.sqrt(diff * diff + eps * eps)
+    if mask is None:
+        return values.mean()
+    if mask.dim() != diff.dim():
+        raise ValueError(
+            f"charbonnier: mask must have the rank of diff {tuple(diff.shape)}, got mask {tuple(mask.shape)}"
+        )
+    try:
+        weights = mask.to(values.dtype).expand_as(values)
+    except RuntimeError as error:
+        raise ValueError(
+            f"charbonnier: mask {tuple(mask.shape)} does not broadcast to diff {tuple(diff.shape)}"
+        ) from error
+    count = weights.sum()
+    # With an empty mask the sum is 0 as well, so dividing by a tiny positive count returns an exact 0
+    # (and zero gradients) instead of 0/0.
+    return (values * weights).sum() / count.clamp_min(torch.finfo(values.dtype).tiny)
+
+
+def calibration_mask(flow: torch.Tensor, lam: float = 0.35, tau: float = MASK_TAU_PIXELS) -> torch.Tensor:
+    """Calibration mask of Eq. 6 with a floor on the tolerance (SPEC section 7).
+
+    Per sample: ``n = |flow|`` per pixel, ``nbar = mean(n)``, and a pixel is kept when
+    ``|n - nbar| <= max(lam * nbar, tau)``. See :data:`MASK_TAU_PIXELS` for why there is a floor.
+
+    Args:
+        flow: ``(B, 2, H, W)`` flow in pixels.
+        lam: relative tolerance lambda (0.35 in the paper).
+        tau: absolute floor of the tolerance in pixels; 0 gives Eq. 6 as printed.
+
+    Returns:
+        ``(B, 1, H, W)`` bool mask, True where the flow is trusted.
+    """
+    if flow.dim() != 4 or flow.shape[1] != 2:
+        raise ValueError(f"calibration_mask: flow must be (B, 2, H, W), got {tuple(flow.shape)}")
+    if lam < 0 or tau < 0:
+        raise ValueError(f"calibration_mask: lam and tau must be >= 0, got lam={lam}, tau={tau}")
+    magnitude = torch.linalg.vector_norm(flow, dim=1, keepdim=True)
+    mean = magnitude.mean(dim=(2, 3), keepdim=True)
+    tolerance = torch.clamp(lam * mean, min=tau)
+    return (magnitude - mean).abs() <= tolerance
+
+
+def _seed_repeats(levels: int, device: torch.device) -> torch.Tensor:
+    """How often each weight map ``r = 1 .. m-1`` is repeated: ``r + 1`` (level r has r+1 seeds)."""
+    return torch.arange(2, levels + 1, device=device)
+
+
+def pseudo_defocus_map(seeds: torch.Tensor, weights: torch.Tensor, weighted: bool = True) -> torch.Tensor:
+    """Pseudo defocus map ``B_P`` of Eq. 13.
+
+    ``B_P = concat over r = 1..m-1 of (weights[:, r] repeated r+1 times) * seeds_r``: each level's
+    seeds scaled by the weight the reblurring net gave that level at that pixel.
+
+    Args:
+        seeds: ``(B, S(m), H, W)`` raw kernel seeds, packed as in SPEC section 1.
+        weights: ``(B, m, H, W)`` softmax-normalized blend weights; ``weights[:, 0]`` (the identity
+            level) has no seeds and does not appear in ``B_P``.
+        weighted: False returns the raw seeds, as the authors' code supervises with.
+
+    Returns:
+        ``(B, S(m), H, W)`` pseudo defocus map.
+    """
+    if seeds.dim() != 4 or weights.dim() != 4:
+        raise ValueError(
+            f"pseudo_defocus_map: seeds and weights must be (B, C, H, W), got seeds {tuple(seeds.shape)} "
+            f"and weights {tuple(weights.shape)}"
+        )
+    levels = weights.shape[1]
+    expected = (levels - 1) * (levels + 2) // 2
+    if seeds.shape[1] != expected:
+        raise ValueError(
+            f"pseudo_defocus_map: seeds has {seeds.shape[1]} channels but weights has m = {levels} levels, "
+            f"which need S(m) = (m-1)(m+2)/2 = {expected}"
+        )
+    if seeds.shape[0] != weights.shape[0] or seeds.shape[2:] != weights.shape[2:]:
+        raise ValueError(
+            f"pseudo_defocus_map: seeds {tuple(seeds.shape)} and weights {tuple(weights.shape)} differ in batch or size"
+        )
+    if not weighted:
+        return seeds
+    repeated = weights[:, 1:].repeat_interleave(_seed_repeats(levels, weights.device), dim=1)
+    return repeated * seeds
+
+
+@dataclass
+class LossConfig:
+    """What the training objective contains. Defaults are the paper's full method (Eq. 2).
+
+    Attributes:
+        deblur_loss: "deformation" (Eq. 7: flow-deformed Charbonnier) or "l1" (plain L1 between the
+            deblurred image and the misaligned ground truth; Table 5 #1).
+        cycle_deformation: warp both ways (Eq. 7); False keeps only ``warp(I_S -> I_hat)`` (Table 5 #2).
+        calibration_mask: apply Eq. 6's mask; False trusts every flow vector (Table 5 #3).
+        mask_lambda, mask_tau: lambda of Eq. 6 and the tolerance floor in pixels.
+        reblurring: use the reblurring network and ``L_R`` (Table 5 #4 turns it off; without it
+            there is no pseudo supervision either).
+        predict_seeds: reblurring net predicts kernel seeds (R_kpn); False fixes them (Table 5 #5).
+        predict_weights: reblurring net predicts blend weights (R_wpn); False: uniform (Table 5 #6).
+        reblur_width, kernel_support, reblur_padding: reblurring net width and ``jdrl_ext.reblur`` options.
+        pseudo_supervision: add ``beta * L_P`` (Eq. 2); False gives Eq. 1.
+        weighted_pseudo_map: Eq. 13 (weights times seeds); False supervises with the raw seeds as
+            the authors' code does.
+        alpha, beta: weights of ``L_R`` and ``L_P`` (0.5 each in the paper).
+        eps: Charbonnier epsilon.
+        flow_warmup_epochs: T; for epochs ``< T`` the flow is estimated against the blurry input.
+        warp_padding: ``jdrl_ext.flow_warp`` padding mode.
+    """
+
+    deblur_loss: str = "deformation"
+    cycle_deformation: bool = True
+    calibration_mask: bool = True
+    mask_lambda: float = 0.35
+    mask_tau: float = MASK_TAU_PIXELS
+    reblurring: bool = True
+    predict_seeds: bool = True
+    predict_weights: bool = True
+    reblur_width: int = 32
+    kernel_support: str = "window"
+    reblur_padding: str = "replicate"
+    pseudo_supervision: bool = True
+    weighted_pseudo_map: bool = True
+    alpha: float = 0.5
+    beta: float = 0.5
+    eps: float = 1e-3
+    flow_warmup_epochs: int = 15
+    warp_padding: str = "border"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending ``loss.*`` key."""
+        choices = {
+            "deblur_loss": DEBLUR_LOSSES,
+            "kernel_support": _KERNEL_SUPPORTS,
+            "reblur_padding": _REBLUR_PADDINGS,
+            "warp_padding": _WARP_PADDINGS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"loss.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        for name in ("mask_lambda", "mask_tau", "alpha", "beta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.eps <= 0:
+            raise ValueError(f"loss.eps must be > 0, got {self.eps}")
+        if self.reblur_width < 1:
+            raise ValueError(f"loss.reblur_width must be >= 1, got {self.reblur_width}")
+        if self.flow_warmup_epochs < 0:
+            raise ValueError(f"loss.flow_warmup_epochs must be >= 0, got {self.flow_warmup_epochs}")
+        if self.pseudo_supervision and not self.reblurring:
+            raise ValueError(
+                "loss.pseudo_supervision needs the reblurring module (its seeds and weights make B_P); "
+                "set loss.pseudo_supervision=false when loss.reblurring=false"
+            )
+
+
+class LossOutput(NamedTuple):
+    """``total``: scalar to backpropagate; ``terms``: the unweighted parts (``deblur``, and
+    ``reblur`` / ``pseudo`` when enabled); ``stats``: detached diagnostics (``mask_kept``: fraction
+    of pixels the calibration masks kept); ``reblurred``: ``(B, 3, H, W)`` or None."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    stats: dict[str, torch.Tensor]
+    reblurred: torch.Tensor | None
+
+
+class JDRLLoss(nn.Module):
+    """``L = L_D + alpha * L_R (+ beta * L_P)`` (Eqs. 1-2), holding the trainable reblurring net.
+
+    The reblurring net is a submodule, so ``JDRLLoss.parameters()`` are the parameters the optimizer
+    must update next to the deblurring net's. The flow estimator is frozen and kept out of the
+    module tree (it never trains, and a TorchScript flow net must not land in the state dict).
+
+    Args:
+        config: what the objective contains.
+        flow_estimator: ``estimator(reference, moving) -> flow``; needed unless
+            ``config.deblur_loss == "l1"``.
+        levels: m, the number of blur levels of the reblurring net.
+        reblur_net: a reblurring net to use instead of building ``jdrl.models.ReblurNet`` from the
+            config; it must return an object with ``reblurred``, ``seeds`` and ``weights``.
+    """
+
+    def __init__(
+        self,
+        config: LossConfig,
+        flow_estimator: FlowEstimator | None,
+        levels: int = 8,
+        reblur_net: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        if config.deblur_loss == "deformation" and flow_estimator is None:
+            raise ValueError("JDRLLoss: loss.deblur_loss='deformation' needs a flow_estimator")
+        self.config = config
+        self.levels = levels
+        # object.__setattr__ bypasses nn.Module registration on purpose (see the class docstring).
+        object.__setattr__(self, "flow_estimator", flow_estimator)
+        if config.reblurring and reblur_net is None:
+            from jdrl.models import ReblurNet
+
+            reblur_net = ReblurNet(
+                levels=levels,
+                width=config.reblur_width,
+                predict_seeds=config.predict_seeds,
+                predict_weights=config.predict_weights,
+                support=config.kernel_support,
+                padding_mode=config.reblur_padding,
+            )
+        self.reblur_net = reblur_net if config.reblurring else None
+
+    def _flow(self, reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            # Estimators see the images as photos: detached and clipped to the valid range.
+            flow = self.flow_estimator(reference.detach().clamp(0, 1), moving.detach().clamp(0, 1))
+        if flow.shape != (reference.shape[0], 2, *reference.shape[2:]):
+            raise ValueError(
+                f"flow estimator returned {tuple(flow.shape)} for images {tuple(reference.shape)}; "
+                "expected (B, 2, H, W)"
+            )
+        return flow.to(device=reference.device, dtype=reference.dtype)
+
+    def _mask(self, flow: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.calibration_mask:
+            return None
+        return calibration_mask(flow, self.config.mask_lambda, self.config.mask_tau)
+
+    def deblur_loss(
+        self, sharp_est: torch.Tensor, sharp: torch.Tensor, blurry: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``L_D`` (Eq. 7 as in SPEC section 7) and diagnostics.
+
+        ``C(M1 * (warp(I_S -> I_hat) - I_hat)) + C(M2 * (warp(I_hat -> I_S) - I_S))``. The flows
+        carry no gradient; the second warp is differentiable in ``I_hat``. For ``epoch <
+        flow_warmup_epochs`` the flows are estimated against ``blurry`` instead of ``sharp_est``.
+        """
+        cfg = self.config
+        if cfg.deblur_loss == "l1":
+            return (sharp_est - sharp).abs().mean(), {}
+        anchor = blurry if epoch < cfg.flow_warmup_epochs else sharp_est
+        flow_to_est = self._flow(anchor, sharp)
+        mask_to_est = self._mask(flow_to_est)
+        sharp_warped = jdrl_ext.flow_warp(sharp, flow_to_est, padding_mode=cfg.warp_padding)
+        loss = charbonnier(sharp_warped - sharp_est, mask_to_est, cfg.eps)
+        masks = [mask_to_est]
+        if cfg.cycle_deformation:
+            flow_to_sharp = self._flow(sharp, anchor)
+            mask_to_sharp = self._mask(flow_to_sharp)
+            est_warped = jdrl_ext.flow_warp(sharp_est, flow_to_sharp, padding_mode=cfg.warp_padding)
+            loss = loss + charbonnier(est_warped - sharp, mask_to_sharp, cfg.eps)
+            masks.append(mask_to_sharp)
+        stats = {}
+        if cfg.calibration_mask:
+            stats["mask_kept"] = torch.stack([m.float().mean() for m in masks]).mean().detach()
+        return loss, stats
+
+    def forward(
+        self,
+        blurry: torch.Tensor,
+        sharp: torch.Tensor,
+        sharp_est: torch.Tensor,
+        defocus_map: torch.Tensor | None,
+        epoch: int,
+    ) -> LossOutput:
+        """Total loss for one batch.
+
+        Args:
+            blurry: ``(B, 3, H, W)`` input ``I_B``.
+            sharp: ``(B, 3, H, W)`` misaligned ground truth ``I_S``.
+            sharp_est: ``(B, 3, H, W)`` deblurred ``I_hat``.
+            defocus_map: ``(B, S(m), H, W)`` predicted ``B_hat`` (None for nets without one).
+            epoch: 0-based training epoch (decides the flow anchor during the warm-up).
+        """
+        cfg = self.config
+        for name, tensor in (("sharp", sharp), ("sharp_est", sharp_est)):
+            if tensor.shape != blurry.shape:
+                raise ValueError(f"JDRLLoss: {name} {tuple(tensor.shape)} differs from blurry {tuple(blurry.shape)}")
+        deblur, stats = self.deblur_loss(sharp_est, sharp, blurry, epoch)
+        terms = {"deblur": deblur}
+        total = deblur
+        reblurred = None
+        if self.reblur_net is not None:
+            out = self.reblur_net(sharp_est, blurry)
+            reblurred = out.reblurred
+            terms["reblur"] = charbonnier(reblurred - blurry, eps=cfg.eps)
+            total = total + cfg.alpha * terms["reblur"]
+            if cfg.pseudo_supervision:
+                if defocus_map is None:
+                    raise ValueError(
+                        "loss.pseudo_supervision needs a deblurring net that predicts a defocus map "
+                        "(model.arch='jdrl'); this one returned None; set loss.pseudo_supervision=false"
+                    )
+                # B_P is a target: no gradient may reach the reblurring net through L_P.
+                target = pseudo_defocus_map(out.seeds, out.weights, cfg.weighted_pseudo_map).detach()
+                if target.shape != defocus_map.shape:
+                    raise ValueError(
+                        f"JDRLLoss: defocus map {tuple(defocus_map.shape)} and pseudo map {tuple(target.shape)} "
+                        "differ; do model.levels and the reblurring net's levels agree?"
+                    )
+                terms["pseudo"] = charbonnier(target - defocus_map, eps=cfg.eps)
+                total = total + cfg.beta * terms["pseudo"]
+        return LossOutput(total=total, terms=terms, stats=stats, reblurred=reblurred)
+
+
+# Table 5 of the paper runs on a UNet deblurring model with Eq. 1 (no L_P); Table 1 compares the
+# full model with Eq. 1 and Eq. 2. Each entry is a set of dotted config overrides (as `--set` takes).
+_TABLE5_BASE: dict[str, Any] = {"model.arch": "unet", "loss.pseudo_supervision": False}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "eq2": {},
+    "eq1": {"loss.pseudo_supervision": False},
+    "unet_eq1": dict(_TABLE5_BASE),
+    "l1": {**_TABLE5_BASE, "loss.deblur_loss": "l1", "loss.reblurring": False},
+    "no_cycle": {**_TABLE5_BASE, "loss.cycle_deformation": False},
+    "no_mask": {**_TABLE5_BASE, "loss.calibration_mask": False},
+    "no_reblur": {**_TABLE5_BASE, "loss.reblurring": False},
+    "no_kpn": {**_TABLE5_BASE, "loss.predict_seeds": False},
+    "no_wpn": {**_TABLE5_BASE, "loss.predict_weights": False},
+}
+"""Named config overrides: ``eq2`` (the paper's method, Table 1), ``eq1`` (Table 1 without
+``L_P``), ``unet_eq1`` (Table 5 "Ours (Eq. (1))"), and Table 5 rows #1-#6: ``l1``, ``no_cycle``,
+``no_mask``, ``no_reblur``, ``no_kpn``, ``no_wpn``."""
+
+
+def variant_overrides(name: str) -> dict[str, Any]:
+    """A copy of ``VARIANTS[name]``; an unknown name raises KeyError listing the known ones."""
+    if name not in VARIANTS:
+        raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    return dict(VARIANTS[name])
+

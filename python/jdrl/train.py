@@ -1,0 +1,591 @@
+"""Training loop of the reblurring-guided framework, and the ``jdrl train`` command.
+
+``train(config)`` trains the deblurring net F and the reblurring net R jointly with
+``jdrl.losses.JDRLLoss`` (paper section 4.1: Adam(0.9, 0.999, 1e-8), lr 2e-5 halved every 60 epochs,
+200 epochs, batch 1, random 512 crops). It writes into ``config.train.out_dir``:
+
+- ``config.yaml``: the resolved config;
+- ``last.pt`` after every epoch, ``best.pt`` whenever the validation metric improves (only with a
+  validation set, ``data.val_root``; a test set must never be used to pick a checkpoint);
+- ``train_log.jsonl``: one JSON record per logged step, epoch and validation;
+- TensorBoard scalars and sample images under ``tensorboard/`` when tensorboard is installed.
+
+Launched by ``torchrun --nproc_per_node N -m jdrl.cli train ...`` it runs DistributedDataParallel
+(NCCL on GPUs, gloo on CPUs) with a DistributedSampler; only rank 0 validates and writes files.
+
+``--resume CKPT`` (or ``auto``: ``out_dir/last.pt`` if present) restores nets, optimizer,
+scheduler, epoch, step and RNG states; with ``train.deterministic: true`` the resumed run equals
+an uninterrupted one exactly. A non-finite loss stops training with :class:`NonFiniteLossError`
+before the optimizer touches the weights, and leaves the last checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from jdrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from jdrl.config import Config, ConfigError, load_config, save_config_yaml
+from jdrl.losses import JDRLLoss, LossOutput
+
+__all__ = ["NonFiniteLossError", "TrainResult", "train", "register", "run"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step, the epoch and every term."""
+
+    def __init__(self, step: int, epoch: int, terms: dict[str, float], last_checkpoint: Path | None) -> None:
+        described = ", ".join(f"{name}={value:.6g}" for name, value in terms.items())
+        kept = (
+            f"the last good checkpoint {str(last_checkpoint)!r} is left as it was"
+            if last_checkpoint is not None and last_checkpoint.exists()
+            else "no checkpoint had been written yet"
+        )
+        super().__init__(
+            f"non-finite loss at step {step} (epoch {epoch}): {described}; training stopped before the "
+            f"update, {kept}. Lower optim.lr or check the data."
+        )
+        self.step = step
+        self.epoch = epoch
+        self.terms = terms
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    ``epoch_losses``: per epoch trained in this call or restored from the checkpoint, the mean of
+    ``total`` and each loss term (averaged over DDP ranks), ``lr`` and ``epoch`` (1-based).
+    ``val_metrics``: per validation, ``aligned_metrics`` averages and ``epoch``. Checkpoint paths
+    and metrics are None where nothing was written (no validation set, or DDP ranks other than 0).
+    ``net``: the trained deblurring net (this rank's replica, in eval mode), for use in-process.
+    """
+
+    epoch_losses: list[dict[str, float]] = field(default_factory=list)
+    val_metrics: list[dict[str, float]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    steps: int = 0
+    out_dir: Path | None = None
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    net: nn.Module | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Distributed:
+    rank: int
+    world_size: int
+    device: torch.device
+    created_group: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={requested!r} but CUDA is not available; use 'auto' or 'cpu'")
+        return torch.device(requested if ":" in requested else f"cuda:{local_rank}")
+    return torch.device(requested)
+
+
+def _setup_distributed(config: Config) -> _Distributed:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), or run alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    device = _pick_device(config.train.device, local_rank if world_size > 1 else 0)
+    if world_size <= 1:
+        return _Distributed(0, 1, device, created_group=False)
+    created = False
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        created = True
+    return _Distributed(dist.get_rank(), dist.get_world_size(), device, created)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _deterministic_mode(enabled: bool):
+    """Deterministic algorithms for the run, restoring the process's previous settings after it."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    previous_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: an op without a deterministic kernel warns instead of stopping a long run.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous_cudnn
+
+
+class _TrainStep(nn.Module):
+    """Deblur, then compute the loss: one module, so DDP sees both nets' parameters in one forward.
+
+    The deblurring net runs under bf16 autocast on CUDA when asked; the loss (flows, warps, the
+    reblurring net and the fused reblur op) stays in float32.
+    """
+
+    def __init__(self, deblur_net: nn.Module, loss: JDRLLoss, amp: bool, device: torch.device) -> None:
+        super().__init__()
+        self.deblur_net = deblur_net
+        self.loss = loss
+        self.amp = amp and device.type == "cuda"
+        self.device_type = device.type
+
+    def forward(self, blurry: torch.Tensor, sharp: torch.Tensor, epoch: int) -> tuple[Any, LossOutput]:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.amp):
+            output = self.deblur_net(blurry)
+        sharp_est = output.sharp.float()
+        defocus_map = output.defocus_map.float() if output.defocus_map is not None else None
+        with torch.autocast(self.device_type, enabled=False):
+            losses = self.loss(blurry, sharp, sharp_est, defocus_map, epoch)
+        return output, losses
+
+
+class _Logger:
+    """train_log.jsonl, TensorBoard (optional) and messages; silent on DDP ranks other than 0."""
+
+    def __init__(self, out_dir: Path, active: bool) -> None:
+        self.active = active
+        self.writer = None
+        self.stream = None
+        if not active:
+            return
+        self.stream = open(out_dir / "train_log.jsonl", "a", buffering=1)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.message("tensorboard is not installed (pip install tensorboard); logging to train_log.jsonl only")
+        else:
+            self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+    def message(self, text: str) -> None:
+        if self.active:
+            # tqdm.write keeps the progress bar intact.
+            from tqdm import tqdm
+
+            tqdm.write(f"[jdrl train] {text}", file=sys.stderr)
+
+    def record(self, kind: str, step: int, values: dict[str, float]) -> None:
+        if not self.active:
+            return
+        self.stream.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+        if self.writer is not None:
+            for name, value in values.items():
+                if name != "epoch":
+                    self.writer.add_scalar(f"{kind}/{name}", value, step)
+
+    def images(self, step: int, images: dict[str, torch.Tensor]) -> None:
+        if self.writer is not None:
+            for name, image in images.items():
+                self.writer.add_image(f"samples/{name}", image.clamp(0, 1), step)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # The shuffle order is a function of (seed, epoch) alone, so resuming at an epoch boundary
+    # replays exactly the batches an uninterrupted run would see.
+    generator = torch.Generator()
+    generator.manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+    return generator
+
+
+def _seed_worker(worker_id: int) -> None:
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def _build_datasets(config: Config):
+    from jdrl.data import PairedDataset
+
+    data = config.data
+    if data.root is None and (data.blur_dir is None or data.sharp_dir is None):
+        raise ConfigError("data.root is not set: point it at the training pairs (or set data.blur_dir and data.sharp_dir)")
+    train_set = PairedDataset(
+        data.root,
+        layout=data.layout,
+        split=data.split,
+        crop=data.crop,
+        flip=data.flip,
+        seed=config.train.seed,
+        blur_dir=data.blur_dir,
+        sharp_dir=data.sharp_dir,
+    )
+    if len(train_set) == 0:
+        raise ConfigError(f"data.root={data.root!r} holds no training pairs")
+    val_set = None
+    if data.val_root is not None:
+        val_set = PairedDataset(
+            data.val_root, layout=data.val_layout, split=data.val_split, crop=data.val_crop, flip=False, seed=config.train.seed
+        )
+        if len(val_set) == 0:
+            raise ConfigError(f"data.val_root={data.val_root!r} holds no validation pairs")
+    return train_set, val_set
+
+
+@torch.no_grad()
+def _validate(net: nn.Module, val_set, flow_estimator, device: torch.device, amp: bool) -> tuple[dict[str, float], dict]:
+    """Mean ``aligned_metrics`` over the validation set, and the first image triple for display."""
+    from jdrl.metrics import aligned_metrics
+
+    was_training = net.training
+    net.eval()
+    sums: dict[str, float] = {}
+    samples: dict[str, torch.Tensor] = {}
+    for index in range(len(val_set)):
+        item = val_set[index]
+        blurry = item["blurry"].unsqueeze(0).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            pred = net(blurry).sharp.float()
+        metrics = aligned_metrics(pred.cpu(), item["sharp"].unsqueeze(0), flow_estimator)
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        if index == 0:
+            samples = {"blurry": item["blurry"], "deblurred": pred[0].cpu(), "sharp": item["sharp"]}
+    net.train(was_training)
+    return {name: total / len(val_set) for name, total in sums.items()}, samples
+
+
+def _checkpoint_state(
+    config: Config,
+    net: nn.Module,
+    loss: JDRLLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epochs_done: int,
+    step: int,
+    result: TrainResult,
+) -> dict[str, Any]:
+    return {
+        "model": net.state_dict(),
+        "reblur": loss.reblur_net.state_dict() if loss.reblur_net is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epochs_done,
+        "step": step,
+        "rng": rng_state(),
+        "config": config.to_dict(),
+        "best_metric": result.best_metric,
+        "best_epoch": result.best_epoch,
+        "history": {"epoch_losses": result.epoch_losses, "val_metrics": result.val_metrics},
+    }
+
+
+def _resolve_resume(resume: str | os.PathLike | None, out_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        candidate = out_dir / "last.pt"
+        return candidate if candidate.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint {str(path)!r} does not exist")
+    return path
+
+
+def _restore(
+    path: Path,
+    config: Config,
+    net: nn.Module,
+    loss: JDRLLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    result: TrainResult,
+) -> tuple[int, int]:
+    state = load_checkpoint(path)
+    saved_model = state["config"].get("model")
+    if saved_model != config.to_dict()["model"]:
+        raise ConfigError(
+            f"--resume {str(path)!r}: the checkpoint's model {saved_model} differs from the config's "
+            f"{config.to_dict()['model']}"
+        )
+    net.load_state_dict(state["model"])
+    if loss.reblur_net is not None:
+        if state.get("reblur") is None:
+            raise ConfigError(f"--resume {str(path)!r} has no reblurring net, but loss.reblurring is true")
+        loss.reblur_net.load_state_dict(state["reblur"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    history = state.get("history") or {}
+    result.epoch_losses = list(history.get("epoch_losses", []))
+    result.val_metrics = list(history.get("val_metrics", []))
+    result.best_metric = state.get("best_metric")
+    result.best_epoch = state.get("best_epoch")
+    return int(state["epoch"]), int(state["step"])
+
+
+def _finite_everywhere(total: torch.Tensor, distributed: _Distributed) -> bool:
+    """True when the loss is finite on every rank (so all ranks stop together, none hangs)."""
+    finite = torch.isfinite(total.detach()).to(torch.float32).reshape(1)
+    if distributed.enabled:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item() > 0)
+
+
+def train(config: Config, resume: str | os.PathLike | None = None) -> TrainResult:
+    """Train the deblurring and reblurring nets as ``config`` says.
+
+    Args:
+        config: a validated :class:`jdrl.config.Config`.
+        resume: None (start fresh), a checkpoint path, or ``"auto"`` (``out_dir/last.pt`` when it
+            exists, else start fresh).
+
+    Returns:
+        A :class:`TrainResult`. Raises :class:`NonFiniteLossError` when a loss becomes NaN or inf.
+    """
+    config.validate()
+    distributed = _setup_distributed(config)
+    try:
+        with _deterministic_mode(config.train.deterministic):
+            return _train(config, resume, distributed)
+    finally:
+        if distributed.created_group:
+            dist.destroy_process_group()
+
+
+def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distributed) -> TrainResult:
+    from tqdm import tqdm
+
+    from jdrl.flow import build_flow_estimator
+    from jdrl.models import build_deblur_net
+
+    device = distributed.device
+    out_dir = Path(config.train.out_dir)
+    if distributed.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    train_set, val_set = _build_datasets(config)
+
+    # One seed for the weights on every rank (DDP also broadcasts rank 0's at wrap time).
+    _seed_everything(config.train.seed)
+    net = build_deblur_net(config.model.arch, config.model.preset, config.model.levels).to(device)
+    flow_estimator = build_flow_estimator(config.flow.backend, config.flow.weights)
+    loss = JDRLLoss(config.loss, flow_estimator, levels=config.model.levels).to(device)
+    step_module = _TrainStep(net, loss, config.train.amp, device)
+    optimizer = torch.optim.Adam(
+        step_module.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
+
+    result = TrainResult(out_dir=out_dir)
+    start_epoch, step = 0, 0
+    resume_path = _resolve_resume(resume, out_dir)
+    if resume_path is not None:
+        start_epoch, step = _restore(resume_path, config, net, loss, optimizer, scheduler, result)
+
+    model = step_module
+    if distributed.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    sampler = (
+        DistributedSampler(
+            train_set, num_replicas=distributed.world_size, rank=distributed.rank, shuffle=True, seed=config.train.seed
+        )
+        if distributed.enabled
+        else None
+    )
+
+    logger = _Logger(out_dir, distributed.is_main)
+    if distributed.is_main:
+        save_config_yaml(config, out_dir / "config.yaml")
+        if resume_path is not None:
+            logger.message(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
+        elif resume is not None:
+            logger.message(f"--resume {resume}: no {last_path} yet, starting fresh")
+    try:
+        for epoch in range(start_epoch, config.train.epochs):
+            train_set.set_epoch(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            loader = DataLoader(
+                train_set,
+                batch_size=config.train.batch_size,
+                shuffle=sampler is None,
+                sampler=sampler,
+                num_workers=config.data.workers,
+                generator=_epoch_generator(config.train.seed, epoch),
+                worker_init_fn=_seed_worker,
+                pin_memory=device.type == "cuda",
+            )
+            steps_this_epoch = len(loader)
+            if config.train.max_steps_per_epoch is not None:
+                steps_this_epoch = min(steps_this_epoch, config.train.max_steps_per_epoch)
+            model.train()
+            sums: dict[str, float] = {}
+            started = time.perf_counter()
+            bar = tqdm(
+                total=steps_this_epoch,
+                desc=f"epoch {epoch + 1}/{config.train.epochs}",
+                disable=not distributed.is_main,
+                dynamic_ncols=True,
+                leave=False,
+            )
+            for batch_index, batch in enumerate(loader):
+                if batch_index >= steps_this_epoch:
+                    break
+                blurry = batch["blurry"].to(device, non_blocking=True)
+                sharp = batch["sharp"].to(device, non_blocking=True)
+                _, losses = model(blurry, sharp, epoch)
+                terms = {"total": losses.total, **losses.terms}
+                if not _finite_everywhere(losses.total, distributed):
+                    raise NonFiniteLossError(
+                        step + 1, epoch + 1, {k: float(v.detach()) for k, v in terms.items()}, last_path
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                losses.total.backward()
+                optimizer.step()
+                step += 1
+                values = {k: float(v.detach()) for k, v in {**terms, **losses.stats}.items()}
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                sums["_count"] = sums.get("_count", 0.0) + 1
+                bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+                bar.update(1)
+                if step % config.train.log_every == 0:
+                    logger.record("train", step, {**values, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch + 1})
+            bar.close()
+            epoch_record = _reduce_means(sums, distributed)
+            epoch_record["epoch"] = epoch + 1
+            epoch_record["lr"] = optimizer.param_groups[0]["lr"]
+            epoch_record["seconds"] = time.perf_counter() - started
+            result.epoch_losses.append(epoch_record)
+            scheduler.step()
+            logger.record("epoch", step, epoch_record)
+            logger.message(
+                f"epoch {epoch + 1}/{config.train.epochs} step {step}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in epoch_record.items() if k not in ("epoch", "lr", "seconds"))
+            )
+
+            is_last_epoch = epoch + 1 == config.train.epochs
+            improved = False
+            if val_set is not None and distributed.is_main and ((epoch + 1) % config.train.val_every == 0 or is_last_epoch):
+                metrics, samples = _validate(net, val_set, flow_estimator, device, config.train.amp)
+                metrics["epoch"] = epoch + 1
+                result.val_metrics.append(metrics)
+                logger.record("val", step, metrics)
+                logger.images(step, samples)
+                value = metrics[config.train.val_metric]
+                improved = result.best_metric is None or value > result.best_metric
+                if improved:
+                    result.best_metric, result.best_epoch = value, epoch + 1
+                logger.message(
+                    f"validation after epoch {epoch + 1}: "
+                    + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")
+                    + (" (best so far)" if improved else "")
+                )
+            if distributed.is_main:
+                state = _checkpoint_state(config, net, loss, optimizer, scheduler, epoch + 1, step, result)
+                save_checkpoint(last_path, state)
+                if improved:
+                    save_checkpoint(best_path, state)
+            if distributed.enabled:
+                dist.barrier()
+    finally:
+        logger.close()
+    result.steps = step
+    result.net = net.eval()
+    if distributed.is_main:
+        result.last_checkpoint = last_path if last_path.exists() else None
+        result.best_checkpoint = best_path if best_path.exists() and result.best_metric is not None else None
+    return result
+
+
+def _reduce_means(sums: dict[str, float], distributed: _Distributed) -> dict[str, float]:
+    """Per-term means over the epoch's steps (and over the DDP ranks)."""
+    names = sorted(name for name in sums if name != "_count")
+    totals = torch.tensor([sums[name] for name in names] + [sums.get("_count", 0.0)], dtype=torch.float64)
+    if distributed.enabled:
+        totals = totals.to(distributed.device)
+        dist.all_reduce(totals)
+        totals = totals.cpu()
+    count = max(totals[-1].item(), 1.0)
+    return {name: totals[i].item() / count for i, name in enumerate(names)}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``jdrl train``."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train the deblurring net on (misaligned) blurry/sharp pairs",
+        description=(
+            "Train F and R jointly (paper Eq. 2, or a variant). Multi-GPU/CPU: "
+            "torchrun --nproc_per_node N -m jdrl.cli train --config ..."
+        ),
+    )
+    parser.add_argument("--config", help="YAML config (see configs/); omitted: all defaults")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, VALUE read as YAML (repeatable), e.g. --set optim.lr=1e-4",
+    )
+    parser.add_argument("--resume", metavar="CKPT|auto", help="continue from a checkpoint, or 'auto' for out_dir/last.pt")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``jdrl train``: 0 on success, 1 on a config or data error or a non-finite loss."""
+    from jdrl.checkpoint import CheckpointError
+    from jdrl.data import DatasetError
+
+    try:
+        config = load_config(args.config, args.overrides)
+        result = train(config, resume=args.resume)
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as error:
+        print(f"jdrl train: error: {error}", file=sys.stderr)
+        return 1
+    if result.last_checkpoint is not None:
+        final = result.epoch_losses[-1] if result.epoch_losses else {}
+        total = final.get("total", math.nan)
+        print(f"trained {result.steps} steps; final epoch loss {total:.4f}; last checkpoint {result.last_checkpoint}")
+        if result.best_checkpoint is not None:
+            print(
+                f"best {config.train.val_metric} {result.best_metric:.4f} at epoch {result.best_epoch}: "
+                f"{result.best_checkpoint}"
+            )
+    return 0

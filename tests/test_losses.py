@@ -1,0 +1,351 @@
+"""Tests of jdrl.losses: every term against a value worked out by hand, the calibration mask's
+floor, the pseudo defocus map, and every ablation variant end to end on a tiny net."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import jdrl_ext
+from jdrl.losses import (
+    MASK_TAU_PIXELS,
+    VARIANTS,
+    JDRLLoss,
+    LossConfig,
+    calibration_mask,
+    charbonnier,
+    pseudo_defocus_map,
+    variant_overrides,
+)
+
+EPS2 = 1e-6  # eps^2 for the default eps = 1e-3
+
+
+class ConstantFlow:
+    """A fake estimator: returns a fixed flow and records what it was asked."""
+
+    def __init__(self, flow_x: list[float]) -> None:
+        self.flow_x = torch.tensor(flow_x, dtype=torch.float64)
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        self.calls.append((reference, moving))
+        batch, _, height, width = reference.shape
+        flow = reference.new_zeros(batch, 2, height, width)
+        flow[:, 0] = self.flow_x.to(reference.dtype).expand(batch, height, width)
+        return flow
+
+
+class FixedReblur(torch.nn.Module):
+    """A fake reblurring net: reblurred = 0.5 * I_hat; constant seeds (2, 4) and weights (3/4, 1/4), m = 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+        self.last_seeds: torch.Tensor | None = None
+
+    def forward(self, sharp_est: torch.Tensor, blurry: torch.Tensor):
+        batch, _, height, width = sharp_est.shape
+        seeds = torch.tensor([2.0, 4.0], dtype=sharp_est.dtype).view(1, 2, 1, 1).expand(batch, 2, height, width)
+        seeds = seeds.clone().requires_grad_(True)
+        weights = torch.tensor([0.75, 0.25], dtype=sharp_est.dtype).view(1, 2, 1, 1).expand(batch, 2, height, width)
+        self.last_seeds = seeds
+        return type("Out", (), {"reblurred": self.scale * sharp_est, "seeds": seeds, "weights": weights})()
+
+
+def row(values: list[float]) -> torch.Tensor:
+    """A (1, 1, 1, W) float64 image."""
+    return torch.tensor(values, dtype=torch.float64).view(1, 1, 1, -1)
+
+
+# ---------------------------------------------------------------- charbonnier
+
+def test_charbonnier_by_hand():
+    diff = torch.tensor([0.0, math.sqrt(3) * 1e-3], dtype=torch.float64).view(1, 1, 1, 2)
+    # sqrt(0 + 1e-6) = 1e-3 and sqrt(3e-6 + 1e-6) = 2e-3: mean 1.5e-3.
+    assert charbonnier(diff).item() == pytest.approx(1.5e-3, rel=1e-12)
+    assert charbonnier(diff, eps=2e-3).item() == pytest.approx((2e-3 + math.sqrt(7e-6)) / 2, rel=1e-12)
+
+
+def test_charbonnier_mask_averages_over_kept_elements_and_broadcasts_over_channels():
+    diff = torch.tensor([[0.0, 0.3], [0.4, 5.0]], dtype=torch.float64).view(1, 1, 2, 2).repeat(1, 2, 1, 1)
+    diff[:, 1] *= 2
+    mask = torch.tensor([[True, True], [True, False]]).view(1, 1, 2, 2)
+    kept = [0.0, 0.3, 0.4, 0.0, 0.6, 0.8]
+    expected = sum(math.sqrt(v * v + EPS2) for v in kept) / 6
+    assert charbonnier(diff, mask).item() == pytest.approx(expected, rel=1e-12)
+    # A float mask is a weighted mean.
+    weights = mask.double() * 0.5
+    assert charbonnier(diff, weights).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_charbonnier_empty_mask_is_zero_with_zero_gradient():
+    diff = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    value = charbonnier(diff, torch.zeros(1, 1, 4, 4, dtype=torch.bool))
+    value.backward()
+    assert value.item() == 0.0
+    assert torch.equal(diff.grad, torch.zeros_like(diff))
+
+
+def test_charbonnier_rejects_a_mask_that_does_not_broadcast():
+    with pytest.raises(ValueError, match="mask"):
+        charbonnier(torch.zeros(1, 3, 4, 4), torch.ones(1, 2, 4, 4))
+
+
+# ---------------------------------------------------------------- calibration mask
+
+def test_calibration_mask_by_hand_per_sample():
+    flow = torch.zeros(2, 2, 1, 4, dtype=torch.float64)
+    flow[0, 0, 0] = torch.tensor([1.0, 1.0, 1.0, 5.0])  # |n| mean 2
+    flow[1, 1, 0] = torch.tensor([-10.0, -10.0, -10.0, -12.0])  # |n| mean 10.5, tolerance 3.675
+    # Eq. 6 as printed (tau = 0): sample 0's tolerance 0.7 excludes |1-2| = 1 and |5-2| = 3.
+    literal = calibration_mask(flow, lam=0.35, tau=0.0)
+    assert literal.shape == (2, 1, 1, 4)
+    assert literal[0].flatten().tolist() == [False, False, False, False]
+    assert literal[1].flatten().tolist() == [True, True, True, True]
+    # With a 1 px floor sample 0 keeps the three consistent pixels and still drops the outlier.
+    floored = calibration_mask(flow, lam=0.35, tau=1.0)
+    assert floored[0].flatten().tolist() == [True, True, True, False]
+    assert floored[1].flatten().tolist() == [True, True, True, True]
+
+
+def test_calibration_mask_floor_when_mean_flow_is_about_zero():
+    """Nearly aligned pair: an exactly zero flow on 95% of the pixels and 4 px outliers elsewhere.
+
+    Read literally, Eq. 6 keeps nothing (every zero pixel is `nbar` away from the mean, more than
+    lambda * nbar); with the floor the aligned pixels stay and the outliers still go.
+    """
+    flow = torch.zeros(1, 2, 20, 20)
+    outliers = torch.zeros(20, 20, dtype=torch.bool)
+    outliers.view(-1)[::20] = True  # 20 of 400 pixels
+    flow[0, 0][outliers] = 4.0
+    without_floor = calibration_mask(flow, tau=0.0)
+    with_floor = calibration_mask(flow)  # default tau = MASK_TAU_PIXELS
+    assert MASK_TAU_PIXELS == 1.0
+    assert without_floor.float().mean().item() == 0.0
+    assert with_floor.float().mean().item() == pytest.approx(0.95)
+    assert not with_floor[0, 0][outliers].any()
+
+
+def test_calibration_mask_floor_on_dis_flow_of_an_aligned_blurry_sharp_pair():
+    """The situation of the first T epochs: DIS between a blurry, noisy image and its aligned sharp
+    version. The flow is sub-pixel noise around ~0.1-0.2 px; without the floor most pixels are lost."""
+    from jdrl.flow import DISFlow
+
+    generator = torch.Generator().manual_seed(0)
+    texture = torch.rand(1, 3, 8, 8, generator=generator)
+    sharp = F.interpolate(texture, size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1)
+    blurry = F.avg_pool2d(F.pad(sharp, (3, 3, 3, 3), mode="replicate"), 7, stride=1)
+    blurry = (blurry + 0.02 * torch.randn(blurry.shape, generator=generator)).clamp(0, 1)
+    flow = DISFlow()(blurry, sharp)
+    assert flow.norm(dim=1).mean().item() < 0.5
+    kept_without_floor = calibration_mask(flow, tau=0.0).float().mean().item()
+    kept_with_floor = calibration_mask(flow).float().mean().item()
+    assert kept_without_floor < 0.5
+    assert kept_with_floor > 0.95
+
+
+def test_calibration_mask_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="flow"):
+        calibration_mask(torch.zeros(1, 3, 4, 4))
+
+
+# ---------------------------------------------------------------- pseudo defocus map
+
+def test_pseudo_defocus_map_by_hand():
+    levels = 3  # S(3) = 2 + 3 = 5 seed channels: level 1 -> channels 0-1, level 2 -> channels 2-4
+    seeds = torch.arange(1.0, 6.0).view(1, 5, 1, 1).repeat(2, 1, 2, 3)
+    weights = torch.tensor([0.5, 0.2, 0.3]).view(1, 3, 1, 1).repeat(2, 1, 2, 3)
+    expected = torch.tensor([0.2 * 1, 0.2 * 2, 0.3 * 3, 0.3 * 4, 0.3 * 5]).view(1, 5, 1, 1)
+    result = pseudo_defocus_map(seeds, weights)
+    assert result.shape == (2, 5, 2, 3)
+    assert torch.allclose(result, expected.expand_as(result))
+    assert torch.equal(pseudo_defocus_map(seeds, weights, weighted=False), seeds)
+    assert levels == weights.shape[1]
+
+
+def test_pseudo_defocus_map_uses_the_packed_layout_of_jdrl_ext():
+    levels = 8
+    seeds = torch.randn(1, jdrl_ext.seed_channels(levels), 3, 3)
+    weights = torch.softmax(torch.randn(1, levels, 3, 3), dim=1)
+    result = pseudo_defocus_map(seeds, weights)
+    for radius in range(1, levels):
+        channels = jdrl_ext.level_slice(radius)
+        assert torch.allclose(result[:, channels], weights[:, radius : radius + 1] * seeds[:, channels])
+
+
+def test_pseudo_defocus_map_names_both_counts_on_mismatch():
+    with pytest.raises(ValueError, match=r"34 channels.*m = 8.*35"):
+        pseudo_defocus_map(torch.zeros(1, 34, 2, 2), torch.zeros(1, 8, 2, 2))
+
+
+# ---------------------------------------------------------------- JDRLLoss terms by hand
+
+SHARP = [0.1, 0.2, 0.3, 0.4]
+ESTIMATE = [0.1, 0.2, 0.3, 0.5]
+
+
+def deblur_only(**overrides) -> LossConfig:
+    return LossConfig(reblurring=False, pseudo_supervision=False, **overrides)
+
+
+def test_cycle_deformation_by_hand():
+    # Flow +1 px in x everywhere: warp(I)(x) = I(min(x + 1, 3)) with border clamping.
+    estimator = ConstantFlow([1.0, 1.0, 1.0, 1.0])
+    loss = JDRLLoss(deblur_only(), estimator)
+    estimate = row(ESTIMATE).requires_grad_(True)
+    out = loss(row(SHARP), row(SHARP), estimate, None, epoch=100)
+    # warp(I_S) = [.2 .3 .4 .4] - I_hat = [.1 .1 .1 -.1]; warp(I_hat) = [.2 .3 .5 .5] - I_S = [.1 .1 .2 .1].
+    forward_term = math.sqrt(0.01 + EPS2)
+    backward_term = (3 * math.sqrt(0.01 + EPS2) + math.sqrt(0.04 + EPS2)) / 4
+    assert out.terms["deblur"].item() == pytest.approx(forward_term + backward_term, rel=1e-12)
+    assert out.total.item() == pytest.approx(forward_term + backward_term, rel=1e-12)
+    assert set(out.terms) == {"deblur"}
+    assert out.stats["mask_kept"].item() == 1.0
+    # The gradient reaches I_hat directly and through the differentiable warp.
+    out.total.backward()
+    assert estimate.grad is not None and estimate.grad.abs().sum() > 0
+
+
+def test_one_way_deformation_by_hand():
+    estimator = ConstantFlow([1.0, 1.0, 1.0, 1.0])
+    loss = JDRLLoss(deblur_only(cycle_deformation=False), estimator)
+    out = loss(row(SHARP), row(SHARP), row(ESTIMATE), None, epoch=100)
+    assert out.terms["deblur"].item() == pytest.approx(math.sqrt(0.01 + EPS2), rel=1e-12)
+    assert len(estimator.calls) == 1
+
+
+def test_calibration_mask_inside_the_deblurring_loss_by_hand():
+    # |flow| = [1 1 1 5]: mean 2; with the 1 px floor the last pixel is masked out.
+    estimator = ConstantFlow([1.0, 1.0, 1.0, 5.0])
+    out = JDRLLoss(deblur_only(cycle_deformation=False), estimator)(row(SHARP), row(SHARP), row(ESTIMATE), None, 100)
+    assert out.terms["deblur"].item() == pytest.approx(math.sqrt(0.01 + EPS2), rel=1e-12)
+    assert out.stats["mask_kept"].item() == pytest.approx(0.75)
+    # Eq. 6 without the floor masks out everything: an empty mask costs 0.
+    literal = JDRLLoss(deblur_only(cycle_deformation=False, mask_tau=0.0), estimator)
+    assert literal(row(SHARP), row(SHARP), row(ESTIMATE), None, 100).terms["deblur"].item() == 0.0
+    # Without the mask every pixel counts: [.1 .1 .1] and warp(I_S)(3) = .4 vs .5.
+    unmasked = JDRLLoss(deblur_only(cycle_deformation=False, calibration_mask=False), estimator)
+    out = unmasked(row(SHARP), row(SHARP), row(ESTIMATE), None, 100)
+    assert out.terms["deblur"].item() == pytest.approx(math.sqrt(0.01 + EPS2), rel=1e-12)
+    assert "mask_kept" not in out.stats
+
+
+def test_plain_l1_by_hand():
+    out = JDRLLoss(deblur_only(deblur_loss="l1"), None)(row(SHARP), row(SHARP), row(ESTIMATE), None, 0)
+    assert out.terms["deblur"].item() == pytest.approx(0.1 / 4, rel=1e-12)
+
+
+def test_flow_is_estimated_against_the_blurry_input_during_the_warm_up():
+    estimator = ConstantFlow([0.0] * 4)
+    loss = JDRLLoss(deblur_only(flow_warmup_epochs=15), estimator)
+    blurry, sharp, estimate = row([0.9] * 4), row(SHARP), row(ESTIMATE)
+    loss(blurry, sharp, estimate, None, epoch=14)
+    (ref1, mov1), (ref2, mov2) = estimator.calls
+    assert torch.equal(ref1, blurry) and torch.equal(mov1, sharp)  # warp(I_S -> I_B)
+    assert torch.equal(ref2, sharp) and torch.equal(mov2, blurry)  # warp(I_B -> I_S)
+    estimator.calls.clear()
+    loss(blurry, sharp, estimate, None, epoch=15)
+    (ref1, mov1), (ref2, mov2) = estimator.calls
+    assert torch.equal(ref1, estimate) and torch.equal(mov2, estimate)
+
+
+def test_flow_carries_no_gradient_to_the_estimate():
+    seen = []
+
+    def estimator(reference, moving):
+        seen.append(torch.is_grad_enabled() or reference.requires_grad or moving.requires_grad)
+        return torch.zeros(reference.shape[0], 2, *reference.shape[2:], dtype=reference.dtype)
+
+    estimate = row(ESTIMATE).requires_grad_(True)
+    JDRLLoss(deblur_only(), estimator)(row(SHARP), row(SHARP), estimate, None, 100).total.backward()
+    assert seen == [False, False]
+
+
+def test_eq2_and_eq1_by_hand():
+    estimator = ConstantFlow([1.0, 1.0, 1.0, 1.0])
+    blurry = row([0.3] * 4)
+    deblur = math.sqrt(0.01 + EPS2) + (3 * math.sqrt(0.01 + EPS2) + math.sqrt(0.04 + EPS2)) / 4
+    # L_R: 0.5 * I_hat - I_B = [-.25 -.2 -.15 -.05].
+    reblur = sum(math.sqrt(v * v + EPS2) for v in (0.25, 0.2, 0.15, 0.05)) / 4
+    # B_P = w_1 * (2, 4) = (0.5, 1.0) against a zero defocus map.
+    pseudo = (math.sqrt(0.25 + EPS2) + math.sqrt(1.0 + EPS2)) / 2
+
+    fake = FixedReblur()
+    eq2 = JDRLLoss(LossConfig(), estimator, levels=2, reblur_net=fake)
+    defocus_map = torch.zeros(1, 2, 1, 4, dtype=torch.float64, requires_grad=True)
+    out = eq2(blurry, row(SHARP), row(ESTIMATE), defocus_map, epoch=100)
+    assert out.terms["deblur"].item() == pytest.approx(deblur, rel=1e-12)
+    assert out.terms["reblur"].item() == pytest.approx(reblur, rel=1e-12)
+    assert out.terms["pseudo"].item() == pytest.approx(pseudo, rel=1e-12)
+    assert out.total.item() == pytest.approx(deblur + 0.5 * reblur + 0.5 * pseudo, rel=1e-12)
+    torch.testing.assert_close(out.reblurred, 0.5 * row(ESTIMATE))
+    out.total.backward()
+    # B_P is a target: L_P reaches the defocus map, never the reblurring net's seeds.
+    assert defocus_map.grad is not None and defocus_map.grad.abs().sum() > 0
+    assert fake.last_seeds.grad is None
+
+    raw = JDRLLoss(LossConfig(weighted_pseudo_map=False), estimator, levels=2, reblur_net=FixedReblur())
+    out = raw(blurry, row(SHARP), row(ESTIMATE), torch.zeros(1, 2, 1, 4, dtype=torch.float64), epoch=100)
+    assert out.terms["pseudo"].item() == pytest.approx((math.sqrt(4 + EPS2) + math.sqrt(16 + EPS2)) / 2, rel=1e-12)
+
+    eq1 = JDRLLoss(LossConfig(pseudo_supervision=False, alpha=0.3), estimator, levels=2, reblur_net=FixedReblur())
+    out = eq1(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
+    assert set(out.terms) == {"deblur", "reblur"}
+    assert out.total.item() == pytest.approx(deblur + 0.3 * reblur, rel=1e-12)
+
+
+def test_pseudo_supervision_needs_a_defocus_map():
+    loss = JDRLLoss(LossConfig(), ConstantFlow([0.0] * 4), levels=2, reblur_net=FixedReblur())
+    with pytest.raises(ValueError, match="pseudo_supervision"):
+        loss(row(SHARP), row(SHARP), row(ESTIMATE), None, epoch=0)
+
+
+def test_loss_config_names_bad_options():
+    with pytest.raises(ValueError, match="loss.deblur_loss"):
+        LossConfig(deblur_loss="l2")
+    with pytest.raises(ValueError, match="loss.alpha"):
+        LossConfig(alpha=-1)
+    with pytest.raises(ValueError, match="loss.pseudo_supervision"):
+        LossConfig(reblurring=False)
+    with pytest.raises(ValueError, match="flow_estimator"):
+        JDRLLoss(deblur_only(), None)
+
+
+# ---------------------------------------------------------------- variants
+
+def test_variants_cover_table5_and_eq1_eq2():
+    assert {"eq2", "eq1", "unet_eq1", "l1", "no_cycle", "no_mask", "no_reblur", "no_kpn", "no_wpn"} <= set(VARIANTS)
+    with pytest.raises(KeyError, match="known"):
+        variant_overrides("no_such_variant")
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_runs_and_has_its_terms(name):
+    from jdrl.config import load_config
+    from jdrl.flow import DISFlow
+    from jdrl.models import build_deblur_net
+
+    config = load_config(None, {**variant_overrides(name), "model.preset": "tiny"})
+    torch.manual_seed(0)
+    net = build_deblur_net(config.model.arch, config.model.preset, config.model.levels)
+    loss = JDRLLoss(config.loss, DISFlow(), levels=config.model.levels)
+    blurry, sharp = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
+    output = net(blurry)
+    out = loss(blurry, sharp, output.sharp, output.defocus_map, epoch=0)
+    out.total.backward()
+    assert math.isfinite(out.total.item())
+    expected_terms = {"deblur"}
+    if config.loss.reblurring:
+        expected_terms.add("reblur")
+    if config.loss.pseudo_supervision:
+        expected_terms.add("pseudo")
+    assert set(out.terms) == expected_terms
+    if loss.reblur_net is not None:
+        assert loss.reblur_net.predict_seeds == config.loss.predict_seeds
+        assert loss.reblur_net.predict_weights == config.loss.predict_weights
+        assert all(p.grad is not None for p in loss.reblur_net.parameters())
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)

@@ -1,0 +1,333 @@
+"""Tests of the config, checkpoints, trainer and `jdrl` command, on generated 32x32 pairs with the
+tiny preset (a few steps each)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jdrl.checkpoint import CheckpointError, load_checkpoint, load_deblur_net, save_checkpoint
+from jdrl.config import Config, ConfigError, config_from_dict, load_config
+from jdrl.losses import VARIANTS, JDRLLoss
+from jdrl.train import NonFiniteLossError, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    """4 random-textured 32x32 pairs in SDD layout; the sharp image is shifted by (1, 2) px."""
+    from jdrl.imageio import write_image
+
+    root = tmp_path_factory.mktemp("pairs")
+    generator = torch.Generator().manual_seed(0)
+    for index in range(4):
+        texture = torch.rand(1, 3, 8, 8, generator=generator)
+        sharp = F.interpolate(texture, size=(36, 36), mode="bicubic", align_corners=False).clamp(0, 1)
+        blurry = F.avg_pool2d(F.pad(sharp, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+        write_image(root / "blur" / f"{index:03d}.png", blurry[0, :, 2:34, 2:34])
+        write_image(root / "gt" / f"{index:03d}.png", sharp[0, :, 1:33, 2:34])
+    return root
+
+
+def tiny_config(pairs: Path, out_dir: Path, **overrides) -> Config:
+    values = {
+        "model.preset": "tiny",
+        "data.root": str(pairs),
+        "data.crop": 24,
+        "data.workers": 0,
+        "optim.lr": 1e-3,
+        "loss.flow_warmup_epochs": 1,
+        "train.epochs": 2,
+        "train.out_dir": str(out_dir),
+        "train.device": "cpu",
+        "train.log_every": 1,
+    }
+    values.update(overrides)
+    return load_config(None, values)
+
+
+def same_state(left: dict, right: dict) -> bool:
+    if left.keys() != right.keys():
+        return False
+    for key, a in left.items():
+        b = right[key]
+        if isinstance(a, dict):
+            if not same_state(a, b):
+                return False
+        elif isinstance(a, torch.Tensor):
+            if not torch.equal(a, b):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in records]
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_defaults_are_the_papers():
+    config = Config()
+    config.validate()
+    assert (config.optim.lr, config.optim.betas, config.optim.eps) == (2e-5, (0.9, 0.999), 1e-8)
+    assert (config.optim.lr_step, config.optim.lr_gamma) == (60, 0.5)
+    assert (config.train.epochs, config.train.batch_size, config.data.crop) == (200, 1, 512)
+    assert (config.loss.alpha, config.loss.beta, config.loss.mask_lambda) == (0.5, 0.5, 0.35)
+    assert (config.loss.flow_warmup_epochs, config.loss.eps, config.model.levels) == (15, 1e-3, 8)
+    assert config.flow.backend == "dis"
+
+
+def test_config_yaml_with_set_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: small\noptim:\n  lr: 2e-5\ntrain:\n  epochs: 7\n")
+    config = load_config(
+        path,
+        ["optim.lr=1e-4", "optim.betas=[0.8, 0.99]", "data.crop=null", "loss.cycle_deformation=false", "train.seed=3"],
+    )
+    assert config.model.preset == "small" and config.train.epochs == 7
+    assert config.optim.lr == 1e-4 and config.optim.betas == (0.8, 0.99)
+    assert config.data.crop is None and config.loss.cycle_deformation is False and config.train.seed == 3
+    # YAML 1.1 reads "2e-5" as a string; a float field accepts it as the number.
+    assert load_config(path).optim.lr == 2e-5
+    assert config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.cycel=false", r"unknown key loss\.cycel.*known keys in loss"),
+        ("train.epochs=abc", r"train\.epochs must be an integer"),
+        ("train.amp=1", r"train\.amp must be true or false"),
+        ("optim.betas=[0.9]", r"optim\.betas must be a list of 2"),
+        ("modle.arch=unet", r"unknown config section 'modle'"),
+        ("model.arch=resnet", r"model\.arch must be one of"),
+        ("loss.deblur_loss=l2", r"loss\.deblur_loss must be one of"),
+        ("model.arch=unet", r"loss\.pseudo_supervision=true needs a net that predicts a defocus map"),
+        ("optim.lr", r"expected KEY=VALUE"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, override, message):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, [override])
+
+
+def test_config_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "small_cpu.yaml", "ablation_unet.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(CONFIGS / name)
+    assert config.data.root is None  # the user points it at their data
+
+
+def test_every_variant_is_a_valid_config():
+    for overrides in VARIANTS.values():
+        config = load_config(CONFIGS / "paper.yaml", overrides)
+        if overrides.get("model.arch") == "unet":  # a Table 5 row: also on top of the ablation base
+            assert load_config(CONFIGS / "ablation_unet.yaml", overrides).loss == config.loss
+
+
+# ---------------------------------------------------------------- cli
+
+def test_cli_help_lists_every_subcommand(capsys):
+    from jdrl.cli import SUBCOMMANDS, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("train", "eval", "deblur", "make-patches", "inspect-pairs", "synth", "demo", "ablate"):
+        assert name in text and name in SUBCOMMANDS
+    assert main([]) == 2
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {"epoch": 1}})
+
+    def crash(obj, stream, *args, **kwargs):
+        stream.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "config": {"epoch": 2}})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert torch.equal(state["model"]["w"], torch.ones(3)) and state["config"] == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left behind
+
+
+def test_load_checkpoint_names_bad_files(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+# ---------------------------------------------------------------- training
+
+def test_short_training_lowers_the_loss_and_writes_checkpoints(pairs, tmp_path):
+    # The Table 5 base (UNet, Eq. 1), flow against I_hat from the first step so that every epoch
+    # measures the same objective. At this learning rate (50x the paper's) the tiny JDRL net's
+    # loss is erratic over so few steps and L_P's target drifts, so the descent is checked here.
+    config = tiny_config(
+        pairs,
+        tmp_path / "run",
+        **VARIANTS["unet_eq1"],
+        **{"data.crop": None, "data.flip": False, "train.epochs": 4, "loss.flow_warmup_epochs": 0,
+           "data.val_root": str(pairs), "data.val_split": "train"},
+    )
+    result = train(config)
+    totals = [record["total"] for record in result.epoch_losses]
+    deblur = [record["deblur"] for record in result.epoch_losses]
+    assert len(totals) == 4 and all(math.isfinite(t) for t in totals)
+    assert totals[-1] < 0.9 * totals[0] and deblur[-1] < deblur[0]
+    assert result.steps == 16
+    assert result.last_checkpoint == tmp_path / "run" / "last.pt"
+    assert result.best_checkpoint == tmp_path / "run" / "best.pt" and result.best_metric is not None
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "train_log.jsonl").is_file()
+    assert load_config(tmp_path / "run" / "config.yaml") == config
+
+    state = load_checkpoint(result.last_checkpoint)
+    assert {"model", "reblur", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(state)
+    assert state["epoch"] == 4 and state["step"] == 16
+    assert state["config"]["model"] == {"arch": "unet", "preset": "tiny", "levels": 8}
+    net = load_deblur_net(result.last_checkpoint)
+    image = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(net(image).sharp, result.net(image).sharp, rtol=0, atol=0)
+
+
+def test_resume_equals_an_uninterrupted_run(pairs, tmp_path):
+    overrides = {"train.deterministic": True, "train.epochs": 3, "train.max_steps_per_epoch": 2,
+                 "data.val_root": str(pairs), "data.val_split": "train", "data.val_crop": 24}
+    straight = train(tiny_config(pairs, tmp_path / "straight", **overrides))
+    interrupted = tiny_config(pairs, tmp_path / "resumed", **{**overrides, "train.epochs": 1})
+    train(interrupted)
+    resumed = train(tiny_config(pairs, tmp_path / "resumed", **overrides), resume=tmp_path / "resumed" / "last.pt")
+
+    assert without_timing(resumed.epoch_losses) == without_timing(straight.epoch_losses)
+    assert resumed.val_metrics == straight.val_metrics and resumed.steps == straight.steps == 6
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for key in ("model", "reblur", "optimizer", "scheduler", "rng"):
+        assert same_state({key: a[key]}, {key: b[key]}), key
+    assert torch.are_deterministic_algorithms_enabled() is False  # the run restores the process setting
+
+
+def test_cli_train_and_resume_auto(pairs, tmp_path, capsys):
+    from jdrl.cli import main
+
+    args = ["train", "--set", f"data.root={pairs}", "--set", "model.preset=tiny", "--set", "data.crop=24",
+            "--set", f"train.out_dir={tmp_path}", "--set", "train.max_steps_per_epoch=1", "--set", "train.device=cpu"]
+    assert main([*args, "--set", "train.epochs=1"]) == 0
+    assert main([*args, "--set", "train.epochs=2", "--resume", "auto"]) == 0
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert main([*args, "--set", "train.epohcs=2"]) == 1
+    assert "train.epohcs" in capsys.readouterr().err
+
+
+def test_tensorboard_scalars_and_images_when_installed(pairs, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    written: dict[str, list] = {"scalars": [], "images": []}
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            written["log_dir"] = log_dir
+
+        def add_scalar(self, tag, value, step):
+            written["scalars"].append(tag)
+
+        def add_image(self, tag, image, step):
+            written["images"].append((tag, tuple(image.shape)))
+
+        def close(self):
+            written["closed"] = True
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    config = tiny_config(pairs, tmp_path, **{"train.epochs": 1, "train.max_steps_per_epoch": 1,
+                                             "data.val_root": str(pairs), "data.val_split": "train"})
+    train(config)
+    assert written["log_dir"] == str(tmp_path / "tensorboard") and written["closed"]
+    assert {"train/total", "train/deblur", "train/reblur", "train/pseudo", "epoch/total", "val/psnr"} <= set(
+        written["scalars"]
+    )
+    assert ("samples/deblurred", (3, 32, 32)) in written["images"]
+
+
+def test_non_finite_loss_stops_with_named_step_and_keeps_last_checkpoint(pairs, tmp_path, monkeypatch):
+    original = JDRLLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 3 = the first step of epoch 2
+            out = out._replace(total=out.total * float("nan"))
+        return out
+
+    monkeypatch.setattr(JDRLLoss, "forward", poisoned)
+    config = tiny_config(pairs, tmp_path, **{"train.max_steps_per_epoch": 2, "train.epochs": 3})
+    with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 2\): total=nan, deblur=.*reblur=.*pseudo=") as info:
+        train(config)
+    assert "last good checkpoint" in str(info.value) and info.value.step == 3
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 1 and state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    load_deblur_net(tmp_path / "last.pt")
+
+
+# ---------------------------------------------------------------- DDP
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, config: Config, results: str) -> None:
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+         "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
+    )
+    torch.set_num_threads(1)
+    result = train(config)
+    torch.save(
+        {"net": result.net.state_dict(), "last": result.last_checkpoint, "losses": result.epoch_losses},
+        Path(results) / f"rank{rank}.pt",
+    )
+
+
+def test_ddp_two_cpu_processes(pairs, tmp_path):
+    import torch.multiprocessing as mp
+
+    config = tiny_config(pairs, tmp_path / "run", **{"train.epochs": 1, "train.max_steps_per_epoch": 2})
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    # Gradients were averaged: both replicas hold the same weights, and rank 0's checkpoint has them.
+    assert same_state(rank0["net"], rank1["net"])
+    assert rank0["last"] == tmp_path / "run" / "last.pt" and rank1["last"] is None
+    assert without_timing(rank0["losses"]) == without_timing(rank1["losses"])
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert same_state(state["model"], rank0["net"]) and state["step"] == 2
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "last.pt", "train_log.jsonl"]
