@@ -61,7 +61,7 @@ setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
-    install_requires=["numpy", "pyyaml", "tqdm", "opencv-python-headless", "scikit-image"],
+    install_requires=["numpy", "pyyaml", "tqdm", "pillow", "opencv-python-headless", "scikit-image"],
     extras_require={"test": ["pytest"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["jdrl = jdrl.cli:main"]},
 )

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Compile check of the CUDA build of jdrl_ext; needs nvcc, not a GPU.
+#
+#   .ci/compile_cuda.sh VENV
+#
+# VENV is a virtual environment holding a CUDA build of torch (and setuptools, ninja), e.g.
+#   python3 -m venv V && V/bin/pip install -q torch==2.14.1 numpy setuptools ninja
+# The working tree is copied to a temporary folder (so an in-place CPU build is left alone) and built
+# there with FORCE_CUDA=1. Fails on any compile or link error, on a library that leaves a jdrl symbol
+# undefined, and on a library whose CUDA kernels are not registered with the dispatcher. Prints the
+# build time. CUDA_HOME (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default 9.0) and MAX_JOBS
+# (default 2) are respected.
+set -euo pipefail
+
+venv="${1:?usage: .ci/compile_cuda.sh VENV (a virtual environment with a CUDA build of torch)}"
+python="$venv/bin/python"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+
+fail() {
+  echo "compile_cuda: $*" >&2
+  exit 1
+}
+
+[ -x "$python" ] || fail "no python at $python (argument 1 must be a virtual environment)"
+[ -x "$CUDA_HOME/bin/nvcc" ] || fail "no nvcc at $CUDA_HOME/bin/nvcc (set CUDA_HOME to the CUDA toolkit)"
+"$python" -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' ||
+  fail "the torch in $venv has no CUDA (torch.version.cuda is None): install a CUDA build of torch there"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/jdrl_cuda_build.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+tar -C "$repo" --exclude=./build --exclude='*.so' --exclude=./.git --exclude='./.venv*' -cf - . | tar -C "$work" -xf -
+
+# CUDA headers that the toolkit may lack ship in pip's nvidia-* wheels. CPATH is searched after the
+# -I folders, so these only fill gaps and never shadow the toolkit's own headers.
+extra_includes="$("$python" - <<'EOF'
+import glob, os, site
+dirs = []
+for root in site.getsitepackages():
+    dirs += sorted(glob.glob(os.path.join(root, "nvidia", "*", "include")))
+print(os.pathsep.join(dirs))
+EOF
+)"
+export CPATH="${extra_includes}${CPATH:+:$CPATH}"
+
+log="$work/build.log"
+start=$(date +%s)
+if ! (cd "$work" && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-2}" \
+      "$python" setup.py build_ext --inplace) >"$log" 2>&1; then
+  tail -n 80 "$log" >&2
+  fail "the CUDA build failed after $(( $(date +%s) - start ))s (log above)"
+fi
+elapsed=$(( $(date +%s) - start ))
+
+library="$(ls "$work"/jdrl_ext/_C*.so 2>/dev/null | head -n 1 || true)"
+[ -n "$library" ] || fail "the build produced no jdrl_ext/_C*.so"
+undefined="$(nm -DC --undefined-only "$library" | grep -i jdrl || true)"
+[ -z "$undefined" ] || fail "undefined jdrl symbols in $(basename "$library"):"$'\n'"$undefined"
+grep -i "warning" "$log" >&2 || true
+
+# Loading the library registers the kernels; that needs no GPU.
+(cd "$work" && "$python" - <<'EOF') || fail "the CUDA kernels are not all registered"
+import torch
+import jdrl_ext  # noqa: F401
+ops = ["isotropic_kernels", "sv_conv", "reblur", "flow_warp"]
+missing = [
+    name
+    for op in ops
+    for name in (op, "_" + op + "_backward")
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("jdrl_ext::" + name, "CUDA")
+]
+if missing:
+    raise SystemExit("no CUDA kernel for: " + ", ".join(missing))
+EOF
+
+echo "compile_cuda: OK, $(basename "$library") ($(du -h "$library" | cut -f1)) built in ${elapsed}s" \
+  "(torch $("$python" -c 'import torch; print(torch.__version__)'), arch ${TORCH_CUDA_ARCH_LIST:-9.0})"
