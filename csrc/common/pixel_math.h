@@ -473,6 +473,22 @@ JDRL_HD bool tap_inside(int64_t y, int64_t x, int64_t height, int64_t width) {
 
 // Bilinear sample of one plane; a tap outside the image counts as 0 (with border padding the
 // coordinate was clamped, so only taps of weight 0 can fall outside).
+// All four taps inside the image: the common case, which needs no bounds checks. A NaN coordinate
+// parks x0/y0 outside, so it never takes this path.
+template <typename acc_t>
+JDRL_HD bool taps_interior(const BilinearTaps<acc_t>& taps, int64_t height, int64_t width) {
+  return taps.x0 >= 0 && taps.x0 + 1 < width && taps.y0 >= 0 && taps.y0 + 1 < height;
+}
+
+// The four bilinear weights, in the order (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).
+template <typename acc_t>
+JDRL_HD void bilinear_weights(const BilinearTaps<acc_t>& taps, acc_t* w) {
+  w[0] = (acc_t(1) - taps.wy) * (acc_t(1) - taps.wx);
+  w[1] = (acc_t(1) - taps.wy) * taps.wx;
+  w[2] = taps.wy * (acc_t(1) - taps.wx);
+  w[3] = taps.wy * taps.wx;
+}
+
 // A NaN sample coordinate (NaN flow) gives a NaN sample and NaN coordinate gradients.
 template <typename acc_t>
 JDRL_HD bool taps_are_nan(const BilinearTaps<acc_t>& taps) {
@@ -482,13 +498,13 @@ JDRL_HD bool taps_are_nan(const BilinearTaps<acc_t>& taps) {
 template <typename scalar_t, typename acc_t>
 JDRL_HD acc_t bilinear_sample(const scalar_t* plane, int64_t height, int64_t width, const BilinearTaps<acc_t>& taps) {
   if (taps_are_nan(taps)) return taps.wx + taps.wy;
+  acc_t w[4];
+  bilinear_weights(taps, w);
   acc_t value = 0;
-  const acc_t w[2][2] = {{(acc_t(1) - taps.wy) * (acc_t(1) - taps.wx), (acc_t(1) - taps.wy) * taps.wx},
-                         {taps.wy * (acc_t(1) - taps.wx), taps.wy * taps.wx}};
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 2; ++j) {
       const int64_t ty = taps.y0 + i, tx = taps.x0 + j;
-      if (tap_inside(ty, tx, height, width)) value += w[i][j] * static_cast<acc_t>(plane[ty * width + tx]);
+      if (tap_inside(ty, tx, height, width)) value += w[2 * i + j] * static_cast<acc_t>(plane[ty * width + tx]);
     }
   }
   return value;
