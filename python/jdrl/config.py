@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from jdrl.atomic import atomic_write
 from jdrl.losses import LossConfig
 
 __all__ = [
@@ -358,16 +358,5 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Iterabl
 def save_config_yaml(config: Config | dict[str, Any], path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (temp file in the same folder, then rename)."""
     values = config.to_dict() if isinstance(config, Config) else config
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            yaml.safe_dump(values, stream, sort_keys=False)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with atomic_write(path, "w", durable=True) as stream:
+        yaml.safe_dump(values, stream, sort_keys=False)

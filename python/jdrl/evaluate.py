@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jdrl.atomic import atomic_write
 from jdrl.data import LAYOUTS, DatasetError, ImagePair, find_pairs
 from jdrl.imageio import is_image_file, read_image, write_image
 from jdrl.metrics import aligned_metrics, load_lpips
@@ -50,12 +51,10 @@ def _predictions_by_name(pred_dir: Path, pairs: list[ImagePair]) -> dict[str, Pa
 
 
 def _write_csv_atomically(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as stream:
+    with atomic_write(path, "w") as stream:
         writer = csv.writer(stream)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(temporary, path)
 
 
 def evaluate(
@@ -143,9 +142,8 @@ def evaluate(
         "flow": {"backend": flow_backend, "weights": None if flow_weights is None else str(flow_weights)},
         "tiling": {"tile": tile, "overlap": overlap} if checkpoint is not None else None,
     }
-    temporary = out_dir / ".summary.json.tmp"
-    temporary.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(temporary, out_dir / "summary.json")
+    with atomic_write(out_dir / "summary.json", "w") as stream:
+        stream.write(json.dumps(summary, indent=2) + "\n")
     if verbose:
         print(f"means over {len(pairs)} images (aligned = sharp warped onto the prediction by {flow_backend} flow):")
         for column in columns:

@@ -13,12 +13,12 @@ a later run would mistake for a result.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from jdrl.atomic import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -137,17 +137,8 @@ def write_image_array(path: str | os.PathLike, array: np.ndarray) -> None:
     ok, encoded = cv2.imencode(extension, np.ascontiguousarray(array))
     if not ok:
         raise OSError(f"OpenCV could not encode an image of shape {array.shape} as {extension} for {path}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{Path(path).stem}.", suffix=f"{extension}.tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(encoded.tobytes())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with atomic_write(path, "wb") as stream:
+        stream.write(encoded.tobytes())
 
 
 def write_image(path: str | os.PathLike, image: torch.Tensor | np.ndarray, bit_depth: int = 8) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jdrl.atomic import atomic_write
 from jdrl.data import LAYOUTS, find_pairs
 from jdrl.imageio import read_image
 
@@ -207,8 +208,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(summarize(reports))
     if args.csv:
-        temporary = f"{args.csv}.tmp"
-        with open(temporary, "w", newline="") as stream:
+        with atomic_write(args.csv, "w") as stream:
             writer = csv.DictWriter(stream, fieldnames=[f.name for f in fields(PairReport)])
             writer.writeheader()
             for report in reports:
@@ -218,6 +218,5 @@ def run(args: argparse.Namespace) -> int:
                         for k, v in asdict(report).items()
                     }
                 )
-        os.replace(temporary, args.csv)
         print(f"written: {args.csv}")
     return 0

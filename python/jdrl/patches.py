@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from jdrl.atomic import atomic_write
 from jdrl.data import LAYOUTS, DatasetError, find_pairs
 from jdrl.imageio import is_image_file, read_image_array, write_image_array
 
@@ -142,12 +143,10 @@ def make_patches(
                 kept += 1
 
     manifest = destination / "patches.csv"
-    temporary = manifest.with_suffix(".csv.tmp")
-    with open(temporary, "w", newline="") as stream:
+    with atomic_write(manifest, "w") as stream:
         writer = csv.writer(stream)
         writer.writerow(["patch", "source_pair", "top", "left", "sharpness", "kept"])
         writer.writerows(records)
-    os.replace(temporary, manifest)
     return PatchSummary(pairs=len(pairs), kept=kept, dropped=dropped, scores=scores)
 
 

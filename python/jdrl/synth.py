@@ -41,7 +41,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +49,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from jdrl.atomic import atomic_write
 
 __all__ = [
     "BUNDLED_PHOTOS",
@@ -578,15 +579,8 @@ def make_pair(
 
 def _write_bytes_atomic(path: Path, payload: bytes) -> None:
     """Write next to ``path`` and rename, so an interrupted run leaves no half-written file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_write(path, "wb") as stream:
+        stream.write(payload)
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
