@@ -8,14 +8,24 @@
 # The working tree is copied to a temporary folder (so an in-place CPU build is left alone) and built
 # there with FORCE_CUDA=1. Fails on any compile or link error, on a library that leaves a jdrl symbol
 # undefined, and on a library whose CUDA kernels are not registered with the dispatcher. Prints the
-# build time. CUDA_HOME (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default 9.0) and MAX_JOBS
-# (default 2) are respected.
+# build time. CUDA_HOME (default: /usr/local/cuda, else the toolkit of the nvcc on PATH),
+# TORCH_CUDA_ARCH_LIST (default 9.0) and MAX_JOBS (default 2) are respected.
 set -euo pipefail
 
 venv="${1:?usage: .ci/compile_cuda.sh VENV (a virtual environment with a CUDA build of torch)}"
-python="$venv/bin/python"
+[ -d "$venv" ] || { echo "compile_cuda: no folder $venv (argument 1 must be a virtual environment)" >&2; exit 1; }
+python="$(cd "$venv" && pwd)/bin/python"  # absolute: the build runs in another folder
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+if [ -z "${CUDA_HOME:-}" ]; then
+  if [ -x /usr/local/cuda/bin/nvcc ]; then
+    CUDA_HOME=/usr/local/cuda
+  elif command -v nvcc >/dev/null; then
+    CUDA_HOME="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
+  else
+    CUDA_HOME=/usr/local/cuda
+  fi
+fi
+export CUDA_HOME
 
 fail() {
   echo "compile_cuda: $*" >&2
@@ -27,9 +37,23 @@ fail() {
 "$python" -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' ||
   fail "the torch in $venv has no CUDA (torch.version.cuda is None): install a CUDA build of torch there"
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/jdrl_cuda_build.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-tar -C "$repo" --exclude=./build --exclude='*.so' --exclude=./.git --exclude='./.venv*' -cf - . | tar -C "$work" -xf -
+# JDRL_CUDA_BUILD_DIR: build there and keep the result (to inspect or load it); else a temporary folder.
+if [ -n "${JDRL_CUDA_BUILD_DIR:-}" ]; then
+  rm -rf "$JDRL_CUDA_BUILD_DIR" && mkdir -p "$JDRL_CUDA_BUILD_DIR"
+  work="$(cd "$JDRL_CUDA_BUILD_DIR" && pwd)"
+else
+  work="$(mktemp -d "${TMPDIR:-/tmp}/jdrl_cuda_build.XXXXXX")"
+  trap 'rm -rf "$work"' EXIT
+fi
+# The source files only: in a git checkout, the tracked and the untracked-but-not-ignored files (no
+# venvs, builds or runs); elsewhere, everything but those.
+if git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  git -C "$repo" ls-files -z --cached --others --exclude-standard |
+    tar -C "$repo" --null --ignore-failed-read -T - -cf - | tar -C "$work" -xf -
+else
+  tar -C "$repo" --exclude=./build --exclude='*.so' --exclude=./.git --exclude='./.venv*' -cf - . | tar -C "$work" -xf -
+fi
+rm -f "$work"/jdrl_ext/_C*.so  # never test a stale library
 
 # CUDA headers that the toolkit may lack ship in pip's nvidia-* wheels. CPATH is searched after the
 # -I folders, so these only fill gaps and never shadow the toolkit's own headers.

@@ -178,112 +178,10 @@ JDRL_HD int orbit_of_offset(int dy, int dx) {
 }
 JDRL_HD int orbit_size(int a, int b) { return a == 0 ? 1 : ((b == 0 || b == a) ? 4 : 8); }
 
-// The logit of orbit (a, b) at level `radius` (a <= radius), and whether it is in the softmax.
-template <typename scalar_t, typename acc_t>
-JDRL_HD acc_t orbit_logit(const scalar_t* level_seeds, int64_t seed_stride, int a, int b, int radius,
-                          bool disk, bool* in_softmax, PolarTap<acc_t>* tap_out) {
-  const PolarTap<acc_t> tap = polar_tap<acc_t>(a * a + b * b, radius);
-  *tap_out = tap;
-  *in_softmax = tap.inside || !disk;
-  if (!tap.inside) return acc_t(0);
-  return polar_logit<acc_t>(tap, static_cast<acc_t>(level_seeds[tap.lower * seed_stride]),
-                            static_cast<acc_t>(level_seeds[tap.upper * seed_stride]));
-}
-
-// Softmax statistics of level `radius` over its orbits, each orbit counting orbit_size taps.
-template <typename scalar_t, typename acc_t>
-JDRL_HD void level_softmax_stats(const scalar_t* level_seeds, int64_t seed_stride, int radius, bool disk,
-                                 acc_t* max_logit, acc_t* denominator) {
-  acc_t running = static_cast<acc_t>(level_seeds[0]);
-  PolarTap<acc_t> tap;
-  for (int a = 0; a <= radius; ++a) {
-    for (int b = 0; b <= a; ++b) {
-      bool used;
-      const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
-      if (used) running = nan_max(running, z);
-    }
-  }
-  acc_t sum = 0;
-  for (int a = 0; a <= radius; ++a) {
-    for (int b = 0; b <= a; ++b) {
-      bool used;
-      const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
-      if (used) sum += static_cast<acc_t>(orbit_size(a, b)) * math_exp(z - running);
-    }
-  }
-  *max_logit = running;
-  *denominator = sum;
-}
-
-// The radial kernel of one pixel: Wt(o) = [o == 0] w_0 + sum_{r >= a(o)} w_r k_r(o), with k_r(o) the
-// per-tap softmax weight of orbit o at level r. Written to orbit_weights[o * stride], o < m(m+1)/2.
-template <typename scalar_t, typename acc_t>
-JDRL_HD void reblur_orbit_weights(const scalar_t* seeds, int64_t seed_stride, const scalar_t* weights,
-                                  int64_t weight_stride, int levels, bool disk, acc_t* orbit_weights,
-                                  int64_t orbit_stride) {
-  const int orbits = orbit_count(levels);
-  orbit_weights[0] = static_cast<acc_t>(weights[0]);
-  for (int o = 1; o < orbits; ++o) orbit_weights[o * orbit_stride] = acc_t(0);
-  PolarTap<acc_t> tap;
-  for (int radius = 1; radius < levels; ++radius) {
-    const scalar_t* level_seeds = seeds + seed_offset(radius) * seed_stride;
-    acc_t max_logit, denominator;
-    level_softmax_stats<scalar_t, acc_t>(level_seeds, seed_stride, radius, disk, &max_logit, &denominator);
-    const acc_t scale = static_cast<acc_t>(weights[radius * weight_stride]) / denominator;
-    for (int a = 0; a <= radius; ++a) {
-      for (int b = 0; b <= a; ++b) {
-        bool used;
-        const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
-        if (used) orbit_weights[orbit_index(a, b) * orbit_stride] += scale * math_exp(z - max_logit);
-      }
-    }
-  }
-}
-
-// Seed and weight gradients of one pixel, given orbit_grad[o] = sum_c grad_out[c] * S_o[c], the
-// gradient of the loss with respect to Wt(o). Per level r with per-tap weights k_r(o):
-//   d/dw_r = sum_o k_r(o) orbit_grad[o]
-//   d/dz_r(o) = w_r k_r(o) (orbit_grad[o] - |o| d/dw_r)    (softmax backward, |o| taps share z_r(o))
-template <typename scalar_t, typename acc_t>
-JDRL_HD void reblur_param_backward(const acc_t* orbit_grad, int64_t orbit_stride, const scalar_t* seeds,
-                                   int64_t seed_stride, const scalar_t* weights, int64_t weight_stride,
-                                   int levels, bool disk, acc_t* grad_seeds, scalar_t* grad_weights) {
-  grad_weights[0] = static_cast<scalar_t>(orbit_grad[0]);
-  PolarTap<acc_t> tap;
-  for (int radius = 1; radius < levels; ++radius) {
-    const scalar_t* level_seeds = seeds + seed_offset(radius) * seed_stride;
-    acc_t* level_grad = grad_seeds + seed_offset(radius) * seed_stride;
-    acc_t max_logit, denominator;
-    level_softmax_stats<scalar_t, acc_t>(level_seeds, seed_stride, radius, disk, &max_logit, &denominator);
-    acc_t grad_weight = 0;
-    for (int a = 0; a <= radius; ++a) {
-      for (int b = 0; b <= a; ++b) {
-        bool used;
-        const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
-        if (used) grad_weight += math_exp(z - max_logit) / denominator * orbit_grad[orbit_index(a, b) * orbit_stride];
-      }
-    }
-    grad_weights[radius * weight_stride] = static_cast<scalar_t>(grad_weight);
-    const acc_t weight = static_cast<acc_t>(weights[radius * weight_stride]);
-    for (int s = 0; s <= radius; ++s) level_grad[s * seed_stride] = acc_t(0);
-    for (int a = 0; a <= radius; ++a) {
-      for (int b = 0; b <= a; ++b) {
-        bool used;
-        const acc_t z = orbit_logit<scalar_t, acc_t>(level_seeds, seed_stride, a, b, radius, disk, &used, &tap);
-        if (!tap.inside) continue;
-        const acc_t k = math_exp(z - max_logit) / denominator;
-        const acc_t dz = weight * k *
-                         (orbit_grad[orbit_index(a, b) * orbit_stride] - static_cast<acc_t>(orbit_size(a, b)) * grad_weight);
-        level_grad[tap.lower * seed_stride] += (acc_t(1) - tap.frac) * dz;
-        if (tap.frac != acc_t(0)) level_grad[tap.upper * seed_stride] += tap.frac * dz;
-      }
-    }
-  }
-}
-
-// The same two computations with a precomputed table of the orbits' polar positions and a scratch
-// of m(m+1)/2 values per pixel, so each (level, orbit) costs one exponential (SPEC 4 counts 119 for
-// m = 8) instead of recomputing square roots and exponentials pass after pass.
+// The radial kernel of one pixel, Wt(o) = [o == 0] w_0 + sum_{r >= a(o)} w_r k_r(o), with k_r(o) the
+// per-tap softmax weight of orbit o at level r, and its backward. A precomputed table holds the
+// orbits' polar positions and a scratch of m(m+1)/2 values per pixel holds one level's softmax, so
+// each (level, orbit) costs one exponential (SPEC 4 counts 119 for m = 8).
 
 template <typename acc_t>
 struct OrbitPolar {
@@ -348,7 +246,7 @@ JDRL_HD void level_tap_weights(const scalar_t* level_seeds, int64_t seed_stride,
   for (int o = 0; o < orbits; ++o) probs[o * probs_stride] *= inverse;
 }
 
-// Wt(o) of one pixel, as reblur_orbit_weights, into orbit_weights[o * stride].
+// Wt(o) of one pixel into orbit_weights[o * orbit_stride].
 template <typename scalar_t, typename acc_t>
 JDRL_HD void radial_kernel(const scalar_t* seeds, int64_t seed_stride, const scalar_t* weights, int64_t weight_stride,
                            int levels, bool disk, const OrbitPolar<acc_t>* table, acc_t* probs, int64_t probs_stride,
@@ -365,8 +263,11 @@ JDRL_HD void radial_kernel(const scalar_t* seeds, int64_t seed_stride, const sca
   }
 }
 
-// Seed and weight gradients of one pixel, as reblur_param_backward; also writes Wt(o) into
-// orbit_weights (the image gradient needs it) from the same softmax values.
+// Seed and weight gradients of one pixel, given orbit_grad[o] = sum_c grad_out[c] * S_o[c] (S_o: the
+// sum of the extended image over orbit o's offsets), the gradient with respect to Wt(o). Per level r:
+//   d/dw_r = sum_o k_r(o) orbit_grad[o]
+//   d/dz_r(o) = w_r k_r(o) (orbit_grad[o] - |o| d/dw_r)    (softmax backward, |o| taps share z_r(o))
+// Also writes Wt(o) into orbit_weights (the image gradient needs it) from the same softmax values.
 template <typename scalar_t, typename acc_t>
 JDRL_HD void radial_kernel_backward(const acc_t* orbit_grad, int64_t orbit_grad_stride, const scalar_t* seeds,
                                     int64_t seed_stride, const scalar_t* weights, int64_t weight_stride, int levels,

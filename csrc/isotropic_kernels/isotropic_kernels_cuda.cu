@@ -1,0 +1,100 @@
+// isotropic_kernels on CUDA: one thread per pixel through the shared per-pixel functions of
+// common/pixel_math.h (the ones the CPU kernel calls), in float32 for float16/bfloat16 inputs.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/cuda_launch.cuh"
+#include "common/pixel_math.h"
+#include "isotropic_kernels/isotropic_kernels.h"
+
+namespace jdrl {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+__global__ void isotropic_kernels_forward_kernel(const scalar_t* __restrict__ seeds, scalar_t* __restrict__ kernels,
+                                                 int64_t batch, int64_t plane, int radius, bool disk) {
+  const int64_t taps = static_cast<int64_t>(2 * radius + 1) * (2 * radius + 1);
+  JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
+    const int64_t b = index / plane, pixel = index - b * plane;
+    isotropic_kernel_pixel<scalar_t, acc_t>(seeds + b * (radius + 1) * plane + pixel, plane, radius, disk,
+                                            kernels + b * taps * plane + pixel, plane);
+  }
+}
+
+// grad_seeds is in acc_t: a float32 scratch tensor for float16/bfloat16 inputs.
+template <typename scalar_t, typename acc_t>
+__global__ void isotropic_kernels_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ seeds,
+                                                  acc_t* __restrict__ grad_seeds, int64_t batch, int64_t plane,
+                                                  int radius, bool disk) {
+  const int64_t taps = static_cast<int64_t>(2 * radius + 1) * (2 * radius + 1);
+  JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
+    const int64_t b = index / plane, pixel = index - b * plane;
+    const int64_t seed_base = b * (radius + 1) * plane + pixel;
+    isotropic_kernel_pixel_backward<scalar_t, acc_t>(grad + b * taps * plane + pixel, plane, seeds + seed_base, plane,
+                                                     radius, disk, grad_seeds + seed_base);
+  }
+}
+
+at::Tensor isotropic_kernels_cuda(const at::Tensor& seeds_in, c10::string_view support) {
+  const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
+  const c10::cuda::CUDAGuard device_guard(seeds_in.device());
+  const at::Tensor seeds = seeds_in.contiguous();
+  const int64_t batch = seeds.size(0), height = seeds.size(2), width = seeds.size(3);
+  const int64_t size = 2 * args.radius + 1;
+  at::Tensor kernels = at::empty({batch, size * size, height, width}, seeds.options());
+  if (kernels.numel() == 0) return kernels;
+  const int64_t plane = height * width;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::ScalarType::Half, at::ScalarType::BFloat16, seeds.scalar_type(), "isotropic_kernels_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        isotropic_kernels_forward_kernel<scalar_t, acc_t>
+            <<<cuda::blocks_for(batch * plane), cuda::kThreadsPerBlock, 0, stream>>>(
+                seeds.data_ptr<scalar_t>(), kernels.data_ptr<scalar_t>(), batch, plane, args.radius, args.disk);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  return kernels;
+}
+
+at::Tensor isotropic_kernels_backward_cuda(const at::Tensor& grad_in, const at::Tensor& seeds_in,
+                                           c10::string_view support) {
+  const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
+  const int64_t size = 2 * args.radius + 1;
+  TORCH_CHECK_VALUE(grad_in.dim() == 4 && grad_in.size(0) == seeds_in.size(0) && grad_in.size(1) == size * size &&
+                        grad_in.size(2) == seeds_in.size(2) && grad_in.size(3) == seeds_in.size(3),
+                    "grad must have the shape of the kernels, (B, K*K, H, W) with K = ", size, ", got ",
+                    grad_in.sizes());
+  check_same_kind(grad_in, "grad", seeds_in, "seeds");
+  const c10::cuda::CUDAGuard device_guard(seeds_in.device());
+  const at::Tensor seeds = seeds_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous();
+  at::Tensor grad_seeds = at::empty(seeds.sizes(), seeds.options().dtype(cuda::accumulate_dtype(seeds.scalar_type())));
+  if (grad_seeds.numel() == 0) return cuda::in_dtype(grad_seeds, seeds.scalar_type());
+  const int64_t batch = seeds.size(0), height = seeds.size(2), width = seeds.size(3);
+  const int64_t plane = height * width;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, seeds.scalar_type(),
+                                  "isotropic_kernels_backward_cuda", [&] {
+                                    using acc_t = at::opmath_type<scalar_t>;
+                                    isotropic_kernels_backward_kernel<scalar_t, acc_t>
+                                        <<<cuda::blocks_for(batch * plane), cuda::kThreadsPerBlock, 0, stream>>>(
+                                            grad.data_ptr<scalar_t>(), seeds.data_ptr<scalar_t>(),
+                                            grad_seeds.data_ptr<acc_t>(), batch, plane, args.radius, args.disk);
+                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                  });
+  return cuda::in_dtype(grad_seeds, seeds.scalar_type());
+}
+
+}  // namespace
+}  // namespace jdrl
+
+TORCH_LIBRARY_IMPL(jdrl_ext, CUDA, m) {
+  m.impl("isotropic_kernels", &jdrl::isotropic_kernels_cuda);
+  m.impl("_isotropic_kernels_backward", &jdrl::isotropic_kernels_backward_cuda);
+}
