@@ -210,95 +210,188 @@ JDRL_HD void fill_orbit_table(int levels, OrbitPolar<acc_t>* table) {
   }
 }
 
-// Per-tap softmax weights k_r(o) of level `radius` into probs[o * probs_stride] for the orbits
-// o < (r+1)(r+2)/2 of its square window (0 for the corners under "disk").
+// The exponential of the orbit softmaxes, for arguments x <= 0 (a logit minus the level's maximum)
+// or NaN. Written as plain arithmetic, so that the compiler vectorizes the CPU's loops over a row
+// of pixels (expf is a library call it cannot vectorize): x = n ln2 + r with |r| <= ln2 / 2, exp(r)
+// by its degree-7 Taylor polynomial (relative error < 1e-8), 2^n from the exponent bits. Below -87
+// the result is ~1e-38 instead of underflowing further.
+JDRL_HD float softmax_exp(float x) {
+  x = x > -87.0f ? x : -87.0f;  // NaN becomes -87 here: level_tap_weights propagates NaN itself
+  const float shifted = x * 1.44269504f + 12582912.0f;  // 1.5 * 2^23: round(x / ln2) in the low bits
+  const float n = shifted - 12582912.0f;
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-06f;  // ln2 split in two for accuracy
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int n_bits;
+  float scale;
+#if defined(__CUDA_ARCH__)
+  n_bits = __float_as_int(shifted) - 0x4B400000;
+  scale = __int_as_float((n_bits + 127) << 23);
+#else
+  n_bits = __builtin_bit_cast(int, shifted) - 0x4B400000;
+  scale = __builtin_bit_cast(float, (n_bits + 127) << 23);
+#endif
+  return p * scale;
+}
+JDRL_HD double softmax_exp(double x) { return exp(x); }
+
+// The functions below work on a span of `span` consecutive pixels (pixel x of the span at offset
+// x): the CPU passes a row, so its loops over x vectorize; the GPU passes one pixel (span 1).
+// Per-channel arrays are `..._stride` apart; per-pixel scratch comes from the caller.
+
+// Per-tap softmax weights k_r(o) of level `radius` into probs[o * probs_stride + x] for the orbits
+// o < (r+1)(r+2)/2 of its square window (0 for the corners under "disk"). `max_logit` and
+// `inverse_sum` are scratch of `span` values each.
 template <typename scalar_t, typename acc_t>
-JDRL_HD void level_tap_weights(const scalar_t* level_seeds, int64_t seed_stride, int radius, bool disk,
-                               const OrbitPolar<acc_t>* table, acc_t* probs, int64_t probs_stride) {
+JDRL_HD void level_tap_weights(const scalar_t* __restrict__ level_seeds, int64_t seed_stride, int64_t span, int radius,
+                               bool disk, const OrbitPolar<acc_t>* __restrict__ table, acc_t* __restrict__ probs,
+                               int64_t probs_stride, acc_t* __restrict__ max_logit, acc_t* __restrict__ inverse_sum) {
   const int orbits = orbit_count(radius + 1);
   const int radius_squared = radius * radius;
-  acc_t max_logit = static_cast<acc_t>(level_seeds[0]);
+  for (int64_t x = 0; x < span; ++x) max_logit[x] = static_cast<acc_t>(level_seeds[x]);
   for (int o = 0; o < orbits; ++o) {
-    const OrbitPolar<acc_t>& orbit = table[o];
-    acc_t z = 0;  // window support: the corners keep logit 0
+    const OrbitPolar<acc_t> orbit = table[o];
+    acc_t* __restrict__ z = probs + o * probs_stride;
     if (orbit.squared <= radius_squared) {
-      const acc_t a_lower = static_cast<acc_t>(level_seeds[orbit.lower * seed_stride]);
-      z = orbit.frac == acc_t(0)
-              ? a_lower
-              : (acc_t(1) - orbit.frac) * a_lower + orbit.frac * static_cast<acc_t>(level_seeds[orbit.upper * seed_stride]);
-    } else if (disk) {
-      continue;
+      const scalar_t* __restrict__ a_lower = level_seeds + orbit.lower * seed_stride;
+      const scalar_t* __restrict__ a_upper = level_seeds + orbit.upper * seed_stride;
+      if (orbit.frac == acc_t(0)) {  // f == 0 reads a_l alone (0 * inf would be NaN)
+        for (int64_t x = 0; x < span; ++x) {
+          z[x] = static_cast<acc_t>(a_lower[x]);
+          max_logit[x] = nan_max(max_logit[x], z[x]);
+        }
+      } else {
+        const acc_t f = orbit.frac;
+        for (int64_t x = 0; x < span; ++x) {
+          z[x] = (acc_t(1) - f) * static_cast<acc_t>(a_lower[x]) + f * static_cast<acc_t>(a_upper[x]);
+          max_logit[x] = nan_max(max_logit[x], z[x]);
+        }
+      }
+    } else if (!disk) {  // window support: the corners keep logit 0
+      for (int64_t x = 0; x < span; ++x) {
+        z[x] = acc_t(0);
+        max_logit[x] = nan_max(max_logit[x], acc_t(0));
+      }
     }
-    probs[o * probs_stride] = z;
-    max_logit = nan_max(max_logit, z);
   }
-  acc_t denominator = 0;
+  for (int64_t x = 0; x < span; ++x) inverse_sum[x] = acc_t(0);
   for (int o = 0; o < orbits; ++o) {
+    acc_t* __restrict__ e = probs + o * probs_stride;
     if (disk && table[o].squared > radius_squared) {
-      probs[o * probs_stride] = acc_t(0);
+      for (int64_t x = 0; x < span; ++x) e[x] = acc_t(0);
       continue;
     }
-    const acc_t e = math_exp(probs[o * probs_stride] - max_logit);
-    probs[o * probs_stride] = e;
-    denominator += table[o].size * e;
+    const acc_t size = table[o].size;
+    for (int64_t x = 0; x < span; ++x) {
+      e[x] = softmax_exp(e[x] - max_logit[x]);
+      inverse_sum[x] += size * e[x];
+    }
   }
-  const acc_t inverse = acc_t(1) / denominator;
-  for (int o = 0; o < orbits; ++o) probs[o * probs_stride] *= inverse;
+  // max - max is 0, or NaN where a seed is NaN or infinite: the kernel of such a pixel is NaN.
+  for (int64_t x = 0; x < span; ++x) inverse_sum[x] = acc_t(1) / inverse_sum[x] + (max_logit[x] - max_logit[x]);
+  for (int o = 0; o < orbits; ++o) {
+    acc_t* __restrict__ k = probs + o * probs_stride;
+    for (int64_t x = 0; x < span; ++x) k[x] *= inverse_sum[x];
+  }
 }
 
-// Wt(o) of one pixel into orbit_weights[o * orbit_stride].
+// The radial kernel Wt(o) of each pixel of the span into orbit_weights[o * orbit_stride + x].
+// `scratch`: 2 * span values.
 template <typename scalar_t, typename acc_t>
-JDRL_HD void radial_kernel(const scalar_t* seeds, int64_t seed_stride, const scalar_t* weights, int64_t weight_stride,
-                           int levels, bool disk, const OrbitPolar<acc_t>* table, acc_t* probs, int64_t probs_stride,
-                           acc_t* orbit_weights, int64_t orbit_stride) {
+JDRL_HD void radial_kernel(const scalar_t* __restrict__ seeds, int64_t seed_stride,
+                           const scalar_t* __restrict__ weights, int64_t weight_stride, int64_t span, int levels,
+                           bool disk, const OrbitPolar<acc_t>* __restrict__ table, acc_t* __restrict__ probs,
+                           int64_t probs_stride, acc_t* __restrict__ scratch, acc_t* __restrict__ orbit_weights,
+                           int64_t orbit_stride) {
   const int orbits = orbit_count(levels);
-  orbit_weights[0] = static_cast<acc_t>(weights[0]);
-  for (int o = 1; o < orbits; ++o) orbit_weights[o * orbit_stride] = acc_t(0);
+  for (int64_t x = 0; x < span; ++x) orbit_weights[x] = static_cast<acc_t>(weights[x]);
+  for (int o = 1; o < orbits; ++o) {
+    for (int64_t x = 0; x < span; ++x) orbit_weights[o * orbit_stride + x] = acc_t(0);
+  }
   for (int radius = 1; radius < levels; ++radius) {
-    level_tap_weights<scalar_t, acc_t>(seeds + seed_offset(radius) * seed_stride, seed_stride, radius, disk, table,
-                                       probs, probs_stride);
-    const acc_t weight = static_cast<acc_t>(weights[radius * weight_stride]);
+    level_tap_weights<scalar_t, acc_t>(seeds + seed_offset(radius) * seed_stride, seed_stride, span, radius, disk,
+                                       table, probs, probs_stride, scratch, scratch + span);
+    const scalar_t* __restrict__ level_weight = weights + radius * weight_stride;
     const int level_orbits = orbit_count(radius + 1);
-    for (int o = 0; o < level_orbits; ++o) orbit_weights[o * orbit_stride] += weight * probs[o * probs_stride];
+    for (int o = 0; o < level_orbits; ++o) {
+      acc_t* __restrict__ target = orbit_weights + o * orbit_stride;
+      const acc_t* __restrict__ k = probs + o * probs_stride;
+      for (int64_t x = 0; x < span; ++x) target[x] += static_cast<acc_t>(level_weight[x]) * k[x];
+    }
   }
 }
 
-// Seed and weight gradients of one pixel, given orbit_grad[o] = sum_c grad_out[c] * S_o[c] (S_o: the
-// sum of the extended image over orbit o's offsets), the gradient with respect to Wt(o). Per level r:
+// Seed and weight gradients of each pixel of the span, given orbit_grad[o] = sum_c grad_out[c] * S_o[c]
+// (S_o: the sum of the extended image over orbit o's offsets), the gradient with respect to Wt(o).
+// Per level r:
 //   d/dw_r = sum_o k_r(o) orbit_grad[o]
 //   d/dz_r(o) = w_r k_r(o) (orbit_grad[o] - |o| d/dw_r)    (softmax backward, |o| taps share z_r(o))
 // Also writes Wt(o) into orbit_weights (the image gradient needs it) from the same softmax values.
+// `scratch`: 3 * span values.
 template <typename scalar_t, typename acc_t>
-JDRL_HD void radial_kernel_backward(const acc_t* orbit_grad, int64_t orbit_grad_stride, const scalar_t* seeds,
-                                    int64_t seed_stride, const scalar_t* weights, int64_t weight_stride, int levels,
-                                    bool disk, const OrbitPolar<acc_t>* table, acc_t* probs, int64_t probs_stride,
-                                    acc_t* grad_seeds, scalar_t* grad_weights, acc_t* orbit_weights,
-                                    int64_t orbit_stride) {
+JDRL_HD void radial_kernel_backward(const acc_t* __restrict__ orbit_grad, int64_t orbit_grad_stride,
+                                    const scalar_t* __restrict__ seeds, int64_t seed_stride,
+                                    const scalar_t* __restrict__ weights, int64_t weight_stride, int64_t span,
+                                    int levels, bool disk, const OrbitPolar<acc_t>* __restrict__ table,
+                                    acc_t* __restrict__ probs, int64_t probs_stride, acc_t* __restrict__ scratch,
+                                    acc_t* __restrict__ grad_seeds, scalar_t* __restrict__ grad_weights,
+                                    acc_t* __restrict__ orbit_weights, int64_t orbit_stride) {
   const int orbits = orbit_count(levels);
-  grad_weights[0] = static_cast<scalar_t>(orbit_grad[0]);
-  orbit_weights[0] = static_cast<acc_t>(weights[0]);
-  for (int o = 1; o < orbits; ++o) orbit_weights[o * orbit_stride] = acc_t(0);
+  acc_t* __restrict__ grad_weight = scratch + 2 * span;
+  for (int64_t x = 0; x < span; ++x) {
+    grad_weights[x] = static_cast<scalar_t>(orbit_grad[x]);
+    orbit_weights[x] = static_cast<acc_t>(weights[x]);
+  }
+  for (int o = 1; o < orbits; ++o) {
+    for (int64_t x = 0; x < span; ++x) orbit_weights[o * orbit_stride + x] = acc_t(0);
+  }
   for (int radius = 1; radius < levels; ++radius) {
-    level_tap_weights<scalar_t, acc_t>(seeds + seed_offset(radius) * seed_stride, seed_stride, radius, disk, table,
-                                       probs, probs_stride);
+    level_tap_weights<scalar_t, acc_t>(seeds + seed_offset(radius) * seed_stride, seed_stride, span, radius, disk,
+                                       table, probs, probs_stride, scratch, scratch + span);
     const int level_orbits = orbit_count(radius + 1);
-    const acc_t weight = static_cast<acc_t>(weights[radius * weight_stride]);
-    acc_t grad_weight = 0;
+    const scalar_t* __restrict__ level_weight = weights + radius * weight_stride;
+    for (int64_t x = 0; x < span; ++x) grad_weight[x] = acc_t(0);
     for (int o = 0; o < level_orbits; ++o) {
-      const acc_t k = probs[o * probs_stride];
-      grad_weight += k * orbit_grad[o * orbit_grad_stride];
-      orbit_weights[o * orbit_stride] += weight * k;
+      const acc_t* __restrict__ k = probs + o * probs_stride;
+      const acc_t* __restrict__ g = orbit_grad + o * orbit_grad_stride;
+      acc_t* __restrict__ target = orbit_weights + o * orbit_stride;
+      for (int64_t x = 0; x < span; ++x) {
+        grad_weight[x] += k[x] * g[x];
+        target[x] += static_cast<acc_t>(level_weight[x]) * k[x];
+      }
     }
-    grad_weights[radius * weight_stride] = static_cast<scalar_t>(grad_weight);
-    acc_t* level_grad = grad_seeds + seed_offset(radius) * seed_stride;
-    for (int s = 0; s <= radius; ++s) level_grad[s * seed_stride] = acc_t(0);
+    scalar_t* __restrict__ level_grad_weight = grad_weights + radius * weight_stride;
+    for (int64_t x = 0; x < span; ++x) level_grad_weight[x] = static_cast<scalar_t>(grad_weight[x]);
+    acc_t* __restrict__ level_grad = grad_seeds + seed_offset(radius) * seed_stride;
+    for (int s = 0; s <= radius; ++s) {
+      for (int64_t x = 0; x < span; ++x) level_grad[s * seed_stride + x] = acc_t(0);
+    }
     const int radius_squared = radius * radius;
     for (int o = 0; o < level_orbits; ++o) {
-      const OrbitPolar<acc_t>& orbit = table[o];
+      const OrbitPolar<acc_t> orbit = table[o];
       if (orbit.squared > radius_squared) continue;  // corner logits are constant
-      const acc_t dz = weight * probs[o * probs_stride] * (orbit_grad[o * orbit_grad_stride] - orbit.size * grad_weight);
-      level_grad[orbit.lower * seed_stride] += (acc_t(1) - orbit.frac) * dz;
-      if (orbit.frac != acc_t(0)) level_grad[orbit.upper * seed_stride] += orbit.frac * dz;
+      const acc_t* __restrict__ k = probs + o * probs_stride;
+      const acc_t* __restrict__ g = orbit_grad + o * orbit_grad_stride;
+      acc_t* __restrict__ lower = level_grad + orbit.lower * seed_stride;
+      acc_t* __restrict__ upper = level_grad + orbit.upper * seed_stride;
+      const acc_t f = orbit.frac;
+      if (f == acc_t(0)) {
+        for (int64_t x = 0; x < span; ++x) {
+          lower[x] += static_cast<acc_t>(level_weight[x]) * k[x] * (g[x] - orbit.size * grad_weight[x]);
+        }
+      } else {
+        for (int64_t x = 0; x < span; ++x) {
+          const acc_t dz = static_cast<acc_t>(level_weight[x]) * k[x] * (g[x] - orbit.size * grad_weight[x]);
+          lower[x] += (acc_t(1) - f) * dz;
+          upper[x] += f * dz;
+        }
+      }
     }
   }
 }

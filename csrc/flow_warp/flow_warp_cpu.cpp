@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_parallel.h"
 #include "common/pixel_math.h"
 #include "flow_warp/flow_warp.h"
 
@@ -34,7 +35,7 @@ at::Tensor flow_warp_cpu(const at::Tensor& image_in, const at::Tensor& flow_in, 
     const scalar_t* image_ptr = image.data_ptr<scalar_t>();
     const scalar_t* flow_ptr = flow.data_ptr<scalar_t>();
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kLightPixelsPerTask), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
         const scalar_t* flow_x = flow_ptr + b * 2 * plane + y * width;
@@ -77,7 +78,9 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad
   const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
   const int64_t plane = height * width, rows = batch * height;
   // One scatter buffer per chunk of rows; chunk 0 writes straight into grad_image.
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t tasks = (rows + cpu::rows_per_task(width, cpu::kLightPixelsPerTask) - 1) /
+                        cpu::rows_per_task(width, cpu::kLightPixelsPerTask);
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "flow_warp_backward_cpu", [&] {
     const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
     const scalar_t* image_ptr = image.data_ptr<scalar_t>();

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/cpu_parallel.h"
 #include "common/pixel_math.h"
 #include "isotropic_kernels/isotropic_kernels.h"
 
@@ -25,7 +26,7 @@ at::Tensor isotropic_kernels_cpu(const at::Tensor& seeds_in, c10::string_view su
   AT_DISPATCH_FLOATING_TYPES(seeds.scalar_type(), "isotropic_kernels_cpu", [&] {
     const scalar_t* seeds_ptr = seeds.data_ptr<scalar_t>();
     scalar_t* kernels_ptr = kernels.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
         for (int64_t x = 0; x < width; ++x) {
@@ -59,7 +60,7 @@ at::Tensor isotropic_kernels_backward_cpu(const at::Tensor& grad_in, const at::T
     const scalar_t* seeds_ptr = seeds.data_ptr<scalar_t>();
     const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
     scalar_t* out_ptr = grad_seeds.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
         for (int64_t x = 0; x < width; ++x) {

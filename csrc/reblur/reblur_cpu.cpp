@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_parallel.h"
 #include "common/cpu_conv.h"
 #include "common/pixel_math.h"
 #include "reblur/reblur.h"
@@ -49,16 +50,16 @@ at::Tensor reblur_cpu(const at::Tensor& image_in, const at::Tensor& seeds_in, co
     const scalar_t* weights_ptr = weights.data_ptr<scalar_t>();
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     const std::vector<OrbitPolar<scalar_t>> table = orbit_table<scalar_t>(args.levels);
-    at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> row_weights(orbits * width), probs(orbits), row_buffer, accumulator;
+    at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> row_weights(orbits * width), probs(orbits * width), scratch(2 * width), row_buffer,
+          accumulator;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
-        const scalar_t* row_seeds = seeds_ptr + b * seed_count * plane + y * width;
-        const scalar_t* row_level_weights = weights_ptr + b * args.levels * plane + y * width;
-        for (int64_t x = 0; x < width; ++x) {
-          radial_kernel<scalar_t, scalar_t>(row_seeds + x, plane, row_level_weights + x, plane, args.levels, args.disk,
-                                            table.data(), probs.data(), 1, row_weights.data() + x, width);
-        }
+        // The whole row is one span: the loops over x inside vectorize.
+        radial_kernel<scalar_t, scalar_t>(seeds_ptr + b * seed_count * plane + y * width, plane,
+                                          weights_ptr + b * args.levels * plane + y * width, plane, width, args.levels,
+                                          args.disk, table.data(), probs.data(), width, scratch.data(),
+                                          row_weights.data(), width);
         cpu::apply_planes_row(image_ptr + b * channels * plane, out_ptr + b * channels * plane, channels, height, width,
                               y, radius, args.replicate, row_weights.data(), width, OrbitIndex{}, row_buffer,
                               accumulator);
@@ -104,8 +105,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_cpu(const at::Ten
     // Pass 1, per row: the gradient with respect to each orbit weight, sum_c grad * S_o, then the
     // seed and weight gradients of each pixel; and the radial kernels for pass 2.
     const std::vector<OrbitPolar<scalar_t>> table = orbit_table<scalar_t>(args.levels);
-    at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> orbit_grad(orbits * width), probs(orbits), row_buffer;
+    at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> orbit_grad(orbits * width), probs(orbits * width), scratch(3 * width), row_buffer;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
         const int64_t image_base = b * channels * plane;
@@ -114,16 +115,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_cpu(const at::Ten
         std::fill(orbit_grad.begin(), orbit_grad.end(), scalar_t(0));
         cpu::correlate_planes_row(image_ptr + image_base, grad_ptr + image_base, channels, height, width, y, radius,
                                   args.replicate, orbit_grad.data(), width, OrbitIndex{}, row_buffer);
-        for (int64_t x = 0; x < width; ++x) {
-          radial_kernel_backward<scalar_t, scalar_t>(
-              orbit_grad.data() + x, width, seeds_ptr + seed_base + x, plane, weights_ptr + weight_base + x, plane,
-              args.levels, args.disk, table.data(), probs.data(), 1, grad_seeds_ptr + seed_base + x,
-              grad_weights_ptr + weight_base + x, orbit_weights_ptr + b * orbits * plane + y * width + x, plane);
-        }
+        radial_kernel_backward<scalar_t, scalar_t>(orbit_grad.data(), width, seeds_ptr + seed_base, plane,
+                                                   weights_ptr + weight_base, plane, width, args.levels, args.disk,
+                                                   table.data(), probs.data(), width, scratch.data(),
+                                                   grad_seeds_ptr + seed_base, grad_weights_ptr + weight_base,
+                                                   orbit_weights_ptr + b * orbits * plane + y * width, plane);
       }
     });
     // Pass 2, per row: the image gradient, gathered from the neighbours' radial kernels.
-    at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> accumulator;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;

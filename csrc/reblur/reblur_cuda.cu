@@ -67,8 +67,9 @@ __global__ void reblur_forward_kernel(const scalar_t* __restrict__ image, const 
   JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
     const int64_t b = index / plane, pixel = index - b * plane;
     const int64_t y = pixel / width, x = pixel - y * width;
+    acc_t pixel_scratch[2];  // the span-1 scratch of radial_kernel
     radial_kernel<scalar_t, acc_t>(seeds + b * seed_count * plane + pixel, plane, weights + b * levels * plane + pixel,
-                                   plane, levels, disk, table, probs, slots, orbit_weights, slots);
+                                   plane, 1, levels, disk, table, probs, slots, pixel_scratch, orbit_weights, slots);
     gather::apply_orbits_pixel<scalar_t, acc_t>(image + b * channels * plane, orbit_weights, slots,
                                                 out + b * channels * plane, channels, height, width, y, x, levels,
                                                 replicate);
@@ -99,9 +100,11 @@ __global__ void reblur_param_backward_kernel(const scalar_t* __restrict__ grad, 
     gather::correlate_orbits_pixel<scalar_t, acc_t>(image + b * channels * plane, grad + b * channels * plane,
                                                     orbit_grad, slots, channels, height, width, y, x, levels,
                                                     replicate);
-    radial_kernel_backward<scalar_t, acc_t>(
-        orbit_grad, slots, seeds + seed_base, plane, weights + weight_base, plane, levels, disk, table, probs, slots,
-        grad_seeds + seed_base, grad_weights + weight_base, orbit_weights + b * orbits * plane + pixel, plane);
+    acc_t pixel_scratch[3];  // the span-1 scratch of radial_kernel_backward
+    radial_kernel_backward<scalar_t, acc_t>(orbit_grad, slots, seeds + seed_base, plane, weights + weight_base, plane,
+                                            1, levels, disk, table, probs, slots, pixel_scratch,
+                                            grad_seeds + seed_base, grad_weights + weight_base,
+                                            orbit_weights + b * orbits * plane + pixel, plane);
   }
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_parallel.h"
 #include "common/cpu_conv.h"
 #include "sv_conv/sv_conv.h"
 
@@ -34,7 +35,7 @@ at::Tensor sv_conv_cpu(const at::Tensor& image_in, const at::Tensor& kernels_in,
     const scalar_t* image_ptr = image.data_ptr<scalar_t>();
     const scalar_t* kernels_ptr = kernels.data_ptr<scalar_t>();
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> row_buffer, accumulator;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
@@ -66,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> sv_conv_backward_cpu(const at::Tensor& grad_i
     const scalar_t* kernels_ptr = kernels.data_ptr<scalar_t>();
     scalar_t* grad_image_ptr = grad_image.data_ptr<scalar_t>();
     scalar_t* grad_kernels_ptr = grad_kernels.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * height, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> row_buffer, accumulator;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
