@@ -23,146 +23,17 @@ namespace jdrl {
 JDRL_HD int seed_offset(int radius) { return (radius - 1) * (radius + 2) / 2; }
 JDRL_HD int seed_channels(int levels) { return (levels - 1) * (levels + 2) / 2; }
 
-JDRL_HD int imin(int a, int b) { return a < b ? a : b; }
-JDRL_HD int imax(int a, int b) { return a > b ? a : b; }
 JDRL_HD int iabs(int a) { return a < 0 ? -a : a; }
 JDRL_HD int64_t clamp_index(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
-// exp and sqrt in the precision of the accumulator: float math for float (expf is several times
-// cheaper than the double exp that an unqualified exp(float) may resolve to on the host).
-JDRL_HD float math_exp(float x) { return expf(x); }
-JDRL_HD double math_exp(double x) { return exp(x); }
+// sqrt in the precision of the accumulator.
 JDRL_HD float math_sqrt(float x) { return sqrtf(x); }
 JDRL_HD double math_sqrt(double x) { return sqrt(x); }
-
-// ---------------------------------------------------------------------------------------------
-// Polar interpolation (SPEC 2). An offset with dx^2 + dy^2 = squared lies at rho = sqrt(squared);
-// its logit at level `radius` is (1 - f) * a_l + f * a_{l+1}, l = floor(rho), f = rho - l.
-
-template <typename acc_t>
-struct PolarTap {
-  bool inside;  // dx^2 + dy^2 <= r^2, decided on integers
-  int lower;    // l, a seed index in [0, r]
-  int upper;    // l + 1, or l where f == 0 (the rim)
-  acc_t frac;   // f in [0, 1)
-};
-
-template <typename acc_t>
-JDRL_HD PolarTap<acc_t> polar_tap(int squared, int radius) {
-  PolarTap<acc_t> tap;
-  tap.inside = squared <= radius * radius;
-  const acc_t rho = math_sqrt(static_cast<acc_t>(squared));  // exact for perfect squares
-  int lower = static_cast<int>(rho);
-  // floor(sqrt) decided on integers, in case rounding put rho on the wrong side of an integer.
-  while (lower * lower > squared) --lower;
-  while ((lower + 1) * (lower + 1) <= squared) ++lower;
-  tap.lower = lower;
-  tap.frac = lower * lower == squared ? acc_t(0) : rho - static_cast<acc_t>(lower);
-  tap.upper = tap.frac == acc_t(0) ? tap.lower : imin(tap.lower + 1, radius);
-  return tap;
-}
-
-// The logit of an inside tap. f == 0 reads a_l alone, so a_{l+1} never enters (0 * inf is NaN).
-template <typename acc_t>
-JDRL_HD acc_t polar_logit(const PolarTap<acc_t>& tap, acc_t a_lower, acc_t a_upper) {
-  return tap.frac == acc_t(0) ? a_lower : (acc_t(1) - tap.frac) * a_lower + tap.frac * a_upper;
-}
 
 // Running maximum that lets a NaN through: once NaN, always NaN, so NaN seeds give NaN kernels.
 template <typename acc_t>
 JDRL_HD acc_t nan_max(acc_t running, acc_t value) {
   return (value != value || value > running) ? value : running;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Isotropic kernels of one pixel (SPEC 2). `seeds` points at channel 0 of this pixel, channels
-// `seed_stride` apart; `kernels` likewise with K*K taps, t = (dy + r) * K + (dx + r).
-
-template <typename scalar_t, typename acc_t>
-JDRL_HD acc_t kernel_logit(const scalar_t* seeds, int64_t seed_stride, int dy, int dx, int radius,
-                           bool disk, bool* in_softmax) {
-  const PolarTap<acc_t> tap = polar_tap<acc_t>(dy * dy + dx * dx, radius);
-  *in_softmax = tap.inside || !disk;
-  if (!tap.inside) return acc_t(0);  // window support: the corners keep logit 0
-  return polar_logit<acc_t>(tap, static_cast<acc_t>(seeds[tap.lower * seed_stride]),
-                            static_cast<acc_t>(seeds[tap.upper * seed_stride]));
-}
-
-// Maximum logit and softmax denominator of one pixel's kernel.
-template <typename scalar_t, typename acc_t>
-JDRL_HD void kernel_softmax_stats(const scalar_t* seeds, int64_t seed_stride, int radius, bool disk,
-                                  acc_t* max_logit, acc_t* denominator) {
-  acc_t running = static_cast<acc_t>(seeds[0]);  // the centre tap is always in the softmax
-  for (int dy = -radius; dy <= radius; ++dy) {
-    for (int dx = -radius; dx <= radius; ++dx) {
-      bool used;
-      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
-      if (used) running = nan_max(running, z);
-    }
-  }
-  acc_t sum = 0;
-  for (int dy = -radius; dy <= radius; ++dy) {
-    for (int dx = -radius; dx <= radius; ++dx) {
-      bool used;
-      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
-      if (used) sum += math_exp(z - running);
-    }
-  }
-  *max_logit = running;
-  *denominator = sum;
-}
-
-template <typename scalar_t, typename acc_t>
-JDRL_HD void isotropic_kernel_pixel(const scalar_t* seeds, int64_t seed_stride, int radius, bool disk,
-                                    scalar_t* kernels, int64_t kernel_stride) {
-  acc_t max_logit, denominator;
-  kernel_softmax_stats<scalar_t, acc_t>(seeds, seed_stride, radius, disk, &max_logit, &denominator);
-  const int size = 2 * radius + 1;
-  for (int dy = -radius; dy <= radius; ++dy) {
-    for (int dx = -radius; dx <= radius; ++dx) {
-      bool used;
-      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
-      const int t = (dy + radius) * size + (dx + radius);
-      kernels[t * kernel_stride] = static_cast<scalar_t>(used ? math_exp(z - max_logit) / denominator : acc_t(0));
-    }
-  }
-}
-
-// Softmax backward of one pixel: dz_t = k_t (g_t - sum_s k_s g_s), then each inside tap's dz goes
-// to its two seeds with the interpolation weights (1 - f) and f.
-template <typename scalar_t, typename acc_t>
-JDRL_HD void isotropic_kernel_pixel_backward(const scalar_t* grad_kernels, int64_t kernel_stride,
-                                             const scalar_t* seeds, int64_t seed_stride, int radius,
-                                             bool disk, acc_t* grad_seeds) {
-  acc_t max_logit, denominator;
-  kernel_softmax_stats<scalar_t, acc_t>(seeds, seed_stride, radius, disk, &max_logit, &denominator);
-  const int size = 2 * radius + 1;
-  acc_t expected_grad = 0;  // sum_s k_s g_s
-  for (int dy = -radius; dy <= radius; ++dy) {
-    for (int dx = -radius; dx <= radius; ++dx) {
-      bool used;
-      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
-      if (!used) continue;
-      const int t = (dy + radius) * size + (dx + radius);
-      expected_grad += math_exp(z - max_logit) / denominator * static_cast<acc_t>(grad_kernels[t * kernel_stride]);
-    }
-  }
-  // grad_seeds is in the accumulation type (a float32 scratch tensor for half inputs), so the
-  // scattered sums keep their precision.
-  for (int s = 0; s <= radius; ++s) grad_seeds[s * seed_stride] = acc_t(0);
-  for (int dy = -radius; dy <= radius; ++dy) {
-    for (int dx = -radius; dx <= radius; ++dx) {
-      const PolarTap<acc_t> tap = polar_tap<acc_t>(dy * dy + dx * dx, radius);
-      if (!tap.inside) continue;  // corner logits are constant: no seed gradient
-      bool used;
-      const acc_t z = kernel_logit<scalar_t, acc_t>(seeds, seed_stride, dy, dx, radius, disk, &used);
-      const int t = (dy + radius) * size + (dx + radius);
-      const acc_t k = math_exp(z - max_logit) / denominator;
-      const acc_t dz = k * (static_cast<acc_t>(grad_kernels[t * kernel_stride]) - expected_grad);
-      grad_seeds[tap.lower * seed_stride] += (acc_t(1) - tap.frac) * dz;
-      if (tap.frac != acc_t(0)) grad_seeds[tap.upper * seed_stride] += tap.frac * dz;
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -183,11 +54,15 @@ JDRL_HD int orbit_size(int a, int b) { return a == 0 ? 1 : ((b == 0 || b == a) ?
 // orbits' polar positions and a scratch of m(m+1)/2 values per pixel holds one level's softmax, so
 // each (level, orbit) costs one exponential (SPEC 4 counts 119 for m = 8).
 
+// Polar interpolation (SPEC 2): an offset at distance rho = sqrt(a^2 + b^2) from the centre has, at
+// level r, the logit (1 - f) a_l + f a_{l+1} with l = floor(rho), f = rho - l, when rho <= r
+// (decided on integers: a^2 + b^2 <= r^2); outside, logit 0 ("window") or no weight ("disk"). Every
+// offset of an orbit has the same rho, so one table entry per orbit serves all levels.
 template <typename acc_t>
 struct OrbitPolar {
-  int squared;  // a^2 + b^2: the orbit is inside level r's disk when squared <= r^2
+  int squared;  // a^2 + b^2
   int lower;    // l = floor(rho)
-  int upper;    // l + 1, or l where f == 0
+  int upper;    // l + 1, or l where f == 0 (then a_{l+1} never enters: 0 * inf would be NaN)
   acc_t frac;   // f = rho - l
   acc_t size;   // number of offsets in the orbit (1, 4 or 8)
 };
@@ -196,15 +71,18 @@ template <typename acc_t>
 JDRL_HD void fill_orbit_table(int levels, OrbitPolar<acc_t>* table) {
   for (int a = 0; a < levels; ++a) {
     for (int b = 0; b <= a; ++b) {
-      // rho can reach a * sqrt(2), so no radius bounds l + 1 here; where the orbit is inside a
-      // level's disk (rho <= r) and f > 0, l + 1 <= r holds by itself.
       const int squared = a * a + b * b;
-      const PolarTap<acc_t> tap = polar_tap<acc_t>(squared, squared + 1);
+      const acc_t rho = math_sqrt(static_cast<acc_t>(squared));  // exact for perfect squares
+      int lower = static_cast<int>(rho);
+      // floor(sqrt) decided on integers, in case rounding put rho on the wrong side of an integer.
+      while (lower * lower > squared) --lower;
+      while ((lower + 1) * (lower + 1) <= squared) ++lower;
       OrbitPolar<acc_t>& entry = table[orbit_index(a, b)];
       entry.squared = squared;
-      entry.lower = tap.lower;
-      entry.upper = tap.upper;
-      entry.frac = tap.frac;
+      entry.lower = lower;
+      entry.frac = lower * lower == squared ? acc_t(0) : rho - static_cast<acc_t>(lower);
+      // Where the orbit is inside a level's disk (rho <= r) and f > 0, l + 1 <= r holds by itself.
+      entry.upper = entry.frac == acc_t(0) ? lower : lower + 1;
       entry.size = static_cast<acc_t>(orbit_size(a, b));
     }
   }
@@ -301,6 +179,50 @@ JDRL_HD void level_tap_weights(const scalar_t* __restrict__ level_seeds, int64_t
   }
 }
 
+// The softmax backward of one level: given its per-tap weights k(o) (probs) and orbit_grad[o], the
+// gradient of the loss with respect to k summed over orbit o's taps, writes
+//   grad_weight[x] = sum_o k(o) orbit_grad[o]                     (d/dw of the level's mixing weight)
+//   d/dz(o) = w k(o) (orbit_grad[o] - |o| grad_weight)           (|o| taps share the logit z(o))
+// and sends each inside orbit's d/dz to its two seeds with weights (1 - f) and f. `level_weight` is
+// the level's mixing weight per pixel, or null for weight 1 (isotropic_kernels).
+template <typename scalar_t, typename acc_t>
+JDRL_HD void level_seeds_backward(const acc_t* __restrict__ probs, int64_t probs_stride,
+                                  const acc_t* __restrict__ orbit_grad, int64_t orbit_grad_stride,
+                                  const scalar_t* __restrict__ level_weight, int64_t span, int radius,
+                                  const OrbitPolar<acc_t>* __restrict__ table, acc_t* __restrict__ grad_weight,
+                                  acc_t* __restrict__ level_grad, int64_t seed_stride) {
+  const int level_orbits = orbit_count(radius + 1);
+  for (int64_t x = 0; x < span; ++x) grad_weight[x] = acc_t(0);
+  for (int o = 0; o < level_orbits; ++o) {
+    const acc_t* __restrict__ k = probs + o * probs_stride;
+    const acc_t* __restrict__ g = orbit_grad + o * orbit_grad_stride;
+    for (int64_t x = 0; x < span; ++x) grad_weight[x] += k[x] * g[x];
+  }
+  for (int s = 0; s <= radius; ++s) {
+    for (int64_t x = 0; x < span; ++x) level_grad[s * seed_stride + x] = acc_t(0);
+  }
+  const int radius_squared = radius * radius;
+  for (int o = 0; o < level_orbits; ++o) {
+    const OrbitPolar<acc_t> orbit = table[o];
+    if (orbit.squared > radius_squared) continue;  // corner logits are constant
+    const acc_t* __restrict__ k = probs + o * probs_stride;
+    const acc_t* __restrict__ g = orbit_grad + o * orbit_grad_stride;
+    acc_t* __restrict__ lower = level_grad + orbit.lower * seed_stride;
+    acc_t* __restrict__ upper = level_grad + orbit.upper * seed_stride;
+    const acc_t f = orbit.frac;
+    for (int64_t x = 0; x < span; ++x) {
+      const acc_t w = level_weight == nullptr ? acc_t(1) : static_cast<acc_t>(level_weight[x]);
+      const acc_t dz = w * k[x] * (g[x] - orbit.size * grad_weight[x]);
+      if (f == acc_t(0)) {  // a rim orbit reads a_l alone
+        lower[x] += dz;
+      } else {
+        lower[x] += (acc_t(1) - f) * dz;
+        upper[x] += f * dz;
+      }
+    }
+  }
+}
+
 // The radial kernel Wt(o) of each pixel of the span into orbit_weights[o * orbit_stride + x].
 // `scratch`: 2 * span values.
 template <typename scalar_t, typename acc_t>
@@ -356,44 +278,66 @@ JDRL_HD void radial_kernel_backward(const acc_t* __restrict__ orbit_grad, int64_
                                        table, probs, probs_stride, scratch, scratch + span);
     const int level_orbits = orbit_count(radius + 1);
     const scalar_t* __restrict__ level_weight = weights + radius * weight_stride;
-    for (int64_t x = 0; x < span; ++x) grad_weight[x] = acc_t(0);
     for (int o = 0; o < level_orbits; ++o) {
       const acc_t* __restrict__ k = probs + o * probs_stride;
-      const acc_t* __restrict__ g = orbit_grad + o * orbit_grad_stride;
       acc_t* __restrict__ target = orbit_weights + o * orbit_stride;
-      for (int64_t x = 0; x < span; ++x) {
-        grad_weight[x] += k[x] * g[x];
-        target[x] += static_cast<acc_t>(level_weight[x]) * k[x];
-      }
+      for (int64_t x = 0; x < span; ++x) target[x] += static_cast<acc_t>(level_weight[x]) * k[x];
     }
+    acc_t* __restrict__ level_grad = grad_seeds + seed_offset(radius) * seed_stride;
+    level_seeds_backward<scalar_t, acc_t>(probs, probs_stride, orbit_grad, orbit_grad_stride, level_weight, span,
+                                          radius, table, grad_weight, level_grad, seed_stride);
     scalar_t* __restrict__ level_grad_weight = grad_weights + radius * weight_stride;
     for (int64_t x = 0; x < span; ++x) level_grad_weight[x] = static_cast<scalar_t>(grad_weight[x]);
-    acc_t* __restrict__ level_grad = grad_seeds + seed_offset(radius) * seed_stride;
-    for (int s = 0; s <= radius; ++s) {
-      for (int64_t x = 0; x < span; ++x) level_grad[s * seed_stride + x] = acc_t(0);
-    }
-    const int radius_squared = radius * radius;
-    for (int o = 0; o < level_orbits; ++o) {
-      const OrbitPolar<acc_t> orbit = table[o];
-      if (orbit.squared > radius_squared) continue;  // corner logits are constant
-      const acc_t* __restrict__ k = probs + o * probs_stride;
-      const acc_t* __restrict__ g = orbit_grad + o * orbit_grad_stride;
-      acc_t* __restrict__ lower = level_grad + orbit.lower * seed_stride;
-      acc_t* __restrict__ upper = level_grad + orbit.upper * seed_stride;
-      const acc_t f = orbit.frac;
-      if (f == acc_t(0)) {
-        for (int64_t x = 0; x < span; ++x) {
-          lower[x] += static_cast<acc_t>(level_weight[x]) * k[x] * (g[x] - orbit.size * grad_weight[x]);
-        }
-      } else {
-        for (int64_t x = 0; x < span; ++x) {
-          const acc_t dz = static_cast<acc_t>(level_weight[x]) * k[x] * (g[x] - orbit.size * grad_weight[x]);
-          lower[x] += (acc_t(1) - f) * dz;
-          upper[x] += f * dz;
-        }
-      }
+  }
+}
+
+// Isotropic kernels (SPEC 2) through the same level softmax: a kernel of radius r is one level, its
+// taps share their orbit's weight. kernels[t * kernel_stride + x], t = (dy + r) * K + (dx + r);
+// `probs`: (r+1)(r+2)/2 arrays of `span`; `scratch`: 2 * span values.
+template <typename scalar_t, typename acc_t>
+JDRL_HD void isotropic_kernel_span(const scalar_t* __restrict__ seeds, int64_t seed_stride, int64_t span, int radius,
+                                   bool disk, const OrbitPolar<acc_t>* __restrict__ table, acc_t* __restrict__ probs,
+                                   int64_t probs_stride, acc_t* __restrict__ scratch, scalar_t* __restrict__ kernels,
+                                   int64_t kernel_stride) {
+  level_tap_weights<scalar_t, acc_t>(seeds, seed_stride, span, radius, disk, table, probs, probs_stride, scratch,
+                                     scratch + span);
+  const int size = 2 * radius + 1;
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      const acc_t* __restrict__ k = probs + orbit_of_offset(dy, dx) * probs_stride;
+      scalar_t* __restrict__ tap = kernels + ((dy + radius) * size + (dx + radius)) * kernel_stride;
+      for (int64_t x = 0; x < span; ++x) tap[x] = static_cast<scalar_t>(k[x]);
     }
   }
+}
+
+// The seed gradients of isotropic_kernel_span: the kernel gradient summed over each orbit's taps,
+// then the level's softmax backward with weight 1. `probs` and `orbit_grad`: (r+1)(r+2)/2 arrays of
+// `span`; `scratch`: 3 * span values; grad_seeds in the accumulation type.
+template <typename scalar_t, typename acc_t>
+JDRL_HD void isotropic_kernel_span_backward(const scalar_t* __restrict__ grad_kernels, int64_t kernel_stride,
+                                            const scalar_t* __restrict__ seeds, int64_t seed_stride, int64_t span,
+                                            int radius, bool disk, const OrbitPolar<acc_t>* __restrict__ table,
+                                            acc_t* __restrict__ probs, int64_t probs_stride,
+                                            acc_t* __restrict__ orbit_grad, int64_t orbit_grad_stride,
+                                            acc_t* __restrict__ scratch, acc_t* __restrict__ grad_seeds) {
+  const int orbits = orbit_count(radius + 1);
+  for (int o = 0; o < orbits; ++o) {
+    for (int64_t x = 0; x < span; ++x) orbit_grad[o * orbit_grad_stride + x] = acc_t(0);
+  }
+  const int size = 2 * radius + 1;
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      acc_t* __restrict__ target = orbit_grad + orbit_of_offset(dy, dx) * orbit_grad_stride;
+      const scalar_t* __restrict__ g = grad_kernels + ((dy + radius) * size + (dx + radius)) * kernel_stride;
+      for (int64_t x = 0; x < span; ++x) target[x] += static_cast<acc_t>(g[x]);
+    }
+  }
+  level_tap_weights<scalar_t, acc_t>(seeds, seed_stride, span, radius, disk, table, probs, probs_stride, scratch,
+                                     scratch + span);
+  level_seeds_backward<scalar_t, acc_t>(probs, probs_stride, orbit_grad, orbit_grad_stride,
+                                        static_cast<const scalar_t*>(nullptr), span, radius, table, scratch + 2 * span,
+                                        grad_seeds, seed_stride);
 }
 
 // ---------------------------------------------------------------------------------------------

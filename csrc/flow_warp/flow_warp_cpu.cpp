@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/cpu_parallel.h"
+#include "common/cpu_helpers.h"
 #include "common/pixel_math.h"
 #include "flow_warp/flow_warp.h"
 

@@ -1,13 +1,15 @@
-// isotropic_kernels on the CPU: one pixel at a time through the shared per-pixel functions,
-// parallel over rows.
+// isotropic_kernels on the CPU: a row of pixels at a time through the shared functions of
+// common/pixel_math.h (the level softmax over orbits that reblur uses), parallel over rows.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "common/checks.h"
-#include "common/cpu_parallel.h"
+#include "common/cpu_helpers.h"
 #include "common/pixel_math.h"
 #include "isotropic_kernels/isotropic_kernels.h"
 
@@ -26,15 +28,16 @@ at::Tensor isotropic_kernels_cpu(const at::Tensor& seeds_in, c10::string_view su
   AT_DISPATCH_FLOATING_TYPES(seeds.scalar_type(), "isotropic_kernels_cpu", [&] {
     const scalar_t* seeds_ptr = seeds.data_ptr<scalar_t>();
     scalar_t* kernels_ptr = kernels.data_ptr<scalar_t>();
+    const std::vector<OrbitPolar<scalar_t>> table = cpu::orbit_table<scalar_t>(args.radius + 1);
+    const int64_t orbits = orbit_count(args.radius + 1);
     at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> probs(orbits * width), scratch(2 * width);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
-        for (int64_t x = 0; x < width; ++x) {
-          const int64_t pixel = y * width + x;
-          isotropic_kernel_pixel<scalar_t, scalar_t>(seeds_ptr + b * seeds.size(1) * plane + pixel, plane,
-                                                     args.radius, args.disk,
-                                                     kernels_ptr + b * size * size * plane + pixel, plane);
-        }
+        isotropic_kernel_span<scalar_t, scalar_t>(seeds_ptr + b * seeds.size(1) * plane + y * width, plane, width,
+                                                  args.radius, args.disk, table.data(), probs.data(), width,
+                                                  scratch.data(), kernels_ptr + b * size * size * plane + y * width,
+                                                  plane);
       }
     });
   });
@@ -60,16 +63,17 @@ at::Tensor isotropic_kernels_backward_cpu(const at::Tensor& grad_in, const at::T
     const scalar_t* seeds_ptr = seeds.data_ptr<scalar_t>();
     const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
     scalar_t* out_ptr = grad_seeds.data_ptr<scalar_t>();
+    const std::vector<OrbitPolar<scalar_t>> table = cpu::orbit_table<scalar_t>(args.radius + 1);
+    const int64_t orbits = orbit_count(args.radius + 1);
     at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> probs(orbits * width), orbit_grad(orbits * width), scratch(3 * width);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, y = row % height;
-        for (int64_t x = 0; x < width; ++x) {
-          const int64_t pixel = y * width + x;
-          const int64_t seed_base = b * seeds.size(1) * plane + pixel;
-          isotropic_kernel_pixel_backward<scalar_t, scalar_t>(grad_ptr + b * size * size * plane + pixel, plane,
-                                                              seeds_ptr + seed_base, plane, args.radius, args.disk,
-                                                              out_ptr + seed_base);
-        }
+        const int64_t seed_base = b * seeds.size(1) * plane + y * width;
+        isotropic_kernel_span_backward<scalar_t, scalar_t>(
+            grad_ptr + b * size * size * plane + y * width, plane, seeds_ptr + seed_base, plane, width, args.radius,
+            args.disk, table.data(), probs.data(), width, orbit_grad.data(), width, scratch.data(),
+            out_ptr + seed_base);
       }
     });
   });

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/cpu_parallel.h"
+#include "common/cpu_helpers.h"
 #include "common/cpu_conv.h"
 #include "common/pixel_math.h"
 #include "reblur/reblur.h"
@@ -24,12 +24,6 @@ struct OrbitIndex {
   int operator()(int dy, int dx) const { return orbit_of_offset(dy, dx); }
 };
 
-template <typename scalar_t>
-std::vector<OrbitPolar<scalar_t>> orbit_table(int levels) {
-  std::vector<OrbitPolar<scalar_t>> table(orbit_count(levels));
-  fill_orbit_table<scalar_t>(levels, table.data());
-  return table;
-}
 
 at::Tensor reblur_cpu(const at::Tensor& image_in, const at::Tensor& seeds_in, const at::Tensor& weights_in,
                       c10::string_view support, c10::string_view padding_mode) {
@@ -49,7 +43,7 @@ at::Tensor reblur_cpu(const at::Tensor& image_in, const at::Tensor& seeds_in, co
     const scalar_t* seeds_ptr = seeds.data_ptr<scalar_t>();
     const scalar_t* weights_ptr = weights.data_ptr<scalar_t>();
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
-    const std::vector<OrbitPolar<scalar_t>> table = orbit_table<scalar_t>(args.levels);
+    const std::vector<OrbitPolar<scalar_t>> table = cpu::orbit_table<scalar_t>(args.levels);
     at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> row_weights(orbits * width), probs(orbits * width), scratch(2 * width), row_buffer,
           accumulator;
@@ -104,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_cpu(const at::Ten
     scalar_t* grad_weights_ptr = grad_weights.data_ptr<scalar_t>();
     // Pass 1, per row: the gradient with respect to each orbit weight, sum_c grad * S_o, then the
     // seed and weight gradients of each pixel; and the radial kernels for pass 2.
-    const std::vector<OrbitPolar<scalar_t>> table = orbit_table<scalar_t>(args.levels);
+    const std::vector<OrbitPolar<scalar_t>> table = cpu::orbit_table<scalar_t>(args.levels);
     at::parallel_for(0, batch * height, cpu::rows_per_task(width, cpu::kHeavyPixelsPerTask), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> orbit_grad(orbits * width), probs(orbits * width), scratch(3 * width), row_buffer;
       for (int64_t row = begin; row < end; ++row) {

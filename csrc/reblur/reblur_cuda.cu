@@ -23,33 +23,13 @@
 
 #include "common/checks.h"
 #include "common/cuda_launch.cuh"
+#include "common/cuda_orbit_table.cuh"
 #include "common/gather_conv.h"
 #include "common/pixel_math.h"
 #include "reblur/reblur.h"
 
 namespace jdrl {
 namespace {
-
-// The orbits' polar positions, computed once per call on the device by the function the CPU uses.
-template <typename acc_t>
-__global__ void orbit_table_kernel(int levels, OrbitPolar<acc_t>* table) {
-  if (blockIdx.x == 0 && threadIdx.x == 0) fill_orbit_table<acc_t>(levels, table);
-}
-
-template <typename acc_t>
-at::Tensor orbit_table_on_device(int levels, const at::Tensor& like, cudaStream_t stream) {
-  const int64_t bytes = static_cast<int64_t>(orbit_count(levels)) * static_cast<int64_t>(sizeof(OrbitPolar<acc_t>));
-  at::Tensor table = at::empty({bytes}, like.options().dtype(at::kByte));
-  orbit_table_kernel<acc_t>
-      <<<1, 1, 0, stream>>>(levels, reinterpret_cast<OrbitPolar<acc_t>*>(table.data_ptr<uint8_t>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return table;
-}
-
-template <typename acc_t>
-const OrbitPolar<acc_t>* table_pointer(const at::Tensor& table) {
-  return reinterpret_cast<const OrbitPolar<acc_t>*>(table.data_ptr<uint8_t>());
-}
 
 template <typename scalar_t, typename acc_t>
 __global__ void reblur_forward_kernel(const scalar_t* __restrict__ image, const scalar_t* __restrict__ seeds,
@@ -144,10 +124,10 @@ at::Tensor reblur_cuda(const at::Tensor& image_in, const at::Tensor& seeds_in, c
         // Two arrays of orbit values per thread slot: the softmax values of a level and the radial kernel.
         const at::Tensor slot_scratch = at::empty({2 * orbits * static_cast<int64_t>(blocks) * cuda::kThreadsPerBlock},
                                                   image.options().dtype(cuda::accumulate_dtype(image.scalar_type())));
-        const at::Tensor table = orbit_table_on_device<acc_t>(args.levels, image, stream);
+        const at::Tensor table = cuda::orbit_table_on_device<acc_t>(args.levels, image, stream);
         kernel<<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(
             image.data_ptr<scalar_t>(), seeds.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
-            table_pointer<acc_t>(table), slot_scratch.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), batch, channels,
+            cuda::table_pointer<acc_t>(table), slot_scratch.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), batch, channels,
             height, width, args.levels, args.disk, args.replicate);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -186,10 +166,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_cuda(
         const at::Tensor slot_scratch =
             at::empty({2 * orbits * static_cast<int64_t>(param_blocks) * cuda::kThreadsPerBlock},
                       image.options().dtype(acc_dtype));
-        const at::Tensor table = orbit_table_on_device<acc_t>(args.levels, image, stream);
+        const at::Tensor table = cuda::orbit_table_on_device<acc_t>(args.levels, image, stream);
         param_kernel<<<param_blocks, cuda::kThreadsPerBlock, 0, stream>>>(
             grad.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(), seeds.data_ptr<scalar_t>(),
-            weights.data_ptr<scalar_t>(), table_pointer<acc_t>(table), slot_scratch.data_ptr<acc_t>(),
+            weights.data_ptr<scalar_t>(), cuda::table_pointer<acc_t>(table), slot_scratch.data_ptr<acc_t>(),
             orbit_weights.data_ptr<acc_t>(), grad_seeds.data_ptr<acc_t>(), grad_weights.data_ptr<scalar_t>(), batch,
             channels, height, width, args.levels, args.disk, args.replicate);
         C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/cpu_parallel.h"
+#include "common/cpu_helpers.h"
 #include "common/cpu_conv.h"
 #include "sv_conv/sv_conv.h"
 

@@ -1,8 +1,11 @@
-// How finely the CPU kernels split their rows between threads.
+// Small helpers of the CPU kernels: how finely rows are split between threads, and the orbit table.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
+
+#include "common/pixel_math.h"
 
 namespace jdrl {
 namespace cpu {
@@ -18,6 +21,14 @@ inline int64_t rows_per_task(int64_t width, int64_t pixels_per_task) {
 // pixel) and for flow_warp, whose per-pixel work is a few loads.
 constexpr int64_t kHeavyPixelsPerTask = 1024;
 constexpr int64_t kLightPixelsPerTask = 16384;
+
+// The orbits' polar positions for m levels (fill_orbit_table of pixel_math.h), built once per call.
+template <typename scalar_t>
+std::vector<OrbitPolar<scalar_t>> orbit_table(int levels) {
+  std::vector<OrbitPolar<scalar_t>> table(orbit_count(levels));
+  fill_orbit_table<scalar_t>(levels, table.data());
+  return table;
+}
 
 }  // namespace cpu
 }  // namespace jdrl
