@@ -64,6 +64,6 @@ setup(
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["numpy", "pyyaml", "tqdm", "pillow", "opencv-python-headless", "scikit-image"],
-    extras_require={"test": ["pytest"], "tensorboard": ["tensorboard"]},
+    extras_require={"test": ["pytest"], "tensorboard": ["tensorboard"], "bench": ["matplotlib"]},
     entry_points={"console_scripts": ["jdrl = jdrl.cli:main"]},
 )

@@ -1,0 +1,125 @@
+"""Tests of `jdrl demo` (end to end, --quick) and of the ablation runner (`jdrl ablate`), on tiny
+synthetic data with the tiny presets and a budget of two steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+from jdrl import ablation
+from jdrl.ablation import (
+    METRIC_KEYS,
+    AblationError,
+    Budget,
+    evaluate_synthetic,
+    run_ablation,
+    same_network_overrides,
+    summarize,
+    write_report,
+)
+from jdrl.cli import main
+from jdrl.demo import GRID_COLUMNS, ROW_LABELS
+from jdrl.losses import VARIANTS
+from jdrl.synth import make_synthetic_dataset
+
+
+@pytest.fixture(autouse=True)
+def restore_denormals():
+    """The commands flush subnormal floats process-wide (jdrl.ablation.flush_denormals); other test
+    files must not inherit that."""
+    yield
+    torch.set_flush_denormal(False)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """2 train + 2 test misaligned pairs of 40 px."""
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_dataset(root, 2, 2, size=40, shift=1.0, zoom=0.01, max_radius=3.0, seed=0)
+
+
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--threads", "1", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("grid.png", "metrics.md", "metrics.json"):
+        assert (out / name).is_file(), name
+        assert str(out / name) in printed or name == "metrics.json"
+    table = (out / "metrics.md").read_text()
+    for label in ROW_LABELS.values():
+        assert label in table
+    payload = json.loads((out / "metrics.json").read_text())
+    assert set(payload["means"]) == {"blurry", "l1", "ours"}
+    for row in payload["means"].values():
+        assert set(row) == set(METRIC_KEYS)
+    assert payload["steps"] == 2 and payload["epochs"] == 1
+    grid = cv2.imread(str(out / "grid.png"))
+    assert grid is not None
+    # Two test rows of enlarged 48 px tiles under a header, six columns.
+    tile = grid.shape[1] // len(GRID_COLUMNS)
+    assert grid.shape[1] == tile * len(GRID_COLUMNS) and grid.shape[0] > 2 * tile
+    assert (out / "runs" / "ours" / "last.pt").is_file() and (out / "runs" / "l1" / "last.pt").is_file()
+
+
+def test_demo_rejects_a_bad_budget(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--minutes", "0"]) == 2
+    assert "--minutes" in capsys.readouterr().err
+
+
+def test_ablation_runner_two_variants_two_steps(synthetic, tmp_path, monkeypatch):
+    budget = Budget(epochs=1, steps_per_epoch=2, lr=1e-3)
+    out = tmp_path / "ablation"
+    records = run_ablation(synthetic, out, ["l1", "no_kpn"], budget, preset="tiny", device="cpu", log=lambda _: None)
+    assert [record["variant"] for record in records] == ["l1", "no_kpn"]
+    for record in records:
+        assert record["steps"] == 2
+        assert record["arch"] == "unet"
+        assert set(record["means"]) == set(METRIC_KEYS)
+        assert len(record["per_image"]) == 2
+        assert (out / "results" / f"{record['variant']}_seed0.json").is_file()
+
+    # A second call with the same settings reuses the stored results without training.
+    def no_training(*args, **kwargs):
+        raise AssertionError("train_and_evaluate must not run for a stored result")
+
+    monkeypatch.setattr(ablation, "train_and_evaluate", no_training)
+    again = run_ablation(synthetic, out, ["l1", "no_kpn"], budget, preset="tiny", device="cpu", log=lambda _: None)
+    assert [record["means"] for record in again] == [record["means"] for record in records]
+
+    rows = summarize(again, order=["no_kpn", "l1"])
+    assert [row["variant"] for row in rows] == ["no_kpn", "l1"]
+    blurry = evaluate_synthetic(None, synthetic).means
+    settings = again[0]["settings"]
+    markdown, table_json = write_report(out, rows, blurry, settings, "jdrl ablate (test)")
+    text = markdown.read_text()
+    assert "blurry input" in text and "#1 w/ L1 loss" in text and "#5 w/o R_kpn" in text
+    assert "24.62/0.758" in text  # the paper's Table 5 value beside ours
+    assert json.loads(table_json.read_text())["rows"][1]["variant"] == "l1"
+
+
+def test_blurry_input_scores_against_gt_aligned_not_gt(synthetic):
+    means = evaluate_synthetic(None, synthetic).means
+    # gt is misaligned, gt_aligned is not: the blurry input matches gt_aligned much better.
+    assert means["psnr_gt"] > means["psnr_unaligned"] + 1.0
+
+
+def test_variants_come_from_the_losses_module():
+    assert set(ablation.TABLE5_VARIANTS) <= set(VARIANTS)
+    l1_same_network = same_network_overrides("l1")
+    assert not any(key.startswith("model.") for key in l1_same_network)
+    assert l1_same_network["loss.deblur_loss"] == "l1"
+    assert VARIANTS["l1"]["model.arch"] == "unet"  # left untouched
+    with pytest.raises(AblationError, match="unknown variant"):
+        same_network_overrides("nope")
+
+
+def test_bad_arguments_name_themselves(synthetic, tmp_path):
+    with pytest.raises(AblationError, match="epochs"):
+        Budget(epochs=0)
+    with pytest.raises(AblationError, match="unknown variant"):
+        run_ablation(synthetic, tmp_path, ["l1", "bogus"], Budget(epochs=1))
+    with pytest.raises(AblationError, match="gt_aligned"):
+        evaluate_synthetic(None, tmp_path)
