@@ -75,6 +75,9 @@ __all__ = [
 # The rows of the paper's Table 5 in its order, then the full method with the defocus prior.
 TABLE5_VARIANTS: tuple[str, ...] = ("l1", "no_cycle", "no_mask", "no_reblur", "no_kpn", "no_wpn", "unet_eq1", "eq2")
 
+# Table rows: Table 5's, then the JDRL network without and with the defocus prior (Table 1's pair).
+REPORT_ORDER: tuple[str, ...] = (*TABLE5_VARIANTS[:-1], "eq1", "eq2")
+
 VARIANT_LABELS: dict[str, str] = {
     "l1": "#1 w/ L1 loss",
     "no_cycle": "#2 w/o cycle deformation",
@@ -657,7 +660,7 @@ def run(args: argparse.Namespace) -> int:
         run_ablation(data_root, args.out, args.variants, budget, seeds=args.seeds, preset=args.preset,
                      device=args.device, overwrite=args.overwrite)
         settings = _settings(data_root, budget, args.preset)
-        rows = summarize(_collect(args.out, settings), order=[*TABLE5_VARIANTS, "eq1"])
+        rows = summarize(_collect(args.out, settings), order=REPORT_ORDER)
         blurry = evaluate_synthetic(None, data_root).means
         markdown, _ = write_report(args.out, rows, blurry, settings, command)
     except (AblationError, ConfigError, DatasetError, SynthError) as error:

@@ -19,9 +19,9 @@
    - ``runs/ours`` and ``runs/l1``: the trainer's checkpoints and logs; ``data/`` and ``val/``: the pairs.
 
 The budget is wall-clock (``--minutes``, for the two trainings together): each network first
-trains one epoch, which measures its speed on this machine; then ours continues (resumed from its
-checkpoint) in chunks of half the epochs that still fit, re-measuring its speed after each chunk
-(on a shared machine it changes), and L1 catches up to the same epoch count last. ``--epochs``
+trains one epoch, which measures its speed on this machine; then both continue (resumed from their
+checkpoints) in lockstep chunks of half the epochs that still fit, re-measuring their speeds after
+each chunk (on a shared machine they change), until not one more epoch of both fits. ``--epochs``
 fixes the count instead. ``--quick`` is a seconds-long smoke run (tiny network, 48 px images, 2
 steps) for tests.
 
@@ -193,9 +193,9 @@ def _train_both(data_root: Path, val_root: Path, runs: Path, settings: DemoSetti
             trainings.advance(name, settings.epochs)
         return trainings
 
-    # Wall-clock budget. One epoch of each measures this machine's speed. Then ours trains in
-    # chunks, each half of what still fits, re-measuring its speed after each (other jobs on a
-    # shared machine change it), always leaving the time L1 needs to catch up; L1 catches up last.
+    # Wall-clock budget. One epoch of each measures this machine's speed. Then both train in
+    # lockstep chunks, each half of the epochs that still fit, re-measuring their speeds after each
+    # chunk (on a shared machine they change), until not one more epoch of both fits.
     deadline = time.perf_counter() + settings.minutes * 60.0
     per_epoch = {}
     for index, (name, (label, _)) in enumerate(METHODS.items(), start=1):
@@ -208,15 +208,14 @@ def _train_both(data_root: Path, val_root: Path, runs: Path, settings: DemoSetti
         f"about {expected} epochs each fit in {settings.minutes:g} min"
     )
     while True:
-        affordable = math.floor((deadline - time.perf_counter()) / (per_epoch["ours"] + per_epoch["l1"]))
+        affordable = math.floor((deadline - time.perf_counter()) / sum(per_epoch.values()))
         if affordable < 1:
             break
-        target = trainings.epochs["ours"] + max(1, math.ceil(affordable / 2))
-        _log(f"training {METHODS['ours'][0]}: epochs {trainings.epochs['ours'] + 1}-{target}")
-        per_epoch["ours"] = trainings.advance("ours", target)
-    if trainings.epochs["l1"] < trainings.epochs["ours"]:
-        _log(f"training {METHODS['l1'][0]}: epochs {trainings.epochs['l1'] + 1}-{trainings.epochs['ours']}")
-        trainings.advance("l1", trainings.epochs["ours"])
+        done = trainings.epochs["ours"]
+        target = done + max(1, math.ceil(affordable / 2))
+        for name, (label, _) in METHODS.items():
+            _log(f"training {label}: epochs {done + 1}-{target}")
+            per_epoch[name] = trainings.advance(name, target)
     return trainings
 
 
