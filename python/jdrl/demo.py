@@ -27,7 +27,7 @@ steps) for tests.
 
 Example::
 
-    jdrl demo --out demo_out          # about 11 minutes on a 2-core CPU
+    jdrl demo --out demo_out          # about 10 minutes on a 2-core CPU
 """
 
 from __future__ import annotations
@@ -432,7 +432,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Make a small synthetic misaligned set from scikit-image's photos, train the small JDRL network "
             "with the reblurring-guided loss (Eq. 2) and with a plain L1 loss for the same steps, and write "
-            "an image grid and a metrics table. About 11 minutes on a 2-core CPU with the defaults."
+            "an image grid and a metrics table. About 10 minutes on a 2-core CPU with the defaults."
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), metavar="DIR", help="output folder (default demo_out)")
