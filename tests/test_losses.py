@@ -298,10 +298,31 @@ def test_eq2_and_eq1_by_hand():
     assert out.total.item() == pytest.approx(deblur + 0.3 * reblur, rel=1e-12)
 
 
+def test_reblurring_joins_after_the_warm_up_when_asked():
+    estimator = ConstantFlow([0.0] * 4)
+    blurry, sharp, estimate = row([0.3] * 4), row(SHARP), row(ESTIMATE)
+    defocus_map = torch.zeros(1, 2, 1, 4, dtype=torch.float64, requires_grad=True)
+    fake = FixedReblur()
+    delayed = JDRLLoss(LossConfig(flow_warmup_epochs=3, reblur_after_warmup=True), estimator, levels=2, reblur_net=fake)
+    assert [delayed.reblur_active(epoch) for epoch in range(5)] == [False, False, False, True, True]
+    out = delayed(blurry, sharp, estimate, defocus_map, epoch=2)
+    assert set(out.terms) == {"deblur"} and out.reblurred is None
+    assert out.total.item() == out.terms["deblur"].item()
+    out = delayed(blurry, sharp, estimate, defocus_map, epoch=3)
+    assert set(out.terms) == {"deblur", "reblur", "pseudo"}
+    out.total.backward()
+    assert fake.scale.grad is not None
+
+    from_start = JDRLLoss(LossConfig(flow_warmup_epochs=3, reblur_after_warmup=False), estimator, levels=2, reblur_net=FixedReblur())
+    assert from_start.reblur_active(0)
+    assert set(from_start(blurry, sharp, estimate, defocus_map, epoch=0).terms) == {"deblur", "reblur", "pseudo"}
+    assert not JDRLLoss(deblur_only(), estimator).reblur_active(100)
+
+
 def test_pseudo_supervision_needs_a_defocus_map():
     loss = JDRLLoss(LossConfig(), ConstantFlow([0.0] * 4), levels=2, reblur_net=FixedReblur())
     with pytest.raises(ValueError, match="pseudo_supervision"):
-        loss(row(SHARP), row(SHARP), row(ESTIMATE), None, epoch=0)
+        loss(row(SHARP), row(SHARP), row(ESTIMATE), None, epoch=100)
 
 
 def test_loss_config_names_bad_options():
@@ -309,6 +330,9 @@ def test_loss_config_names_bad_options():
         LossConfig(deblur_loss="l2")
     with pytest.raises(ValueError, match="loss.alpha"):
         LossConfig(alpha=-1)
+    for bad in (-2.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="loss.seed_bound"):
+            LossConfig(seed_bound=bad)
     with pytest.raises(ValueError, match="loss.pseudo_supervision"):
         LossConfig(reblurring=False)
     with pytest.raises(ValueError, match="flow_estimator"):
@@ -335,7 +359,7 @@ def test_every_variant_runs_and_has_its_terms(name):
     loss = JDRLLoss(config.loss, DISFlow(), levels=config.model.levels)
     blurry, sharp = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
     output = net(blurry)
-    out = loss(blurry, sharp, output.sharp, output.defocus_map, epoch=0)
+    out = loss(blurry, sharp, output.sharp, output.defocus_map, epoch=config.loss.flow_warmup_epochs)
     out.total.backward()
     assert math.isfinite(out.total.item())
     expected_terms = {"deblur"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from jdrl.models import (
@@ -201,7 +203,28 @@ def test_reblur_net_without_weight_prediction_uses_uniform_weights():
     assert_every_parameter_has_gradient(net)
 
 
+def test_reblur_net_seed_bound_is_a_scaled_tanh_of_the_raw_seeds():
+    torch.manual_seed(0)
+    raw_net = ReblurNet(levels=4, width=8)
+    bounded = ReblurNet(levels=4, width=8, seed_bound=0.5)
+    bounded.load_state_dict(raw_net.state_dict())
+    sharp_est, blurry = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    raw = raw_net(sharp_est, blurry).seeds
+    assert raw.abs().max() > 0.5  # the bound acts on this input
+    seeds = bounded(sharp_est, blurry).seeds
+    torch.testing.assert_close(seeds, 0.5 * torch.tanh(raw / 0.5))
+    assert seeds.abs().max() < 0.5
+    # 0 and None mean unbounded.
+    for unbounded in (0.0, None):
+        net = ReblurNet(levels=4, width=8, seed_bound=unbounded)
+        net.load_state_dict(raw_net.state_dict())
+        torch.testing.assert_close(net(sharp_est, blurry).seeds, raw)
+
+
 def test_reblur_net_arguments_are_checked():
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="seed_bound"):
+            ReblurNet(seed_bound=bad)
     with pytest.raises(ValueError, match="support"):
         ReblurNet(support="square")
     with pytest.raises(ValueError, match="padding_mode"):

@@ -264,7 +264,7 @@ def test_tensorboard_scalars_and_images_when_installed(pairs, tmp_path, monkeypa
             written["closed"] = True
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
-    config = tiny_config(pairs, tmp_path, **{"train.epochs": 1, "train.max_steps_per_epoch": 1,
+    config = tiny_config(pairs, tmp_path, **{"train.epochs": 1, "train.max_steps_per_epoch": 1, "loss.flow_warmup_epochs": 0,
                                              "data.val_root": str(pairs), "data.val_split": "train"})
     train(config)
     assert written["log_dir"] == str(tmp_path / "tensorboard") and written["closed"]
@@ -320,7 +320,10 @@ def _ddp_worker(rank: int, world_size: int, port: int, config: Config, results: 
 def test_ddp_two_cpu_processes(pairs, tmp_path):
     import torch.multiprocessing as mp
 
-    config = tiny_config(pairs, tmp_path / "run", **{"train.epochs": 1, "train.max_steps_per_epoch": 2})
+    # Two epochs of one step: the first is the flow warm-up, without the reblurring net when
+    # loss.reblur_after_warmup is set, which DDP must tolerate.
+    config = tiny_config(pairs, tmp_path / "run", **{"train.epochs": 2, "train.max_steps_per_epoch": 1,
+                                                     "loss.reblur_after_warmup": True})
     mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=False)

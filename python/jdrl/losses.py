@@ -14,6 +14,7 @@ paper's ablation (Table 5) is a config; :data:`VARIANTS` lists them as config ov
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -170,12 +171,19 @@ class LossConfig:
         predict_seeds: reblurring net predicts kernel seeds (R_kpn); False fixes them (Table 5 #5).
         predict_weights: reblurring net predicts blend weights (R_wpn); False: uniform (Table 5 #6).
         reblur_width, kernel_support, reblur_padding: reblurring net width and ``jdrl_ext.reblur`` options.
+        seed_bound: bound of the reblurring net's kernel seeds (``ReblurNet``'s ``seed_bound``;
+            0 leaves them unbounded). The paper leaves the seeds' range open; unbounded, they drift
+            to 1e3-1e4 (the softmax kernels saturate, R stops learning, and Eq. 2's pseudo map,
+            weights times seeds, grows with them and diverged at lr 1e-3).
         pseudo_supervision: add ``beta * L_P`` (Eq. 2); False gives Eq. 1.
         weighted_pseudo_map: Eq. 13 (weights times seeds); False supervises with the raw seeds as
             the authors' code does.
         alpha, beta: weights of ``L_R`` and ``L_P`` (0.5 each in the paper).
         eps: Charbonnier epsilon.
         flow_warmup_epochs: T; for epochs ``< T`` the flow is estimated against the blurry input.
+        reblur_after_warmup: ``L_R`` and ``L_P`` join at epoch T, as in the authors' released
+            training loop; before that ``I_hat`` is close to ``I_B`` and the best R is the identity,
+            which then pulls ``I_hat`` back towards ``I_B``. False: from the first step.
         warp_padding: ``jdrl_ext.flow_warp`` padding mode.
     """
 
@@ -190,12 +198,14 @@ class LossConfig:
     reblur_width: int = 32
     kernel_support: str = "window"
     reblur_padding: str = "replicate"
+    seed_bound: float = 6.0
     pseudo_supervision: bool = True
     weighted_pseudo_map: bool = True
     alpha: float = 0.5
     beta: float = 0.5
     eps: float = 1e-3
     flow_warmup_epochs: int = 15
+    reblur_after_warmup: bool = True
     warp_padding: str = "border"
 
     def __post_init__(self) -> None:
@@ -212,11 +222,13 @@ class LossConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"loss.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        for name in ("mask_lambda", "mask_tau", "alpha", "beta"):
+        for name in ("mask_lambda", "mask_tau", "alpha", "beta", "seed_bound"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.eps <= 0:
             raise ValueError(f"loss.eps must be > 0, got {self.eps}")
+        if not math.isfinite(self.seed_bound):
+            raise ValueError(f"loss.seed_bound must be a finite number (0: unbounded), got {self.seed_bound}")
         if self.reblur_width < 1:
             raise ValueError(f"loss.reblur_width must be >= 1, got {self.reblur_width}")
         if self.flow_warmup_epochs < 0:
@@ -280,8 +292,15 @@ class JDRLLoss(nn.Module):
                 predict_weights=config.predict_weights,
                 support=config.kernel_support,
                 padding_mode=config.reblur_padding,
+                seed_bound=config.seed_bound,
             )
         self.reblur_net = reblur_net if config.reblurring else None
+
+    def reblur_active(self, epoch: int) -> bool:
+        """Whether ``L_R`` (and ``L_P``) are part of the loss at 0-based ``epoch``."""
+        if self.reblur_net is None:
+            return False
+        return not (self.config.reblur_after_warmup and epoch < self.config.flow_warmup_epochs)
 
     def _flow(self, reference: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -353,7 +372,7 @@ class JDRLLoss(nn.Module):
         terms = {"deblur": deblur}
         total = deblur
         reblurred = None
-        if self.reblur_net is not None:
+        if self.reblur_net is not None and self.reblur_active(epoch):
             out = self.reblur_net(sharp_est, blurry)
             reblurred = out.reblurred
             terms["reblur"] = charbonnier(reblurred - blurry, eps=cfg.eps)

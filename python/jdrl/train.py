@@ -417,8 +417,15 @@ def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distr
 
     model = step_module
     if distributed.enabled:
+        # While the reblurring net waits for the flow warm-up it gets no gradient; DDP must then
+        # be told to look for unused parameters (a small per-step cost, so only when needed).
+        waits_for_warmup = loss.reblur_net is not None and config.loss.reblur_after_warmup and (
+            start_epoch < config.loss.flow_warmup_epochs
+        )
         model = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None
+            step_module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=waits_for_warmup,
         )
     sampler = (
         DistributedSampler(
@@ -570,9 +577,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``jdrl train``: 0 on success, 1 on a config or data error or a non-finite loss."""
+    from jdrl.ablation import flush_denormals
     from jdrl.checkpoint import CheckpointError
     from jdrl.data import DatasetError
 
+    # Saturated softmaxes in the reblurring net underflow into subnormal floats, which x86 CPUs
+    # process many times slower (see flush_denormals); a command may change this process-wide
+    # setting, a library call (train()) leaves it to the caller.
+    flush_denormals()
     try:
         config = load_config(args.config, args.overrides)
         result = train(config, resume=args.resume)

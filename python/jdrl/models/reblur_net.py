@@ -8,6 +8,7 @@ never holds the per-level kernels of the whole image in memory.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -43,6 +44,12 @@ class ReblurNet(nn.Module):
             (the "w/o R_wpn" ablation).
         support, padding_mode: passed to ``jdrl_ext.reblur`` (SPEC sections 2 and 3).
         residual_blocks: residual blocks at half resolution in each branch.
+        seed_bound: the seeds are ``seed_bound * tanh(raw / seed_bound)`` (``None`` or 0: the raw
+            output, unbounded). Kernels are softmaxes of the seeds, so a seed range of ``2 * c`` lets
+            one tap outweigh another by ``exp(2c)`` (``c = 6``: 1.6e5, enough for a disk with a
+            sharp rim or a near-delta kernel) while the softmax never saturates so far that its
+            gradient vanishes. Unbounded seeds drift to 1e3-1e4 under Adam, which freezes R and
+            makes the pseudo defocus map (weights times seeds) explode.
     """
 
     def __init__(
@@ -54,8 +61,11 @@ class ReblurNet(nn.Module):
         support: str = "window",
         padding_mode: str = "replicate",
         residual_blocks: int = 2,
+        seed_bound: float | None = None,
     ) -> None:
         super().__init__()
+        if seed_bound is not None and not (seed_bound >= 0 and math.isfinite(seed_bound)):
+            raise ValueError(f"seed_bound must be a finite number >= 0 or None, got {seed_bound!r}")
         if support not in SUPPORTS:
             raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
         if padding_mode not in PADDING_MODES:
@@ -64,6 +74,7 @@ class ReblurNet(nn.Module):
         self.seed_count = seed_channels(levels)
         self.support = support
         self.padding_mode = padding_mode
+        self.seed_bound = seed_bound or None
         # Both branches see cat(I_hat, I_B): 6 channels.
         self.kernel_net = TwoScaleResNet(6, self.seed_count, width, residual_blocks) if predict_seeds else None
         self.weight_net = TwoScaleResNet(6, levels, width, residual_blocks) if predict_weights else None
@@ -91,6 +102,8 @@ class ReblurNet(nn.Module):
         both = torch.cat([sharp_est, blurry], dim=1)
         if self.kernel_net is not None:
             seeds = self.kernel_net(both)
+            if self.seed_bound is not None:
+                seeds = self.seed_bound * torch.tanh(seeds / self.seed_bound)
         else:
             seeds = sharp_est.new_zeros(batch, self.seed_count, height, width)
         if self.weight_net is not None:
