@@ -235,7 +235,8 @@ def build(case: TrainCase, device: torch.device, flow_backend: str, flow_weights
     from jdrl.models import ReblurNet, build_deblur_net
 
     torch.manual_seed(0)
-    loss_config = LossConfig()
+    # Every timed step includes the reblurring net, whatever --epoch says about the flow's anchor.
+    loss_config = LossConfig(reblur_after_warmup=False)
     deblur_net = build_deblur_net(case.arch, case.preset, case.levels).to(device)
     reblur_net = ReblurNet(
         levels=case.levels,
@@ -244,6 +245,7 @@ def build(case: TrainCase, device: torch.device, flow_backend: str, flow_weights
         predict_weights=loss_config.predict_weights,
         support=loss_config.kernel_support,
         padding_mode=loss_config.reblur_padding,
+        seed_bound=loss_config.seed_bound,
     ).to(device)
     flow_estimator = build_flow_estimator(flow_backend, flow_weights)
     timer = PartTimer(device)

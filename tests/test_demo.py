@@ -100,6 +100,25 @@ def test_ablation_runner_two_variants_two_steps(synthetic, tmp_path, monkeypatch
     assert json.loads(table_json.read_text())["rows"][1]["variant"] == "l1"
 
 
+def test_ablate_set_overrides_every_variant_and_keys_the_cache(synthetic, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    common = ["ablate", "--out", str(out), "--data", str(synthetic), "--variants", "no_wpn", "--epochs", "1",
+              "--steps-per-epoch", "2", "--preset", "tiny", "--device", "cpu", "--threads", "1"]
+    assert main([*common, "--set", "loss.seed_bound=0.5", "--set", "loss.flow_warmup_epochs=0"]) == 0
+    stored = json.loads((out / "results" / "no_wpn_seed0.json").read_text())
+    assert stored["overrides"]["loss.seed_bound"] == 0.5 and stored["overrides"]["loss.predict_weights"] is False
+    assert stored["settings"]["extra_overrides"] == {"loss.seed_bound": 0.5, "loss.flow_warmup_epochs": 0}
+    checkpoint = torch.load(out / "runs" / "no_wpn_seed0" / "last.pt", weights_only=False)
+    assert checkpoint["config"]["loss"]["seed_bound"] == 0.5
+    assert "Overrides for every variant" in (out / "ablation.md").read_text()
+    # Other overrides are other settings: the stored result is not reused for them.
+    assert main([*common, "--set", "loss.flow_warmup_epochs=0"]) == 0
+    assert "reusing" not in capsys.readouterr().out
+    # A bad key is reported before anything trains.
+    assert main([*common, "--set", "loss.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
 def test_blurry_input_scores_against_gt_aligned_not_gt(synthetic):
     means = evaluate_synthetic(None, synthetic).means
     # gt is misaligned, gt_aligned is not: the blurry input matches gt_aligned much better.

@@ -336,12 +336,15 @@ def _write_json(path: Path, payload: Any) -> None:
         stream.write(json.dumps(payload, indent=2) + "\n")
 
 
-def _settings(data_root: Path, budget: Budget, preset: str) -> dict[str, Any]:
+def _settings(data_root: Path, budget: Budget, preset: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What makes two results comparable: the data and the budget (not the seed or the variant)."""
     meta_path = data_root / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     data = {key: meta.get(key) for key in ("seed", "size", "shift", "zoom", "max_radius", "scale", "psf", "noise", "counts")}
-    return {"data_root": str(data_root.resolve()), "data": data, "budget": asdict(budget), "preset": preset}
+    settings = {"data_root": str(data_root.resolve()), "data": data, "budget": asdict(budget), "preset": preset}
+    if extra:
+        settings["extra_overrides"] = dict(extra)
+    return settings
 
 
 def train_and_evaluate(
@@ -389,11 +392,13 @@ def run_ablation(
     preset: str = "small",
     device: str = "auto",
     overwrite: bool = False,
+    extra_overrides: dict[str, Any] | None = None,
     log=print,
 ) -> list[dict[str, Any]]:
     """Train and evaluate every ``variant`` x ``seed``; -> the result records, in that order.
 
-    Results already in ``out_dir/results`` made with the same settings are reused unless
+    ``extra_overrides`` (dotted config keys, as ``--set`` gives) apply to every variant after its
+    own. Results already in ``out_dir/results`` made with the same settings are reused unless
     ``overwrite``. Training runs go to ``out_dir/runs/VARIANT_seedS``.
     """
     from jdrl.flow import build_flow_estimator
@@ -403,7 +408,11 @@ def run_ablation(
     unknown = [name for name in variants if name not in VARIANTS]
     if unknown:
         raise AblationError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    settings = _settings(data_root, budget, preset)
+    extra_overrides = dict(extra_overrides or {})
+    # Every variant's config is built (and checked) before the first one trains for minutes.
+    for variant in variants:
+        variant_config({**VARIANTS[variant], **extra_overrides}, data_root, out_dir, budget, preset=preset, device=device)
+    settings = _settings(data_root, budget, preset, extra_overrides)
     flow_estimator = build_flow_estimator("dis")
     records = []
     total = len(variants) * len(seeds)
@@ -418,7 +427,7 @@ def run_ablation(
         log(f"[{index}/{total}] training {variant} (seed {seed}): {VARIANTS[variant] or 'the full method (Eq. 2)'}")
         record = train_and_evaluate(
             variant,
-            dict(VARIANTS[variant]),
+            {**VARIANTS[variant], **extra_overrides},
             data_root,
             out_dir / "runs" / f"{variant}_seed{seed}",
             budget,
@@ -541,6 +550,7 @@ def write_report(
     text = (
         f"Command: `{command}`\n\n"
         f"Budget: {json.dumps(settings['budget'])}; preset {settings['preset']}; data {json.dumps(settings['data'])}\n\n"
+        + (f"Overrides for every variant: {json.dumps(settings['extra_overrides'])}\n\n" if settings.get("extra_overrides") else "")
         + format_table(rows, blurry)
     )
     with atomic_write(markdown, "w") as stream:
@@ -614,6 +624,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--zoom", type=float, default=0.01, metavar="Z", help="zoom of gt, 0.01 = 1%% (default 0.01)")
     add_budget_arguments(parser, epochs=20, lr=1e-3)
     parser.add_argument("--overwrite", action="store_true", help="retrain variants whose results are stored")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every variant, VALUE read as YAML (repeatable), "
+                             "e.g. --set loss.seed_bound=0; results are cached per set of overrides")
     parser.set_defaults(func=run)
 
 
@@ -652,7 +665,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
 
 def run(args: argparse.Namespace) -> int:
     """``jdrl ablate``: 0 on success, 2 on a bad argument or data folder."""
-    from jdrl.config import ConfigError
+    from jdrl.config import ConfigError, parse_override
     from jdrl.data import DatasetError
     from jdrl.synth import SynthError
 
@@ -661,10 +674,11 @@ def run(args: argparse.Namespace) -> int:
         set_threads(args.threads)
         flush_denormals()
         budget = budget_from_args(args)
+        extra = {".".join(key): value for key, value in (parse_override(text) for text in args.overrides)}
         data_root = make_or_check_data(args, args.out / "data", args.shift, args.zoom)
         run_ablation(data_root, args.out, args.variants, budget, seeds=args.seeds, preset=args.preset,
-                     device=args.device, overwrite=args.overwrite)
-        settings = _settings(data_root, budget, args.preset)
+                     device=args.device, overwrite=args.overwrite, extra_overrides=extra)
+        settings = _settings(data_root, budget, args.preset, extra)
         rows = summarize(_collect(args.out, settings), order=REPORT_ORDER)
         blurry = evaluate_synthetic(None, data_root).means
         markdown, _ = write_report(args.out, rows, blurry, settings, command)

@@ -27,7 +27,7 @@ steps) for tests.
 
 Example::
 
-    jdrl demo --out demo_out          # about 10 minutes on a 2-core CPU
+    jdrl demo --out runs/demo         # about 10 minutes on a 2-core CPU
 """
 
 from __future__ import annotations
@@ -435,7 +435,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "an image grid and a metrics table. About 10 minutes on a 2-core CPU with the defaults."
         ),
     )
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), metavar="DIR", help="output folder (default demo_out)")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="output folder (default runs/demo)")
     parser.add_argument("--minutes", type=float, default=10.0, metavar="N",
                         help="wall-clock budget of the two trainings together (default 10)")
     parser.add_argument("--epochs", type=int, default=None, metavar="E",
