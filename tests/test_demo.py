@@ -3,6 +3,7 @@ synthetic data with the tiny presets and a budget of two steps."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from jdrl.cli import main
 from jdrl.demo import GRID_COLUMNS, ROW_LABELS
 from jdrl.losses import VARIANTS
 from jdrl.synth import make_synthetic_dataset
+
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +115,14 @@ def test_ablate_set_overrides_every_variant_and_keys_the_cache(synthetic, tmp_pa
     checkpoint = torch.load(out / "runs" / "no_wpn_seed0" / "last.pt", weights_only=False)
     assert checkpoint["config"]["loss"]["seed_bound"] == 0.5
     assert "Overrides for every variant" in (out / "ablation.md").read_text()
+    # benchmarks/reblur_diagnostics.py reads the run back: bounded seeds, uniform weights (no R_wpn).
+    spec = importlib.util.spec_from_file_location("reblur_diagnostics", REPO / "benchmarks" / "reblur_diagnostics.py")
+    diagnostics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnostics)
+    values = diagnostics.diagnose(out / "runs" / "no_wpn_seed0", synthetic, pairs=2)
+    assert 0 < values["max abs seed"] <= 0.5
+    assert values["w0"] == pytest.approx(1 / 8) and values["w_top"] == pytest.approx(1 / 8)
+    assert values["L_R"] > 0 and values["C(R(I_hat) - I_hat)"] > 0
     # Other overrides are other settings: the stored result is not reused for them.
     assert main([*common, "--set", "loss.flow_warmup_epochs=0"]) == 0
     assert "reusing" not in capsys.readouterr().out
