@@ -178,12 +178,14 @@ def set_threads(threads: int | None) -> None:
 def flush_denormals() -> None:
     """Flush subnormal floats to zero in this process (CPU), as the commands of this module do.
 
-    Within a few hundred steps at these learning rates the reblurring net's kernel seeds grow to
-    1e3-1e4 and its softmaxes saturate; their ``exp`` then underflows into subnormal numbers, which
-    x86 CPUs process many times slower. Measured on a saturated ReblurNet at 128 px, one thread:
-    ``jdrl_ext.reblur`` forward + backward 0.116 s without flushing, 0.046 s with it (0.042 s with
-    unsaturated seeds); ReblurNet forward + backward 0.83 s vs 0.53 s. Values below ~1e-38 become 0,
-    which changes no result that matters.
+    Unbounded (``loss.seed_bound=0``), the reblurring net's kernel seeds grow to 1e3-1e4 within a
+    few hundred steps at these learning rates and its softmaxes saturate; their ``exp`` then
+    underflows into subnormal numbers, which x86 CPUs process many times slower. Bounded seeds
+    keep the kernels' exponents above -2 * bound, but the weight softmax can still saturate.
+    Measured on a saturated (unbounded) ReblurNet at 128 px, one thread: ``jdrl_ext.reblur``
+    forward + backward 0.116 s without flushing, 0.046 s with it (0.042 s with unsaturated seeds);
+    ReblurNet forward + backward 0.83 s vs 0.53 s. Values below ~1e-38 become 0, which changes no
+    result that matters.
     """
     torch.set_flush_denormal(True)
 
