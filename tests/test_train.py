@@ -113,6 +113,7 @@ def test_config_yaml_with_set_overrides(tmp_path):
         ("loss.deblur_loss=l2", r"loss\.deblur_loss must be one of"),
         ("model.arch=unet", r"loss\.pseudo_supervision=true needs a net that predicts a defocus map"),
         ("optim.lr", r"expected KEY=VALUE"),
+        ("optim.reblur_lr=0", r"optim\.reblur_lr must be > 0"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, override, message):
@@ -230,6 +231,23 @@ def test_resume_equals_an_uninterrupted_run(pairs, tmp_path):
     for key in ("model", "reblur", "optimizer", "scheduler", "rng"):
         assert same_state({key: a[key]}, {key: b[key]}), key
     assert torch.are_deterministic_algorithms_enabled() is False  # the run restores the process setting
+
+
+def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):
+    overrides = {"optim.reblur_lr": 1e-9, "loss.flow_warmup_epochs": 0, "train.max_steps_per_epoch": 2,
+                 "train.epochs": 1}
+    train(tiny_config(pairs, tmp_path, **overrides))
+    first = load_checkpoint(tmp_path / "last.pt")
+    assert [group["lr"] for group in first["optimizer"]["param_groups"]] == [1e-3, 1e-9]
+    train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2}), resume="auto")
+    second = load_checkpoint(tmp_path / "last.pt")
+    # Adam moves each weight by about lr per step: R (1e-9) stays put, F (1e-3) does not.
+    reblur_moved = max((second["reblur"][k] - first["reblur"][k]).abs().max().item() for k in first["reblur"])
+    deblur_moved = max((second["model"][k] - first["model"][k]).abs().max().item() for k in first["model"])
+    assert reblur_moved < 1e-7 and deblur_moved > 1e-4
+    # Without reblur_lr: one group, as before (older checkpoints keep resuming).
+    train(tiny_config(pairs, tmp_path / "one", **{**overrides, "optim.reblur_lr": None}))
+    assert len(load_checkpoint(tmp_path / "one" / "last.pt")["optimizer"]["param_groups"]) == 1
 
 
 def test_cli_train_and_resume_auto(pairs, tmp_path, capsys):

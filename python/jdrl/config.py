@@ -99,17 +99,24 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam and StepLR (section 4.1: lr 2e-5, halved every 60 epochs)."""
+    """Adam and StepLR (section 4.1: lr 2e-5, halved every 60 epochs).
+
+    ``reblur_lr``: a learning rate of its own for the reblurring net (None: ``lr``, as the paper
+    trains both nets with one optimizer and rate); StepLR scales both alike.
+    """
 
     lr: float = 2e-5
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     lr_step: int = 60
     lr_gamma: float = 0.5
+    reblur_lr: float | None = None
 
     def validate(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.reblur_lr is not None and not self.reblur_lr > 0:
+            raise ConfigError(f"optim.reblur_lr must be > 0 or null, got {self.reblur_lr}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
         if self.eps <= 0:

@@ -404,8 +404,17 @@ def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distr
     flow_estimator = build_flow_estimator(config.flow.backend, config.flow.weights)
     loss = JDRLLoss(config.loss, flow_estimator, levels=config.model.levels).to(device)
     step_module = _TrainStep(net, loss, config.train.amp, device)
+    reblur_parameters = list(loss.parameters())
+    if config.optim.reblur_lr is not None and reblur_parameters:
+        # Two groups only when asked, so that checkpoints of one-group runs still resume.
+        parameter_groups = [
+            {"params": list(net.parameters())},
+            {"params": reblur_parameters, "lr": config.optim.reblur_lr},
+        ]
+    else:
+        parameter_groups = [{"params": list(step_module.parameters())}]
     optimizer = torch.optim.Adam(
-        step_module.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps
+        parameter_groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
 
