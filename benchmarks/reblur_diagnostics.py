@@ -39,6 +39,7 @@ def diagnose(run_dir: Path, data_root: Path, pairs: int) -> dict[str, float]:
     if state.get("reblur") is None:
         raise SystemExit(f"{checkpoint}: this run has no reblurring net (loss.reblurring=false)")
     loss_config = state["config"]["loss"]
+    eps = loss_config["eps"]
     reblur_net = ReblurNet(
         levels=state["config"]["model"]["levels"],
         width=loss_config["reblur_width"],
@@ -65,9 +66,9 @@ def diagnose(run_dir: Path, data_root: Path, pairs: int) -> dict[str, float]:
                 "mean abs seed": out.seeds.abs().mean().item(),
                 "w0": out.weights[:, 0].mean().item(),
                 "w_top": out.weights.max(dim=1).values.mean().item(),
-                "L_R": charbonnier(out.reblurred - blurry).item(),
-                "C(I_hat - I_B)": charbonnier(estimate - blurry).item(),
-                "C(R(I_hat) - I_hat)": charbonnier(out.reblurred - estimate).item(),
+                "L_R": charbonnier(out.reblurred - blurry, eps=eps).item(),
+                "C(I_hat - I_B)": charbonnier(estimate - blurry, eps=eps).item(),
+                "C(R(I_hat) - I_hat)": charbonnier(out.reblurred - estimate, eps=eps).item(),
             }
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value / len(files)

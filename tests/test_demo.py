@@ -84,6 +84,8 @@ def test_ablation_runner_two_variants_two_steps(synthetic, tmp_path, monkeypatch
         assert set(record["means"]) == set(METRIC_KEYS)
         assert len(record["per_image"]) == 2
         assert (out / "results" / f"{record['variant']}_seed0.json").is_file()
+    # One epoch has no warm-up, so the reblurring loss trained (it joins after the warm-up).
+    assert "reblur" in records[1]["final_loss"]
 
     # A second call with the same settings reuses the stored results without training.
     def no_training(*args, **kwargs):
@@ -129,6 +131,18 @@ def test_ablate_set_overrides_every_variant_and_keys_the_cache(synthetic, tmp_pa
     # A bad key is reported before anything trains.
     assert main([*common, "--set", "loss.no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+    # An override that only one variant cannot take is reported before the other one trains.
+    checked = tmp_path / "checked"
+    assert main(["ablate", "--out", str(checked), "--data", str(synthetic), "--variants", "eq2,l1", "--epochs", "1",
+                 "--steps-per-epoch", "1", "--preset", "tiny", "--device", "cpu", "--threads", "1",
+                 "--set", "loss.pseudo_supervision=true"]) == 2
+    assert "pseudo_supervision" in capsys.readouterr().err
+    assert not (checked / "results").exists()
+
+
+def test_warmup_is_the_papers_share_and_shorter_than_the_run():
+    assert [ablation.warmup_share_of(epochs) for epochs in (1, 2, 12, 19, 30, 200)] == [0, 1, 1, 1, 2, 15]
+    assert Budget(epochs=1).flow_warmup_epochs() == 0 and Budget(epochs=5, warmup_epochs=3).flow_warmup_epochs() == 3
 
 
 def test_blurry_input_scores_against_gt_aligned_not_gt(synthetic):

@@ -36,6 +36,13 @@ def pairs(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def restore_denormals():
+    """`jdrl train` flushes subnormal floats process-wide; other tests must not inherit that."""
+    yield
+    torch.set_flush_denormal(False)
+
+
 def tiny_config(pairs: Path, out_dir: Path, **overrides) -> Config:
     values = {
         "model.preset": "tiny",
@@ -246,8 +253,20 @@ def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):
     deblur_moved = max((second["model"][k] - first["model"][k]).abs().max().item() for k in first["model"])
     assert reblur_moved < 1e-7 and deblur_moved > 1e-4
     # Without reblur_lr: one group, as before (older checkpoints keep resuming).
-    train(tiny_config(pairs, tmp_path / "one", **{**overrides, "optim.reblur_lr": None}))
+    one = tiny_config(pairs, tmp_path / "one", **{**overrides, "optim.reblur_lr": None})
+    train(one)
     assert len(load_checkpoint(tmp_path / "one" / "last.pt")["optimizer"]["param_groups"]) == 1
+    # Resuming it with reblur_lr set is an error that names the key, not a bare ValueError.
+    with pytest.raises(ConfigError, match="optim.reblur_lr"):
+        train(tiny_config(pairs, tmp_path / "one", **{**overrides, "train.epochs": 2}), resume="auto")
+
+
+def test_resume_reports_loss_settings_that_changed(pairs, tmp_path, capsys):
+    overrides = {"train.max_steps_per_epoch": 1, "train.epochs": 1}
+    train(tiny_config(pairs, tmp_path, **overrides))
+    capsys.readouterr()
+    train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2, "loss.seed_bound": 3.0}), resume="auto")
+    assert "loss.seed_bound: 6.0 -> 3.0" in capsys.readouterr().err
 
 
 def test_cli_train_and_resume_auto(pairs, tmp_path, capsys):

@@ -74,6 +74,7 @@ __all__ = [
     "summarize",
     "train_and_evaluate",
     "variant_config",
+    "warmup_share_of",
     "write_report",
 ]
 
@@ -135,8 +136,8 @@ class Budget:
         paper's 2e-5 (tuned for about a million steps); 1e-3 trained the UNet at least as well as
         3e-4 on aligned pairs, where the plain L1 baseline is the right loss, so it does not favour
         the reblurring-guided variants.
-    warmup_epochs: epochs of flow against the blurry input (None: ``PAPER_WARMUP_SHARE`` of the
-        epochs, at least one).
+    warmup_epochs: epochs of flow against the blurry input, without the reblurring loss when
+        ``loss.reblur_after_warmup`` (the default) holds (None: :func:`warmup_share_of` the epochs).
     """
 
     epochs: int
@@ -160,7 +161,13 @@ class Budget:
     def flow_warmup_epochs(self) -> int:
         if self.warmup_epochs is not None:
             return self.warmup_epochs
-        return max(1, round(self.epochs * PAPER_WARMUP_SHARE))
+        return warmup_share_of(self.epochs)
+
+
+def warmup_share_of(epochs: int) -> int:
+    """The paper's share of warm-up epochs (15 of 200), at least 1, and shorter than the run: the
+    reblurring loss joins after the warm-up, so a one-epoch run has none (or R would never train)."""
+    return min(max(1, round(epochs * PAPER_WARMUP_SHARE)), max(0, epochs - 1))
 
 
 def set_threads(threads: int | None) -> None:
@@ -400,8 +407,10 @@ def run_ablation(
     """Train and evaluate every ``variant`` x ``seed``; -> the result records, in that order.
 
     ``extra_overrides`` (dotted config keys, as ``--set`` gives) apply to every variant after its
-    own. Results already in ``out_dir/results`` made with the same settings are reused unless
-    ``overwrite``. Training runs go to ``out_dir/runs/VARIANT_seedS``.
+    own. Results already in ``out_dir/results`` made with the same settings (data, budget, preset,
+    extra overrides) are reused unless ``overwrite``; the settings do not include the code's
+    defaults, so after a change of defaults retrain with ``overwrite``. Training runs go to
+    ``out_dir/runs/VARIANT_seedS``.
     """
     from jdrl.flow import build_flow_estimator
 
@@ -628,7 +637,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="retrain variants whose results are stored")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every variant, VALUE read as YAML (repeatable), "
-                             "e.g. --set loss.seed_bound=0; results are cached per set of overrides")
+                             "e.g. --set loss.seed_bound=0; a stored result is reused only for the same "
+                             "overrides (one result per variant and seed: another set replaces it)")
     parser.set_defaults(func=run)
 
 

@@ -49,7 +49,6 @@ import torch
 
 from jdrl.ablation import (
     METRIC_KEYS,
-    PAPER_WARMUP_SHARE,
     SMALL_SCALE_DATA,
     AblationError,
     Budget,
@@ -59,6 +58,7 @@ from jdrl.ablation import (
     same_network_overrides,
     set_threads,
     variant_config,
+    warmup_share_of,
 )
 from jdrl.atomic import atomic_write
 from jdrl.losses import VARIANTS
@@ -187,7 +187,7 @@ def _train_both(data_root: Path, val_root: Path, runs: Path, settings: DemoSetti
         _fresh_run_dir(runs / name)
     trainings = _Trainings(data_root, val_root, runs, settings)
     if settings.epochs is not None:
-        trainings.warmup_epochs = max(1, round(settings.epochs * PAPER_WARMUP_SHARE))
+        trainings.warmup_epochs = warmup_share_of(settings.epochs)
         for index, (name, (label, _)) in enumerate(METHODS.items(), start=1):
             _log(f"training {index}/2: {label}, {settings.epochs} epoch(s)")
             trainings.advance(name, settings.epochs)
@@ -202,7 +202,7 @@ def _train_both(data_root: Path, val_root: Path, runs: Path, settings: DemoSetti
         _log(f"training {index}/2: {label}, first epoch (measures this machine's speed)")
         per_epoch[name] = trainings.advance(name, 1)
     expected = 1 + max(0, math.floor((deadline - time.perf_counter()) / sum(per_epoch.values())))
-    trainings.warmup_epochs = max(1, round(expected * PAPER_WARMUP_SHARE))
+    trainings.warmup_epochs = warmup_share_of(expected)
     _log(
         f"one epoch takes {per_epoch['ours']:.0f} s (ours) + {per_epoch['l1']:.0f} s (L1): "
         f"about {expected} epochs each fit in {settings.minutes:g} min"

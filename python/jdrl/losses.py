@@ -362,7 +362,8 @@ class JDRLLoss(nn.Module):
             sharp: ``(B, 3, H, W)`` misaligned ground truth ``I_S``.
             sharp_est: ``(B, 3, H, W)`` deblurred ``I_hat``.
             defocus_map: ``(B, S(m), H, W)`` predicted ``B_hat`` (None for nets without one).
-            epoch: 0-based training epoch (decides the flow anchor during the warm-up).
+            epoch: 0-based training epoch: during the warm-up it decides the flow anchor and, with
+                ``reblur_after_warmup``, leaves out ``L_R`` and ``L_P``.
         """
         cfg = self.config
         for name, tensor in (("sharp", sharp), ("sharp_est", sharp_est)):

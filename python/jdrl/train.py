@@ -332,7 +332,8 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     result: TrainResult,
-) -> tuple[int, int]:
+) -> tuple[int, int, list[str]]:
+    """Load a checkpoint into the run; -> (epochs done, steps done, loss settings that changed)."""
     state = load_checkpoint(path)
     saved_model = state["config"].get("model")
     if saved_model != config.to_dict()["model"]:
@@ -345,7 +346,13 @@ def _restore(
         if state.get("reblur") is None:
             raise ConfigError(f"--resume {str(path)!r} has no reblurring net, but loss.reblurring is true")
         loss.reblur_net.load_state_dict(state["reblur"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as error:  # a different number or size of parameter groups
+        raise ConfigError(
+            f"--resume {str(path)!r}: the checkpoint's optimizer does not fit this config ({error}); "
+            "was optim.reblur_lr set in one run and not in the other?"
+        ) from error
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     history = state.get("history") or {}
@@ -353,7 +360,18 @@ def _restore(
     result.val_metrics = list(history.get("val_metrics", []))
     result.best_metric = state.get("best_metric")
     result.best_epoch = state.get("best_epoch")
-    return int(state["epoch"]), int(state["step"])
+    return int(state["epoch"]), int(state["step"]), _changed_loss_settings(state["config"], config)
+
+
+def _changed_loss_settings(saved: dict[str, Any], config: Config) -> list[str]:
+    """``loss.*`` keys whose value differs from the checkpoint's (keys it lacks: "absent", e.g.
+    a checkpoint from before ``loss.seed_bound`` existed, trained with unbounded seeds)."""
+    saved_loss = saved.get("loss") or {}
+    return [
+        f"loss.{key}: {saved_loss.get(key, 'absent')} -> {value}"
+        for key, value in config.to_dict()["loss"].items()
+        if saved_loss.get(key, "absent") != value
+    ]
 
 
 def _finite_everywhere(total: torch.Tensor, distributed: _Distributed) -> bool:
@@ -419,10 +437,10 @@ def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distr
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
 
     result = TrainResult(out_dir=out_dir)
-    start_epoch, step = 0, 0
+    start_epoch, step, changed_loss = 0, 0, []
     resume_path = _resolve_resume(resume, out_dir)
     if resume_path is not None:
-        start_epoch, step = _restore(resume_path, config, net, loss, optimizer, scheduler, result)
+        start_epoch, step, changed_loss = _restore(resume_path, config, net, loss, optimizer, scheduler, result)
 
     model = step_module
     if distributed.enabled:
@@ -449,6 +467,8 @@ def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distr
         save_config_yaml(config, out_dir / "config.yaml")
         if resume_path is not None:
             logger.message(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
+            if changed_loss:
+                logger.message("the loss differs from the checkpoint's: " + "; ".join(changed_loss))
         elif resume is not None:
             logger.message(f"--resume {resume}: no {last_path} yet, starting fresh")
     try:

@@ -23,7 +23,8 @@ PADDING_MODES = ("replicate", "zeros")
 
 
 class ReblurOutput(NamedTuple):
-    """reblurred ``(B, 3, H, W)``; seeds ``(B, S(m), H, W)`` (raw logits, SPEC section 1 layout);
+    """reblurred ``(B, 3, H, W)``; seeds ``(B, S(m), H, W)`` (kernel logits as the op takes them,
+    bounded when ``seed_bound`` is set; SPEC section 1 layout);
     weights ``(B, m, H, W)``, softmax-normalized over the ``m`` levels."""
 
     reblurred: torch.Tensor
@@ -47,9 +48,10 @@ class ReblurNet(nn.Module):
         seed_bound: the seeds are ``seed_bound * tanh(raw / seed_bound)`` (``None`` or 0: the raw
             output, unbounded). Kernels are softmaxes of the seeds, so a seed range of ``2 * c`` lets
             one tap outweigh another by ``exp(2c)`` (``c = 6``: 1.6e5, enough for a disk with a
-            sharp rim or a near-delta kernel) while the softmax never saturates so far that its
-            gradient vanishes. Unbounded seeds drift to 1e3-1e4 under Adam, which freezes R and
-            makes the pseudo defocus map (weights times seeds) explode.
+            sharp rim or a near-delta kernel). Unbounded seeds drift to 1e3-1e4 under Adam and make
+            the pseudo defocus map (weights times seeds) explode; the bound keeps the kernels and
+            that map finite. It does not keep R learning: raw seeds that run away saturate the
+            tanh, whose gradient then vanishes as the saturated softmax's did.
     """
 
     def __init__(
