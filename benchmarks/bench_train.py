@@ -231,22 +231,14 @@ def make_batch(case: TrainCase, device: torch.device, seed: int) -> tuple[torch.
 
 def build(case: TrainCase, device: torch.device, flow_backend: str, flow_weights: str | None) -> dict:
     from jdrl.flow import build_flow_estimator
-    from jdrl.losses import JDRLLoss, LossConfig
-    from jdrl.models import ReblurNet, build_deblur_net
+    from jdrl.losses import JDRLLoss, LossConfig, build_reblur_net
+    from jdrl.models import build_deblur_net
 
     torch.manual_seed(0)
     # Every timed step includes the reblurring net, whatever --epoch says about the flow's anchor.
     loss_config = LossConfig(reblur_after_warmup=False)
     deblur_net = build_deblur_net(case.arch, case.preset, case.levels).to(device)
-    reblur_net = ReblurNet(
-        levels=case.levels,
-        width=loss_config.reblur_width,
-        predict_seeds=loss_config.predict_seeds,
-        predict_weights=loss_config.predict_weights,
-        support=loss_config.kernel_support,
-        padding_mode=loss_config.reblur_padding,
-        seed_bound=loss_config.seed_bound,
-    ).to(device)
+    reblur_net = build_reblur_net(loss_config, case.levels).to(device)
     flow_estimator = build_flow_estimator(flow_backend, flow_weights)
     timer = PartTimer(device)
     cuts_holder: dict = {"cuts": BackwardCuts()}

@@ -31,24 +31,17 @@ import torch
 def diagnose(run_dir: Path, data_root: Path, pairs: int) -> dict[str, float]:
     from jdrl.checkpoint import load_checkpoint, load_deblur_net
     from jdrl.imageio import read_image
-    from jdrl.losses import charbonnier
-    from jdrl.models import ReblurNet
+    from jdrl.losses import LossConfig, build_reblur_net, charbonnier
 
     checkpoint = run_dir / "last.pt"
     state = load_checkpoint(checkpoint)
     if state.get("reblur") is None:
         raise SystemExit(f"{checkpoint}: this run has no reblurring net (loss.reblurring=false)")
-    loss_config = state["config"]["loss"]
-    eps = loss_config["eps"]
-    reblur_net = ReblurNet(
-        levels=state["config"]["model"]["levels"],
-        width=loss_config["reblur_width"],
-        predict_seeds=loss_config["predict_seeds"],
-        predict_weights=loss_config["predict_weights"],
-        support=loss_config["kernel_support"],
-        padding_mode=loss_config["reblur_padding"],
-        seed_bound=loss_config.get("seed_bound", 0.0),
-    )
+    saved = state["config"]["loss"]
+    # A checkpoint without seed_bound predates it: its seeds were unbounded.
+    loss_config = LossConfig(**{**saved, "seed_bound": saved.get("seed_bound", 0.0)})
+    eps = loss_config.eps
+    reblur_net = build_reblur_net(loss_config, state["config"]["model"]["levels"])
     reblur_net.load_state_dict(state["reblur"])
     reblur_net.eval()
     deblur_net = load_deblur_net(checkpoint)

@@ -33,6 +33,7 @@ __all__ = [
     "LossConfig",
     "LossOutput",
     "JDRLLoss",
+    "build_reblur_net",
     "charbonnier",
     "calibration_mask",
     "pseudo_defocus_map",
@@ -240,6 +241,21 @@ class LossConfig:
             )
 
 
+def build_reblur_net(config: LossConfig, levels: int = 8) -> nn.Module:
+    """The reblurring net ``jdrl.models.ReblurNet`` that ``config`` describes (``m = levels``)."""
+    from jdrl.models import ReblurNet
+
+    return ReblurNet(
+        levels=levels,
+        width=config.reblur_width,
+        predict_seeds=config.predict_seeds,
+        predict_weights=config.predict_weights,
+        support=config.kernel_support,
+        padding_mode=config.reblur_padding,
+        seed_bound=config.seed_bound,
+    )
+
+
 class LossOutput(NamedTuple):
     """``total``: scalar to backpropagate; ``terms``: the unweighted parts (``deblur``, and
     ``reblur`` / ``pseudo`` when enabled); ``stats``: detached diagnostics (``mask_kept``: fraction
@@ -283,17 +299,7 @@ class JDRLLoss(nn.Module):
         # object.__setattr__ bypasses nn.Module registration on purpose (see the class docstring).
         object.__setattr__(self, "flow_estimator", flow_estimator)
         if config.reblurring and reblur_net is None:
-            from jdrl.models import ReblurNet
-
-            reblur_net = ReblurNet(
-                levels=levels,
-                width=config.reblur_width,
-                predict_seeds=config.predict_seeds,
-                predict_weights=config.predict_weights,
-                support=config.kernel_support,
-                padding_mode=config.reblur_padding,
-                seed_bound=config.seed_bound,
-            )
+            reblur_net = build_reblur_net(config, levels)
         self.reblur_net = reblur_net if config.reblurring else None
 
     def reblur_active(self, epoch: int) -> bool:
