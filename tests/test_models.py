@@ -57,6 +57,28 @@ def test_deblur_net_keeps_any_input_size(arch, size):
         assert out.defocus_map is None
 
 
+@pytest.mark.parametrize("levels", [8, 5])
+def test_f_d_takes_the_whole_fused_input(levels):
+    # SPEC section 7: the re-weighted [I_B, B_hat] (3 + S(m) channels) enters F_D's first layer,
+    # with no squeeze to 3 channels in between; F_D's 3-channel output is added to I_B.
+    torch.manual_seed(0)
+    net = build_deblur_net("jdrl", "tiny", levels=levels)
+    fused_channels = 3 + seed_channels(levels)
+    assert net.deblur_body.embed.in_channels == fused_channels
+    assert not any("fusion.to_image" in name for name, _ in net.named_parameters())
+    seen = {}
+    net.deblur_body.register_forward_hook(lambda module, inputs, output: seen.update(x=inputs[0], out=output))
+    blurry = torch.rand(2, 3, *ODD_SIZE)
+    with torch.no_grad():
+        out = net(blurry)
+    assert seen["x"].shape == (2, fused_channels, 40, 48)  # padded to multiples of 8
+    # The first channels are I_B and the rest the defocus map, each times its channel gate.
+    gate = net.fusion.excite(torch.cat([blurry, out.defocus_map], dim=1).mean(dim=(2, 3)))
+    torch.testing.assert_close(seen["x"][:, :3, :37, :45], blurry * gate[:, :3, None, None])
+    torch.testing.assert_close(seen["x"][:, 3:, :37, :45], out.defocus_map * gate[:, 3:, None, None])
+    torch.testing.assert_close(out.sharp, blurry + seen["out"][..., :37, :45])
+
+
 def test_small_preset_shapes_and_levels():
     torch.manual_seed(0)
     net = build_deblur_net("jdrl", "small", levels=5)
@@ -95,7 +117,8 @@ def test_paper_presets_have_plausible_sizes():
             net = build_deblur_net(arch, preset)
             counts[(arch, preset)] = sum(p.numel() for p in net.parameters())
     print("parameters per preset:", {f"{a}/{p}": n for (a, p), n in counts.items()})
-    # Restormer alone has about 26.1M parameters; F_B and the fusion add a few hundred thousand.
+    # Restormer alone has about 26.1M parameters; F_B, the fusion and the 3 + 35 input channels of
+    # F_D's first layer add a few hundred thousand.
     assert 25e6 < counts[("jdrl", "paper")] < 28e6
     assert counts[("jdrl", "tiny")] < counts[("jdrl", "small")] < counts[("jdrl", "paper")]
     assert counts[("unet", "tiny")] < counts[("unet", "small")] < counts[("unet", "paper")]
@@ -123,6 +146,65 @@ def test_rebuilt_net_reproduces_outputs_from_its_state_dict():
     blurry = torch.rand(1, 3, 20, 24)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(blurry).sharp, original(blurry).sharp)
+
+
+def _old_layout_state_dict(levels: int = 8) -> dict[str, torch.Tensor]:
+    """A jdrl 'tiny' state dict as checkpoint format 1 held it: a 1x1 squeeze to 3 channels before F_D."""
+    state = dict(build_deblur_net("jdrl", "tiny", levels=levels).state_dict())
+    fused_channels = 3 + seed_channels(levels)
+    state["fusion.to_image.weight"] = torch.zeros(3, fused_channels, 1, 1)
+    state["fusion.to_image.bias"] = torch.zeros(3)
+    state["deblur_body.embed.weight"] = state["deblur_body.embed.weight"][:, :3].clone()
+    return state
+
+
+def test_old_layout_checkpoint_gets_a_clear_error(tmp_path):
+    from jdrl.checkpoint import CheckpointError, load_checkpoint, load_deblur_net
+
+    path = tmp_path / "old_run" / "best.pt"
+    path.parent.mkdir()
+    # Written the way format 1 was: torch.save of the state, no "format_version".
+    old_config = {"model": {"arch": "jdrl", "preset": "tiny", "levels": 8}}
+    torch.save({"model": _old_layout_state_dict(), "config": old_config}, path)
+    for load in (load_checkpoint, load_deblur_net):
+        with pytest.raises(CheckpointError) as caught:
+            load(path)
+        message = str(caught.value)
+        assert str(path) in message
+        assert "old jdrl network layout" in message and "format 1" in message
+        assert "retrain" in message
+    # Recognised by its weights too, when the config does not say the arch.
+    torch.save({"model": _old_layout_state_dict(), "config": {}}, path)
+    with pytest.raises(CheckpointError, match="old jdrl network layout"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_format_version_round_trip_and_unchanged_unet(tmp_path):
+    from jdrl.checkpoint import (
+        CHECKPOINT_FORMAT_VERSION,
+        CheckpointError,
+        load_checkpoint,
+        load_deblur_net,
+        save_checkpoint,
+    )
+
+    torch.manual_seed(0)
+    net = build_deblur_net("jdrl", "tiny")
+    config = {"model": {"arch": "jdrl", "preset": "tiny", "levels": 8}}
+    save_checkpoint(tmp_path / "new.pt", {"model": net.state_dict(), "config": config})
+    assert load_checkpoint(tmp_path / "new.pt")["format_version"] == CHECKPOINT_FORMAT_VERSION
+    blurry = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(load_deblur_net(tmp_path / "new.pt")(blurry).sharp, net.eval()(blurry).sharp)
+    # The UNet's layout did not change: its format-1 checkpoints still load.
+    unet = build_deblur_net("unet", "tiny")
+    unet_config = {"model": {"arch": "unet", "preset": "tiny", "levels": 8}}
+    torch.save({"model": unet.state_dict(), "config": unet_config}, tmp_path / "unet.pt")
+    load_deblur_net(tmp_path / "unet.pt")
+    # A newer format than this code knows is refused, not misread.
+    torch.save({"model": {}, "config": config, "format_version": CHECKPOINT_FORMAT_VERSION + 1}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="newer jdrl"):
+        load_checkpoint(tmp_path / "future.pt")
 
 
 def test_deblur_net_arguments_are_checked():

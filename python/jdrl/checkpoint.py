@@ -7,7 +7,8 @@ A checkpoint is a dict (SPEC / package contract):
 - ``"epoch"``: epochs completed; ``"step"``: optimizer steps taken;
 - ``"rng"``: python / numpy / torch / cuda generator states (see :func:`rng_state`);
 - ``"config"``: the resolved config as a plain dict, ``config["model"] = {"arch", "preset", "levels"}``;
-- optional extras written by the trainer (``"best_metric"``, ``"history"``).
+- optional extras written by the trainer (``"best_metric"``, ``"history"``);
+- ``"format_version"``: stamped by :func:`save_checkpoint` (see ``CHECKPOINT_FORMAT_VERSION``).
 
 Everything in it is made of tensors and plain Python values, so it loads with
 ``torch.load(weights_only=True)``: opening a checkpoint never runs pickled code.
@@ -27,6 +28,7 @@ import torch.nn as nn
 from jdrl.atomic import atomic_write
 
 __all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
@@ -36,6 +38,13 @@ __all__ = [
 ]
 
 REQUIRED_KEYS = ("model", "config")
+
+# The layout of what a checkpoint holds, raised whenever saved weights stop fitting the nets:
+#   1 (no "format_version" key): the jdrl net's fusion squeezed [I_B, B_hat] to 3 channels with a
+#     1x1 convolution ("fusion.to_image") before F_D;
+#   2: the fused 3 + S(m) channels enter F_D's first layer (SPEC section 7). UNet weights unchanged.
+CHECKPOINT_FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
@@ -49,9 +58,34 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     ``path`` in one ``os.replace``: a crash at any point leaves either the old file or the new one,
     never a truncated mix. The folder is created if needed.
     """
+    state = {**state, "format_version": CHECKPOINT_FORMAT_VERSION}
     with atomic_write(path, "wb", durable=True) as stream:
         torch.save(state, stream)
     return Path(path)
+
+
+def _check_format_version(path: Path, state: dict[str, Any]) -> None:
+    """Refuse checkpoints whose weights no longer fit the nets, saying what they are and what to do."""
+    version = state.get("format_version", LEGACY_FORMAT_VERSION)
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format_version {version!r}; this jdrl reads up to "
+            f"{CHECKPOINT_FORMAT_VERSION}: it was written by a newer jdrl, use that one"
+        )
+    if version >= CHECKPOINT_FORMAT_VERSION:
+        return
+    model_config = state["config"].get("model") if isinstance(state["config"], dict) else None
+    arch = model_config.get("arch") if isinstance(model_config, dict) else None
+    model_state = state["model"] if isinstance(state["model"], dict) else {}
+    # Format 2 changed only the jdrl net; a UNet checkpoint of format 1 still fits.
+    if arch == "jdrl" or "fusion.to_image.weight" in model_state:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has the old jdrl network layout (checkpoint format {version}): "
+            "its fusion squeezes [I_B, B_hat] to 3 channels before F_D, while this version feeds all "
+            f"3 + S(m) channels into F_D's first layer (format {CHECKPOINT_FORMAT_VERSION}, SPEC section 7). "
+            "Its weights cannot be converted: retrain with `jdrl train` (a new run directory, not --resume), "
+            "or run it with a jdrl from before the change."
+        )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -68,6 +102,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}; was it written by `jdrl train`?")
+    _check_format_version(path, state)
     return state
 
 

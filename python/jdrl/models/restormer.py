@@ -1,8 +1,9 @@
 """F: the deblurring network of the paper, ``I_hat = F_D(I_B, F_B(I_B))`` (Eq. 3, section 3.2.1).
 
 F_B (:class:`~jdrl.models.defocus_map.DefocusMapNet`) predicts the defocus map; a channel-attention
-fusion re-weights the channels of ``cat(I_B, B_hat)`` and maps them back to 3 channels; F_D is a
-Restormer-style transformer encoder-decoder with four levels (Zamir et al., CVPR 2022):
+fusion re-weights the channels of ``cat(I_B, B_hat)``, and all ``3 + S(m)`` of them enter F_D's
+first layer (SPEC section 7, as the authors' network does); F_D is a Restormer-style transformer
+encoder-decoder with four levels (Zamir et al., CVPR 2022):
 
 - MDTA, "transposed" attention: attention between channels, not pixels, so its cost grows with
   ``H * W`` linearly; queries, keys and values come from a 1x1 then a depthwise 3x3 convolution.
@@ -192,35 +193,41 @@ class Upsample(nn.Sequential):
 class SqueezeExcitationFusion(nn.Module):
     """Channel-attention fusion of the blurry image and its defocus map.
 
-    ``(blurry (B, 3, H, W), defocus_map (B, S, H, W)) -> (B, 3, H, W)``: the ``3 + S`` channels of
-    the concatenation are re-weighted by a squeeze-excitation gate (global average, two linear
-    layers, sigmoid), then a 1x1 convolution maps them back to 3 channels for F_D.
+    ``(blurry (B, 3, H, W), defocus_map (B, S, H, W)) -> (B, 3 + S, H, W)``: the ``3 + S`` channels
+    of the concatenation re-weighted by a squeeze-excitation gate (global average, two linear
+    layers, sigmoid). Nothing squeezes them afterwards: all of them are F_D's input, so F_D sees
+    the defocus map at full width rather than through a 3-channel bottleneck.
     """
 
     def __init__(self, map_channels: int) -> None:
         super().__init__()
-        channels = 3 + map_channels
-        squeezed = max(4, channels // 4)
+        self.out_channels = 3 + map_channels
+        squeezed = max(4, self.out_channels // 4)
         self.excite = nn.Sequential(
-            nn.Linear(channels, squeezed), nn.ReLU(inplace=True), nn.Linear(squeezed, channels), nn.Sigmoid()
+            nn.Linear(self.out_channels, squeezed),
+            nn.ReLU(inplace=True),
+            nn.Linear(squeezed, self.out_channels),
+            nn.Sigmoid(),
         )
-        self.to_image = nn.Conv2d(channels, 3, 1)
 
     def forward(self, blurry: torch.Tensor, defocus_map: torch.Tensor) -> torch.Tensor:
         stacked = torch.cat([blurry, defocus_map], dim=1)
         gate = self.excite(stacked.mean(dim=(2, 3)))
-        return self.to_image(stacked * gate[:, :, None, None])
+        return stacked * gate[:, :, None, None]
 
 
 class RestormerBody(nn.Module):
     """F_D: the 4-level transformer encoder-decoder.
 
-    ``(B, 3, H, W) -> (B, 3, H, W)`` with ``H, W`` multiples of 8 (the caller pads). It returns
-    what the caller adds to ``I_B`` (with the global residual) or the image itself.
+    ``(B, in_channels, H, W) -> (B, 3, H, W)`` with ``H, W`` multiples of 8 (the caller pads);
+    in F the input is the fused ``[I_B, B_hat]`` (``3 + S(m)`` channels). It returns what the
+    caller adds to ``I_B`` (with the global residual) or the image itself.
     """
 
-    def __init__(self, preset: RestormerPreset) -> None:
+    def __init__(self, preset: RestormerPreset, in_channels: int = 3) -> None:
         super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}")
         dim, heads, blocks, expansion = preset.dim, preset.heads, preset.blocks, preset.ffn_expansion
         for level, (count, head_count) in enumerate(zip(blocks, heads), start=1):
             if count < 1:
@@ -230,7 +237,7 @@ class RestormerBody(nn.Module):
                 raise ValueError(
                     f"preset.heads[{level - 1}] = {head_count} does not divide the {channels} channels of level {level}"
                 )
-        self.embed = nn.Conv2d(3, dim, 3, padding=1, bias=False)
+        self.embed = nn.Conv2d(in_channels, dim, 3, padding=1, bias=False)
         self.encoder1 = transformer_stage(dim, heads[0], expansion, blocks[0])
         self.down1 = Downsample(dim)
         self.encoder2 = transformer_stage(2 * dim, heads[1], expansion, blocks[1])
@@ -280,7 +287,7 @@ class JDRLDeblurNet(nn.Module):
         self.defocus_map_net = DefocusMapNet(levels, preset.defocus_width, preset.defocus_blocks)
         self.fusion = SqueezeExcitationFusion(self.defocus_map_net.out_channels)
         he_initialize(self.fusion)
-        self.deblur_body = RestormerBody(preset)
+        self.deblur_body = RestormerBody(preset, in_channels=self.fusion.out_channels)
         if preset.global_residual:
             # With the global residual, a small last layer starts F near the identity, so the
             # first flow estimates and losses see an image close to I_B instead of noise; it is
