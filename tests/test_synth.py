@@ -1,4 +1,5 @@
-"""Tests of `jdrl synth`: layout, determinism, the stored warp, the blur map, argument errors."""
+"""Tests of `jdrl synth`: layout, determinism, the stored warp, the blur map, the realistic
+misalignment (parallax, occlusions, non-rigid warp, photometric change), argument errors."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from jdrl import synth
 from jdrl.synth import SynthError, make_synthetic_dataset
 
 SIZE = 48
+# The misalignment of the earlier versions: one global zoom and shift, nothing else.
+GLOBAL_ONLY = {"parallax": 0.0, "nonrigid": 0.0, "exposure": 0.0, "white_balance": 0.0, "gamma": 0.0, "occluders": 0}
+GLOBAL_ONLY_PARAMS = {**GLOBAL_ONLY, "parallax": (0.0, 0.0), "nonrigid": (0.0, 0.0)}
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -58,7 +62,11 @@ def test_layout_and_meta(dataset: Path) -> None:
     assert meta["counts"] == {"train": 3, "test": 2}
     # The bundled test photos are held out of the train split.
     assert not set(meta["sources"]["train"]) & set(meta["sources"]["test"])
+    assert meta["parallax"] == [3.0, 3.0] and meta["nonrigid"] == [1.0, 1.0] and meta["occluders"] == 2
+    assert meta["exposure"] == 0.03 and meta["white_balance"] == 0.02 and meta["gamma"] == 0.02
     for record in meta["pairs"]["train"]:
+        assert record["parallax_px"] == 3.0 and len(record["occluders"]) == 2
+        assert 0 <= record["occluded_fraction"] < 0.2 and 0 <= record["disoccluded_fraction"] < 0.2
         assert 1.0 <= float(np.hypot(*record["shift_xy"])) <= 3.0
         assert abs(record["zoom"]) == pytest.approx(0.02)
         assert record["psf"] in ("disk", "gaussian")
@@ -113,7 +121,9 @@ def test_stored_warp_matches_jdrl_ext_flow_warp(dataset: Path) -> None:
 
 def test_misaligned_target_matches_the_flow_exactly() -> None:
     """Before quantization, gt(p + flow(p)) reproduces gt_aligned up to interpolation error."""
-    params = synth.SynthParams(size=64, shift=(2.5, 2.5), zoom=(0.015, 0.015), max_radius=2.0, noise=0.0)
+    params = synth.SynthParams(
+        size=64, shift=(2.5, 2.5), zoom=(0.015, 0.015), max_radius=2.0, noise=0.0, **GLOBAL_ONLY_PARAMS
+    )
     photo = synth.load_source_photos()[0].load()
     pair = synth.make_pair(photo, params, np.random.default_rng(0), np.random.default_rng(1))
     record = pair.record
@@ -125,7 +135,9 @@ def test_misaligned_target_matches_the_flow_exactly() -> None:
 
 
 def test_zero_misalignment_gives_identical_targets(tmp_path: Path) -> None:
-    root = make_synthetic_dataset(tmp_path / "zero", 2, 1, size=32, shift=0.0, zoom=0.0, max_radius=2.0, seed=1)
+    root = make_synthetic_dataset(
+        tmp_path / "zero", 2, 1, size=32, shift=0.0, zoom=0.0, max_radius=2.0, seed=1, **GLOBAL_ONLY
+    )
     for split in ("train", "test"):
         for name in pair_names(root, split):
             assert (root / split / "gt" / f"{name}.png").read_bytes() == (
@@ -136,15 +148,156 @@ def test_zero_misalignment_gives_identical_targets(tmp_path: Path) -> None:
 
 def test_misalignment_does_not_change_the_blurry_images(tmp_path: Path) -> None:
     """Study arms at different shifts/zooms share the scenes: same seed, same blurry images."""
-    small = make_synthetic_dataset(tmp_path / "s0", 2, 0, size=32, shift=0.0, zoom=0.0, max_radius=2.0, seed=3)
+    small = make_synthetic_dataset(
+        tmp_path / "s0", 2, 0, size=32, shift=0.0, zoom=0.0, max_radius=2.0, seed=3, **{**GLOBAL_ONLY, "occluders": 2}
+    )
     large = make_synthetic_dataset(tmp_path / "s4", 2, 0, size=32, shift=4.0, zoom=0.02, max_radius=2.0, seed=3)
+    other = make_synthetic_dataset(
+        tmp_path / "s5", 2, 0, size=32, shift=1.0, zoom=0.0, max_radius=2.0, seed=3,
+        parallax=(1.0, 2.0), nonrigid=0.5, exposure=0.1, white_balance=0.0, gamma=0.05,
+    )
     for name in pair_names(small, "train"):
-        assert (small / "train/blur" / f"{name}.png").read_bytes() == (
-            large / "train/blur" / f"{name}.png"
-        ).read_bytes()
-        assert (small / "train/gt_aligned" / f"{name}.png").read_bytes() == (
-            large / "train/gt_aligned" / f"{name}.png"
-        ).read_bytes()
+        for folder in ("blur", "gt_aligned"):
+            expected = (small / "train" / folder / f"{name}.png").read_bytes()
+            assert (large / "train" / folder / f"{name}.png").read_bytes() == expected
+            assert (other / "train" / folder / f"{name}.png").read_bytes() == expected
+        assert (large / "train/gt" / f"{name}.png").read_bytes() != (other / "train/gt" / f"{name}.png").read_bytes()
+
+
+def test_global_only_settings_reproduce_the_earlier_pairs() -> None:
+    """With the new parts off, the misalignment is exactly the zoom-and-shift flow (no occlusions)."""
+    params = synth.SynthParams(size=48, max_radius=2.0, **GLOBAL_ONLY_PARAMS)
+    photo = synth.load_source_photos()[1].load()
+    pair = synth.make_pair(photo, params, np.random.default_rng(3), np.random.default_rng(4))
+    record = pair.record
+    expected = synth.misalignment_flow(48, record["shift_xy"], record["zoom"], record["zoom_centre_xy"])
+    np.testing.assert_array_equal(pair.flow, expected)
+    assert not pair.occluded.any() and not pair.disoccluded.any() and record["occluders"] == []
+
+
+def parallax_only_params(**overrides) -> synth.SynthParams:
+    settings = {**GLOBAL_ONLY_PARAMS, "shift": (0.0, 0.0), "zoom": (0.0, 0.0), "parallax": (3.0, 3.0)}
+    return synth.SynthParams(size=64, max_radius=3.0, noise=0.0, **{**settings, **overrides})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_parallax_follows_the_inverse_depth_that_drives_the_blur(seed: int) -> None:
+    params = parallax_only_params()
+    photo = synth.load_source_photos()[seed].load()
+    pair = synth.make_pair(photo, params, np.random.default_rng(seed), np.random.default_rng(10 + seed))
+    record = pair.record
+    direction = np.asarray(record["parallax_direction_xy"])
+    along = np.tensordot(direction, pair.flow, axes=1)
+    across = pair.flow[0] * direction[1] - pair.flow[1] * direction[0]
+    assert np.abs(across).max() < 1e-5  # every point moves along the baseline
+    # Signed parallax = parallax * (d - focus) / span: the focal plane stays, nearer points (larger
+    # inverse depth) move one way, farther ones the other, the largest by exactly `parallax`.
+    relative = pair.depth - record["focus_depth"]
+    np.testing.assert_allclose(along, 3.0 * relative / np.abs(relative).max(), atol=1e-5)
+    assert np.abs(along).max() == pytest.approx(3.0, abs=1e-5)
+    assert (along[relative > 0.05] > 0).all() and (along[relative < -0.05] < 0).all()
+    # The blur radius grows with the same |d - focus|: where there is blur, |parallax| is a linear
+    # function of the radius.
+    blurred = pair.radius > 0.1
+    assert np.corrcoef(np.abs(along[blurred]), pair.radius[blurred])[0, 1] > 0.999
+    # And gt really is the scene seen that way.
+    warped = remap_with_flow(pair.sharp, pair.flow)
+    error = np.abs(warped - pair.sharp_aligned)[4:-4, 4:-4].mean()
+    assert error < 0.02, error
+    assert error < 0.5 * np.abs(pair.sharp - pair.sharp_aligned)[4:-4, 4:-4].mean()
+
+
+def test_both_sides_of_the_focal_plane_occur() -> None:
+    # Over a few scenes, the focus lies inside the depth range: points move both ways.
+    for seed in range(4):
+        pair = synth.make_pair(
+            synth.load_source_photos()[seed].load(), parallax_only_params(), np.random.default_rng(seed),
+            np.random.default_rng(seed),
+        )
+        along = np.tensordot(np.asarray(pair.record["parallax_direction_xy"]), pair.flow, axes=1)
+        if (along > 0.5).any() and (along < -0.5).any():
+            return
+    pytest.fail("no scene had points on both sides of the focal plane")
+
+
+def test_disocclusions_show_the_background_layer() -> None:
+    """A red disk in front of a green background, parallax along +x: the disk moves right and
+    uncovers green on its left (filled from the background layer), and covers green on its right."""
+    size, margin = 48, 8
+    side = size + 2 * margin
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    disk = np.clip(10.0 - np.hypot(xx - side / 2, yy - side / 2) + 0.5, 0, 1).astype(np.float32)
+    green = np.broadcast_to(np.array([0.2, 0.6, 0.2], np.float32), (side, side, 3)).copy()
+    red = np.broadcast_to(np.array([0.9, 0.1, 0.1], np.float32), (side, side, 3)).copy()
+    layers = [
+        synth.SceneLayer(green, np.ones((side, side), np.float32), np.zeros((side, side), np.float32)),
+        synth.SceneLayer(red, disk, np.ones((side, side), np.float32)),
+    ]
+    misalignment = {"zoom": 0.0, "shift_xy": [0.0, 0.0], "zoom_centre_xy": [0.0, 0.0],
+                    "parallax_px": 3.0, "parallax_direction_xy": [1.0, 0.0]}
+    flows = [synth._parallax_flow(layer.depth, focus=0.0, span=1.0, misalignment=misalignment) for layer in layers]
+    image, visible, disoccluded = synth._render_second_view(layers, flows, margin, size, misalignment)
+    assert np.isfinite(image).all()
+    # The background stays (focal plane), the disk moves by 3 px to the right.
+    row = visible[size // 2]  # through the disk's centre (canvas side / 2 = margin + size / 2)
+    covered = np.flatnonzero(row == 1)
+    assert covered.min() == pytest.approx(size / 2 - 10 + 3, abs=1)
+    assert covered.max() == pytest.approx(size / 2 + 10 + 3, abs=1)
+    # Disoccluded: shown background that the disk hid in the blurry view, on the disk's left side.
+    assert disoccluded.sum() >= 2 * 10  # a crescent about 3 px wide and 20 px tall
+    ys, xs = np.nonzero(disoccluded)
+    assert (xs <= size / 2).all() and xs.mean() < size / 2 - 5
+    shown = image[disoccluded]
+    to_green = np.abs(shown - [0.2, 0.6, 0.2]).max(axis=1)
+    to_red = np.abs(shown - [0.9, 0.1, 0.1]).max(axis=1)
+    assert (to_green < to_red).all()  # at most half covered by the disk's anti-aliased edge
+    assert (to_green < 1e-5).mean() > 0.6  # most of them pure background
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_default_pairs_have_occlusions_and_the_warp_holds_elsewhere(seed: int) -> None:
+    params = synth.SynthParams(size=96, max_radius=3.0, noise=0.0, exposure=0.0, white_balance=0.0, gamma=0.0)
+    photos = synth.load_source_photos()
+    pair = synth.make_pair(
+        photos[seed].load(), params, *(np.random.default_rng(seed) for _ in range(3))
+    )
+    record = pair.record
+    assert len(record["occluders"]) == 2
+    assert pair.disoccluded.any() and pair.occluded.any()
+    assert record["disoccluded_fraction"] == pytest.approx(pair.disoccluded.mean())
+    assert np.isfinite(pair.sharp).all() and 0 <= pair.sharp.min() and pair.sharp.max() <= 1
+    # gt_aligned is the unblurred scene in the blurry geometry; the warp carries gt onto it
+    # wherever the surface is visible in gt, and no global flow can.
+    inner = (slice(6, -6), slice(6, -6))
+    visible = ~pair.occluded[inner]
+    error = np.abs(remap_with_flow(pair.sharp, pair.flow) - pair.sharp_aligned).mean(axis=2)[inner]
+    assert error[visible].mean() < 0.02, error[visible].mean()
+    assert error[~visible].mean() > 2 * error[visible].mean()  # occluded pixels show another surface
+    global_flow = synth.misalignment_flow(96, record["shift_xy"], record["zoom"], record["zoom_centre_xy"])
+    global_error = np.abs(remap_with_flow(pair.sharp, global_flow) - pair.sharp_aligned).mean(axis=2)[inner]
+    assert error[visible].mean() < 0.6 * global_error[visible].mean()
+
+
+def test_photometric_change_is_within_its_bounds() -> None:
+    params = synth.SynthParams(
+        size=32, max_radius=1.0, noise=0.0, **{**GLOBAL_ONLY_PARAMS, "exposure": 0.03, "white_balance": 0.02,
+                                                "gamma": 0.02}, shift=(0.0, 0.0), zoom=(0.0, 0.0)
+    )
+    photo = synth.load_source_photos()[0].load()
+    gains = []
+    for seed in range(12):
+        pair = synth.make_pair(photo, params, np.random.default_rng(seed), np.random.default_rng(seed))
+        record = pair.record
+        assert abs(record["exposure_gain"] - 1) <= 0.03
+        assert all(abs(g - 1) <= 0.02 for g in record["white_balance_rgb"])
+        assert abs(record["gamma"] - 1) <= 0.02
+        # No geometry here: gt is gt_aligned with the second shot's exposure, white balance, gamma.
+        gain = record["exposure_gain"] * np.asarray(record["white_balance_rgb"])
+        expected = np.clip(pair.sharp_aligned**2.2 * gain, 0, 1) ** (1 / 2.2)
+        np.testing.assert_allclose(pair.sharp, expected ** record["gamma"], atol=1e-5)
+        assert np.abs(pair.sharp - pair.sharp_aligned).max() < 0.05
+        gains.append(record["exposure_gain"])
+    assert np.ptp(gains) > 0.02  # the gain is drawn per pair, not fixed
 
 
 def gradient_energy(image: np.ndarray) -> np.ndarray:
@@ -218,6 +371,14 @@ def test_source_folder(tmp_path: Path) -> None:
         ({"seed": -3}, "seed"),
         ({"psf": "box"}, "psf"),
         ({"noise": 2.0}, "noise"),
+        ({"parallax": 10.0}, "parallax"),
+        ({"parallax": -1.0}, "parallax"),
+        ({"nonrigid": 5.0}, "nonrigid"),
+        ({"exposure": 0.9}, "exposure"),
+        ({"white_balance": -0.1}, "white_balance"),
+        ({"gamma": "x"}, "gamma"),
+        ({"occluders": -1}, "occluders"),
+        ({"occluders": 1.5}, "occluders"),
     ],
 )
 def test_bad_arguments_are_named(tmp_path: Path, kwargs: dict, named: str) -> None:
@@ -282,11 +443,25 @@ def test_cli(tmp_path: Path, capsys) -> None:
             "5",
             "--psf",
             "disk",
+            "--parallax",
+            "1:2",
+            "--nonrigid",
+            "0.5",
+            "--exposure",
+            "0.01",
+            "--white-balance",
+            "0",
+            "--gamma",
+            "0.04",
+            "--occluders",
+            "1",
         ]
     )
     assert args.func(args) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["shift"] == [1.0, 2.0] and meta["psf"] == "disk" and meta["seed"] == 5
+    assert meta["parallax"] == [1.0, 2.0] and meta["nonrigid"] == [0.5, 0.5] and meta["occluders"] == 1
+    assert meta["exposure"] == 0.01 and meta["white_balance"] == 0.0 and meta["gamma"] == 0.04
     assert len(pair_names(out, "train")) == 2 and len(pair_names(out, "test")) == 1
     assert "wrote 2 train + 1 test" in capsys.readouterr().out
 

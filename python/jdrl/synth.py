@@ -7,22 +7,43 @@ handling of it can be measured: each pair is
 - ``blur/NAME.png``: a sharp photo crop, blurred by a spatially varying defocus (a smooth random
   depth map -> a per-pixel blur radius -> a layered disk or gaussian blur in linear light), plus
   mild noise. This is the reference geometry.
-- ``gt/NAME.png``: the same sharp crop misaligned as the paper describes for SDD (section 3.5): a
-  zoom about a point near the centre (lens movement) and a shift of a few pixels. Training sees
-  this one.
-- For evaluation only: ``gt_aligned/NAME.png`` (the sharp crop in the blurry image's geometry),
-  ``warp/NAME.npy`` (float32 ``(2, H, W)``, channel 0 = x, 1 = y, in pixels) such that
-  ``gt_aligned(p) = gt(p + flow(p))``, i.e. ``jdrl_ext.flow_warp(gt, flow) ~ gt_aligned``, and
+- ``gt/NAME.png``: the same scene as a second, sharp shot, misaligned the way real DSLR pairs are
+  and the way a global flow cannot follow:
+
+  * a zoom about a point near the centre (lens movement) and a shift of a few pixels, as the paper
+    describes for SDD (section 3.5);
+  * depth-dependent parallax: the second shot is taken from a slightly shifted viewpoint, so each
+    point moves by ``parallax * (d - focus) / span`` along one direction, with ``d`` the same
+    inverse-depth map that drives the blur radius (thin lens: radius ~ |d - focus|), ``focus`` the
+    in-focus depth and ``span`` the largest ``|d - focus|`` on the crop: the focal plane stays,
+    nearer points move one way, farther ones the other;
+  * occluders: the scene has ``occluders`` fronto-parallel objects (a blob cut from elsewhere in the
+    photo) in front of the background, each a step nearer than what it covers. Parallax moves them
+    against the background, so the second shot shows background that the blurry shot hides
+    (disocclusions, filled from the complete background layer) and hides some that it shows;
+  * a smooth non-rigid warp of about ``nonrigid`` px (lens distortion, focus breathing, hand motion);
+  * a small photometric change: exposure gain, per-channel white balance (both in linear light)
+    and a gamma change.
+
+  Training sees this one.
+- For evaluation only: ``gt_aligned/NAME.png`` (the sharp scene in the blurry image's geometry and
+  photometry: what a perfect deblurring would give), ``warp/NAME.npy`` (float32 ``(2, H, W)``,
+  channel 0 = x, 1 = y, in pixels), the true correspondence of the surface visible at each blurry
+  pixel, such that ``gt_aligned(p) = gt(p + flow(p))`` up to the photometric change, wherever that
+  surface is not occluded in ``gt`` (``jdrl_ext.flow_warp(gt, flow) ~ gt_aligned``), and
   ``radius/NAME.npy`` (float32 ``(H, W)``, the true blur radius in pixels).
 
 ``--train N --test M`` write ``OUT/train`` and ``OUT/test``, each in that SDD layout, and
 ``OUT/meta.json`` records the parameters and every pair's draws. When there are at least four
 source photos the test split uses photos that the train split never sees.
 
-Everything is deterministic given the seed. The scene content (photo, crop, depth, blur, noise) and
-the misalignment come from separate random streams, and the content does not depend on the
-misalignment settings, so datasets made with the same seed at shifts 0, 1, 2, 4 px or zooms 0.5%,
-1%, 2% hold the same blurry images and differ only in the misalignment of ``gt``.
+Everything is deterministic given the seed. The scene content (photo, crop, depth, occluders, blur,
+noise) and the misalignment (shift, zoom, parallax, non-rigid warp, photometric change) come from
+separate random streams, and the content does not depend on the misalignment settings, so datasets
+made with the same seed at shifts 0, 1, 2, 4 px, zooms 0.5%, 1%, 2% or any parallax hold the same
+blurry images and differ only in the misalignment of ``gt``. ``--parallax 0 --nonrigid 0
+--exposure 0 --white-balance 0 --gamma 0 --occluders 0`` gives the pairs of the earlier versions
+(one global shift and zoom), byte for byte.
 
 Example:
     >>> import tempfile
@@ -106,8 +127,24 @@ CROP_ATTEMPTS = 8
 # The zoom centre lies within this fraction of the crop side from the crop centre.
 ZOOM_CENTRE_SPREAD = 0.1
 
+# Occluder blobs: radius as a fraction of the crop side, the depth step in front of what they cover
+# (in the units of the [0, 1] depth map), and the amplitude of the wobble of their outline.
+OCCLUDER_RADIUS = (0.12, 0.24)
+OCCLUDER_DEPTH_STEP = (0.3, 0.6)
+OCCLUDER_WOBBLE = 0.12
+# Outside the crop (in the margin) parallax may exceed its crop maximum by this factor at most.
+PARALLAX_CLIP = 1.25
+# The non-rigid warp: a sum of this many gaussian bumps of displacement, each of width
+# NONRIGID_SIGMA (fraction of the crop side), scaled so that its largest displacement on the crop
+# is the drawn amplitude.
+NONRIGID_BUMPS = 4
+NONRIGID_SIGMA = (0.08, 0.2)
+# Fixed-point iterations that invert a layer's smooth warp; each divides the error by about
+# 1 / (largest warp gradient) >= 10 at the default settings.
+INVERSE_ITERATIONS = 8
+
 # Independent random streams per pair, keyed by (seed, split, stream, index).
-_STREAM_ORDER, _STREAM_CONTENT, _STREAM_MISALIGN = 0, 1, 2
+_STREAM_ORDER, _STREAM_CONTENT, _STREAM_MISALIGN, _STREAM_LAYERS = 0, 1, 2, 3
 _SPLIT_CODE = {"train": 0, "test": 1}
 
 
@@ -129,6 +166,17 @@ class SynthParams:
     psf: "disk", "gaussian" (sigma = radius / 2, the disk's second moment) or "mixed" (per image).
     noise: largest standard deviation of the gaussian noise on the blurry image, in [0, 1] units.
     scale: down-scaling of the photo before cropping (raised where the photo is too small).
+    parallax: largest parallax of ``gt`` on the crop in pixels, reached at the depth farthest from
+        the focal plane (the crop's nearest or farthest point); the direction is uniform on the circle.
+    nonrigid: largest displacement of the smooth non-rigid warp of ``gt`` on the crop, in pixels.
+    exposure: ``gt``'s exposure gain is ``1 + u * exposure``, ``u`` uniform in [-1, 1] (linear light).
+    white_balance: each channel's gain of ``gt`` is ``1 + u_c * white_balance`` on top (linear light).
+    gamma: ``gt``'s sRGB values are raised to ``1 + u * gamma``.
+    occluders: objects in front of the background (scene content: they are in the blurry image too).
+
+    The defaults resemble a real DSLR pair at 256 px: a 2 px shift, 1% zoom, up to 3 px of
+    parallax, two occluders, 1 px of non-rigid warp, exposure within 3%, white balance and gamma
+    within 2%.
     """
 
     size: int = 256
@@ -138,6 +186,12 @@ class SynthParams:
     psf: str = "mixed"
     noise: float = 0.01
     scale: Range = (0.5, 1.0)
+    parallax: Range = (3.0, 3.0)
+    nonrigid: Range = (1.0, 1.0)
+    exposure: float = 0.03
+    white_balance: float = 0.02
+    gamma: float = 0.02
+    occluders: int = 2
 
 
 @dataclass
@@ -146,8 +200,13 @@ class SyntheticPair:
 
     blurry: the defocused input (reference geometry). sharp: the misaligned target (``gt``).
     sharp_aligned: the target in the blurry geometry. flow: ``(2, H, W)`` float32, channel 0 = x,
-    1 = y, with ``sharp_aligned(p) = sharp(p + flow(p))``. radius: ``(H, W)`` float32 blur radius.
-    record: the draws (crop, psf, focus, shift, zoom, ...) as plain JSON values.
+    1 = y, with ``sharp_aligned(p) = sharp(p + flow(p))`` (up to the photometric change, where
+    ``occluded`` is false). radius: ``(H, W)`` float32 blur radius.
+    record: the draws (crop, psf, focus, shift, zoom, parallax, gains, ...) as plain JSON values.
+    depth: ``(H, W)`` float32, the inverse-depth map of the blurry geometry (larger = nearer) that
+    drives both the blur radius and the parallax.
+    occluded: ``(H, W)`` bool, blurry-geometry pixels whose surface is hidden in ``sharp``.
+    disoccluded: ``(H, W)`` bool, ``sharp`` pixels that show a surface the blurry image hides.
     """
 
     blurry: np.ndarray
@@ -156,6 +215,9 @@ class SyntheticPair:
     flow: np.ndarray
     radius: np.ndarray
     record: dict[str, Any] = field(default_factory=dict)
+    depth: np.ndarray | None = None
+    occluded: np.ndarray | None = None
+    disoccluded: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,8 +240,26 @@ def _as_range(name: str, value: float | tuple[float, float] | list[float]) -> Ra
     return low, high
 
 
+def _check_fraction(name: str, value: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= high):
+        raise SynthError(f"{name} must be a number in [0, {high:g}], got {value!r}")
+    return float(value)
+
+
 def _check_params(
-    size: int, shift: Any, zoom: Any, max_radius: float, psf: str, noise: float, scale: Any
+    size: int,
+    shift: Any,
+    zoom: Any,
+    max_radius: float,
+    psf: str,
+    noise: float,
+    scale: Any,
+    parallax: Any = SynthParams.parallax,
+    nonrigid: Any = SynthParams.nonrigid,
+    exposure: float = SynthParams.exposure,
+    white_balance: float = SynthParams.white_balance,
+    gamma: float = SynthParams.gamma,
+    occluders: int = SynthParams.occluders,
 ) -> SynthParams:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
         raise SynthError(f"size must be an integer >= 8 (pixels), got {size!r}")
@@ -199,6 +279,14 @@ def _check_params(
     scale_range = _as_range("scale", scale)
     if scale_range[0] <= 0:
         raise SynthError(f"scale must be positive, got {scale!r}")
+    parallax_range = _as_range("parallax", parallax)
+    if parallax_range[1] >= size / 8:
+        raise SynthError(f"parallax must stay below size / 8 = {size / 8:g} px, got {parallax!r}")
+    nonrigid_range = _as_range("nonrigid", nonrigid)
+    if nonrigid_range[1] >= size / 16:
+        raise SynthError(f"nonrigid must stay below size / 16 = {size / 16:g} px, got {nonrigid!r}")
+    if isinstance(occluders, bool) or not isinstance(occluders, (int, np.integer)) or not 0 <= occluders <= 8:
+        raise SynthError(f"occluders must be an integer in [0, 8], got {occluders!r}")
     return SynthParams(
         size=size,
         shift=shift_range,
@@ -207,6 +295,12 @@ def _check_params(
         psf=psf,
         noise=float(noise),
         scale=scale_range,
+        parallax=parallax_range,
+        nonrigid=nonrigid_range,
+        exposure=_check_fraction("exposure", exposure, 0.5),
+        white_balance=_check_fraction("white_balance", white_balance, 0.5),
+        gamma=_check_fraction("gamma", gamma, 0.5),
+        occluders=int(occluders),
     )
 
 
@@ -408,6 +502,93 @@ def _radius_map(
     return radius, {"focus_depth": focus, "depth_of_field": depth_of_field, "peak_radius": peak}
 
 
+@dataclass
+class SceneLayer:
+    """One layer of the scene on the canvas: ``texture`` float32 ``(S, S, 3)`` sRGB in [0, 1],
+    ``alpha`` float32 ``(S, S)`` coverage, ``depth`` float32 ``(S, S)`` inverse depth (larger =
+    nearer). The background has alpha 1 everywhere; layers are listed far to near."""
+
+    texture: np.ndarray
+    alpha: np.ndarray
+    depth: np.ndarray
+
+
+def _crop_coordinates(canvas_side: int, margin: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Canvas pixel -> crop-relative coordinates (0 at the crop's first pixel, 1 at its last)."""
+    coords = (np.arange(canvas_side, dtype=np.float32) - margin) / max(size - 1, 1)
+    ys, xs = np.meshgrid(coords, coords, indexing="ij")
+    return ys, xs
+
+
+def composite_layers(layers: list[SceneLayer]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over-composite far to near -> (image ``(S, S, 3)``, depth ``(S, S)``, visible layer index).
+
+    The depth blends like the colours (a smooth step across an anti-aliased edge); the visible
+    layer at a pixel is the nearest one covering at least half of it.
+    """
+    image = layers[0].texture.copy()
+    depth = layers[0].depth.copy()
+    visible = np.zeros(depth.shape, np.int32)
+    for index, layer in enumerate(layers[1:], start=1):
+        alpha = layer.alpha
+        image = alpha[:, :, None] * layer.texture + (1 - alpha[:, :, None]) * image
+        depth = alpha * layer.depth + (1 - alpha) * depth
+        visible[alpha >= 0.5] = index
+    return image.astype(np.float32), depth.astype(np.float32), visible
+
+
+def _occluder_layers(
+    scaled: np.ndarray,
+    flip: bool,
+    background: SceneLayer,
+    margin: int,
+    size: int,
+    count: int,
+    rng: np.random.Generator,
+) -> tuple[list[SceneLayer], list[dict]]:
+    """``count`` occluders in front of the background, each nearer than all it covers.
+
+    An occluder is a fronto-parallel blob (a circle with a wobbly outline, anti-aliased over one
+    pixel) textured with another crop of the same photo, at a constant inverse depth a step
+    (``OCCLUDER_DEPTH_STEP``) in front of the nearest point of the scene beneath it.
+    """
+    canvas_side = background.depth.shape[0]
+    ys, xs = _crop_coordinates(canvas_side, margin, size)
+    inner = (slice(margin, margin + size), slice(margin, margin + size))
+    layers = [background]
+    records = []
+    for _ in range(count):
+        centre = rng.uniform(0.15, 0.85, size=2)
+        radius_px = float(rng.uniform(*OCCLUDER_RADIUS)) * size
+        harmonics = [(k, float(rng.uniform(-OCCLUDER_WOBBLE, OCCLUDER_WOBBLE)), float(rng.uniform(0, 2 * np.pi)))
+                     for k in (2, 3, 4)]
+        top = int(rng.integers(0, scaled.shape[0] - size + 1))
+        left = int(rng.integers(0, scaled.shape[1] - size + 1))
+        step = float(rng.uniform(*OCCLUDER_DEPTH_STEP))
+
+        dx, dy = (xs - centre[0]) * (size - 1), (ys - centre[1]) * (size - 1)
+        angle = np.arctan2(dy, dx)
+        outline = radius_px * (1 + sum(a * np.cos(k * angle + phase) for k, a, phase in harmonics))
+        alpha = np.clip(outline - np.hypot(dx, dy) + 0.5, 0.0, 1.0).astype(np.float32)
+        texture = _canvas(scaled, top, left, size, margin)
+        if flip:
+            texture = np.ascontiguousarray(texture[:, ::-1])
+        _, beneath, _ = composite_layers(layers)
+        covered = alpha[inner] >= 0.5
+        nearest_beneath = float(beneath[inner][covered].max()) if covered.any() else float(beneath[inner].max())
+        depth_value = nearest_beneath + step
+        layers.append(SceneLayer(texture, alpha, np.full_like(alpha, depth_value)))
+        records.append(
+            {
+                "centre_xy": [float(centre[0] * (size - 1)), float(centre[1] * (size - 1))],
+                "radius_px": radius_px,
+                "texture_top_left": [top, left],
+                "depth": depth_value,
+            }
+        )
+    return layers, records
+
+
 @functools.lru_cache(maxsize=64)
 def psf_kernel(kind: str, radius: float) -> np.ndarray:
     """Normalized ``(K, K)`` float32 PSF of a blur radius in pixels.
@@ -473,10 +654,33 @@ def _misalignment(params: SynthParams, rng: np.random.Generator) -> dict:
     angle = float(rng.uniform(0, 2 * np.pi))
     zoom = float(rng.uniform(*params.zoom)) * (1.0 if rng.random() < 0.5 else -1.0)
     centre = (params.size - 1) / 2 + rng.uniform(-ZOOM_CENTRE_SPREAD, ZOOM_CENTRE_SPREAD, size=2) * params.size
+    # Everything below is drawn whatever the settings, so that each setting only scales its own
+    # draws and the earlier ones (shift, zoom) stay those of the global-only versions.
+    parallax = float(rng.uniform(*params.parallax))
+    parallax_angle = float(rng.uniform(0, 2 * np.pi))
+    nonrigid = float(rng.uniform(*params.nonrigid))
+    bumps = [
+        {
+            "centre": [float(v) for v in rng.uniform(-0.1, 1.1, size=2)],
+            "sigma": float(rng.uniform(*NONRIGID_SIGMA)),
+            "vector": [float(v) for v in rng.standard_normal(2)],
+        }
+        for _ in range(NONRIGID_BUMPS)
+    ]
+    gain = 1.0 + params.exposure * float(rng.uniform(-1.0, 1.0))
+    white_balance = 1.0 + params.white_balance * rng.uniform(-1.0, 1.0, size=3)
+    gamma = 1.0 + params.gamma * float(rng.uniform(-1.0, 1.0))
     return {
         "shift_xy": [magnitude * math.cos(angle), magnitude * math.sin(angle)],
         "zoom": zoom,
         "zoom_centre_xy": [float(centre[0]), float(centre[1])],
+        "parallax_px": parallax,
+        "parallax_direction_xy": [math.cos(parallax_angle), math.sin(parallax_angle)],
+        "nonrigid_px": nonrigid,
+        "nonrigid_bumps": bumps,
+        "exposure_gain": gain,
+        "white_balance_rgb": [float(v) for v in white_balance],
+        "gamma": gamma,
     }
 
 
@@ -485,7 +689,110 @@ def _misalignment_margin(params: SynthParams) -> int:
     max_zoom = params.zoom[1]
     # The zoom centre is within ZOOM_CENTRE_SPREAD * size of the middle; corners are farthest.
     reach = (0.5 + ZOOM_CENTRE_SPREAD) * params.size * math.sqrt(2)
-    return math.ceil((max_zoom * reach + params.shift[1]) / (1 - max_zoom)) + 3  # + bicubic taps
+    local = PARALLAX_CLIP * params.parallax[1] + PARALLAX_CLIP * params.nonrigid[1]
+    return math.ceil((max_zoom * reach + params.shift[1] + local) / (1 - max_zoom)) + 3  # + bicubic taps
+
+
+def _parallax_flow(depth: np.ndarray, focus: float, span: float, misalignment: dict) -> np.ndarray:
+    """Parallax of a layer, float32 ``(2, S, S)``: ``parallax * (d - focus) / span`` along the
+    drawn direction, clipped to ``PARALLAX_CLIP`` times the crop's largest value in the margin.
+
+    A camera moved sideways by ``b`` sees a point of inverse depth ``d`` move by ``f b d``; aiming
+    at the same focal plane removes ``f b focus``, which leaves the focal plane in place.
+    """
+    scale = np.clip((depth - focus) / max(span, 1e-6), -PARALLAX_CLIP, PARALLAX_CLIP)
+    direction = misalignment["parallax_direction_xy"]
+    magnitude = misalignment["parallax_px"]
+    return np.stack([magnitude * direction[0] * scale, magnitude * direction[1] * scale]).astype(np.float32)
+
+
+def _nonrigid_flow(canvas_side: int, margin: int, size: int, misalignment: dict) -> np.ndarray:
+    """The smooth non-rigid warp, float32 ``(2, S, S)``: gaussian bumps of displacement scaled so
+    that the largest displacement on the crop is ``nonrigid_px`` (clipped at ``PARALLAX_CLIP``
+    times that in the margin). A function of crop-relative coordinates, like the depth map."""
+    amplitude = misalignment["nonrigid_px"]
+    if amplitude == 0:
+        return np.zeros((2, canvas_side, canvas_side), np.float32)
+    ys, xs = _crop_coordinates(canvas_side, margin, size)
+    field = np.zeros((2, canvas_side, canvas_side), np.float64)
+    for bump in misalignment["nonrigid_bumps"]:
+        (cx, cy), sigma, vector = bump["centre"], bump["sigma"], bump["vector"]
+        weight = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2))
+        field += np.asarray(vector)[:, None, None] * weight[None]
+    magnitude = np.hypot(field[0], field[1])
+    crop_max = float(magnitude[margin : margin + size, margin : margin + size].max())
+    field *= amplitude / max(crop_max, 1e-12)
+    too_far = np.maximum(np.hypot(field[0], field[1]) / (PARALLAX_CLIP * amplitude), 1.0)
+    return (field / too_far[None]).astype(np.float32)
+
+
+def _inverse_map(local_flow: np.ndarray, margin: int, size: int, misalignment: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Where each ``gt`` pixel ``q`` of the crop comes from in the blurry geometry, as canvas
+    coordinates ``(map_x, map_y)`` for ``cv2.remap``.
+
+    A layer's point ``p`` appears in ``gt`` at ``A(p) + h(p)``, with ``A(p) = c + (1 + zoom)(p - c)
+    + shift`` and ``h`` the layer's smooth local flow (parallax + non-rigid, on the canvas). So
+    ``p = A^-1(q - h(p))``, solved by fixed-point iteration from ``p = A^-1(q)``.
+    """
+    zoom = misalignment["zoom"]
+    (tx, ty), (cx, cy) = misalignment["shift_xy"], misalignment["zoom_centre_xy"]
+    coords = np.arange(size, dtype=np.float32)
+    qy, qx = np.meshgrid(coords, coords, indexing="ij")
+    px = cx + (qx - cx - tx) / (1 + zoom)
+    py = cy + (qy - cy - ty) / (1 + zoom)
+    for _ in range(INVERSE_ITERATIONS):
+        hx = cv2.remap(local_flow[0], px + margin, py + margin, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        hy = cv2.remap(local_flow[1], px + margin, py + margin, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        px = cx + (qx - hx - cx - tx) / (1 + zoom)
+        py = cy + (qy - hy - cy - ty) / (1 + zoom)
+    return (px + margin).astype(np.float32), (py + margin).astype(np.float32)
+
+
+def _render_second_view(
+    layers: list[SceneLayer], local_flows: list[np.ndarray], margin: int, size: int, misalignment: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scene seen by the second (sharp) shot -> (image ``(size, size, 3)``, visible layer index,
+    disoccluded mask), both in ``gt``'s geometry.
+
+    Each layer is resampled through its own inverse warp and composited far to near. The
+    background layer is complete (it continues behind the occluders), so where parallax uncovers
+    background the image shows it: a disoccluded pixel shows a layer's point that a nearer layer
+    hides in the blurry shot.
+    """
+    image = np.zeros((size, size, 3), np.float32)
+    visible = np.zeros((size, size), np.int32)
+    hidden_in_blurry = np.zeros((size, size), bool)
+    # coverage_in_blurry[i]: how much the layers nearer than i cover each canvas pixel.
+    coverage_in_blurry: list[np.ndarray] = [layers[0].alpha] * len(layers)
+    nearer = np.zeros_like(layers[0].alpha)
+    for index in range(len(layers) - 1, -1, -1):
+        coverage_in_blurry[index] = nearer.copy()
+        nearer = 1 - (1 - nearer) * (1 - layers[index].alpha)
+    for index, (layer, local_flow) in enumerate(zip(layers, local_flows)):
+        map_x, map_y = _inverse_map(local_flow, margin, size, misalignment)
+        texture = cv2.remap(layer.texture, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+        texture = np.clip(texture, 0.0, 1.0)
+        if index == 0:
+            image = texture
+            alpha = np.ones((size, size), np.float32)
+        else:
+            alpha = cv2.remap(layer.alpha, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            image = alpha[:, :, None] * texture + (1 - alpha[:, :, None]) * image
+        shown = alpha >= 0.5
+        visible[shown] = index
+        hidden = cv2.remap(coverage_in_blurry[index], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        hidden_in_blurry[shown] = hidden[shown] >= 0.5
+    return image.astype(np.float32), visible, hidden_in_blurry
+
+
+def _photometric_change(image: np.ndarray, misalignment: dict) -> np.ndarray:
+    """The second shot's exposure gain and white balance (in linear light), then its gamma change."""
+    gain = misalignment["exposure_gain"] * np.asarray(misalignment["white_balance_rgb"], np.float32)
+    if np.all(gain == 1.0) and misalignment["gamma"] == 1.0:
+        return image
+    linear = np.power(np.clip(image, 0.0, 1.0), DISPLAY_GAMMA) * gain[None, None, :]
+    encoded = np.power(np.clip(linear, 0.0, 1.0), 1.0 / DISPLAY_GAMMA)
+    return np.power(encoded, misalignment["gamma"]).astype(np.float32)
 
 
 def misalignment_flow(size: int, shift_xy: list[float], zoom: float, zoom_centre_xy: list[float]) -> np.ndarray:
@@ -535,12 +842,17 @@ def make_pair(
     params: SynthParams,
     content_rng: np.random.Generator,
     misalign_rng: np.random.Generator,
+    layer_rng: np.random.Generator | None = None,
 ) -> SyntheticPair:
     """Make one synthetic pair from a uint8 RGB photo ``(H, W, 3)``.
 
-    ``content_rng`` draws the crop, depth, PSF and noise; ``misalign_rng`` the shift and zoom.
+    ``content_rng`` draws the crop, depth, PSF and noise; ``layer_rng`` the occluders (scene
+    content too; by default a child stream of ``content_rng``, which leaves its draws unchanged);
+    ``misalign_rng`` the shift, zoom, parallax, non-rigid warp and photometric change.
     """
     size = params.size
+    if layer_rng is None:
+        layer_rng = content_rng.spawn(1)[0]
     scaled, crop_record = _sample_crop(photo, params, content_rng)
     margin = max(_blur_margin(params.max_radius), _misalignment_margin(params))
     top, left = crop_record["crop_top_left"]
@@ -549,10 +861,15 @@ def make_pair(
         canvas = np.ascontiguousarray(canvas[:, ::-1])  # the margins are symmetric, so this mirrors the crop
     inner = (slice(margin, margin + size), slice(margin, margin + size))
 
-    depth = _depth_map(canvas.shape[0], margin, size, content_rng)
+    background_depth = _depth_map(canvas.shape[0], margin, size, content_rng)
+    background = SceneLayer(canvas, np.ones(canvas.shape[:2], np.float32), background_depth)
+    layers, occluder_records = _occluder_layers(
+        scaled, crop_record["flip"], background, margin, size, params.occluders, layer_rng
+    )
+    scene, depth, visible = composite_layers(layers)
     radius, focus_record = _radius_map(depth, margin, size, params.max_radius, content_rng)
     psf = params.psf if params.psf != "mixed" else ("disk" if content_rng.random() < 0.5 else "gaussian")
-    linear = np.power(canvas, DISPLAY_GAMMA)
+    linear = np.power(scene, DISPLAY_GAMMA)
     blurry_linear = layered_defocus_blur(linear, radius, psf)[inner]
     blurry = np.power(np.clip(blurry_linear, 0.0, 1.0), 1.0 / DISPLAY_GAMMA)
     noise_sigma = float(content_rng.uniform(0.0, params.noise))
@@ -560,16 +877,55 @@ def make_pair(
     blurry = np.clip(blurry + noise_sigma * noise, 0.0, 1.0).astype(np.float32)
 
     misalignment = _misalignment(params, misalign_rng)
-    sharp = _misaligned_target(canvas, margin, size, misalignment)
-    flow = misalignment_flow(size, misalignment["shift_xy"], misalignment["zoom"], misalignment["zoom_centre_xy"])
-    record = {**crop_record, **focus_record, "psf": psf, "noise_sigma": noise_sigma, **misalignment}
+    global_flow = misalignment_flow(
+        size, misalignment["shift_xy"], misalignment["zoom"], misalignment["zoom_centre_xy"]
+    )
+    focus = focus_record["focus_depth"]
+    span = float(np.abs(depth[inner] - focus).max())
+    nonrigid = _nonrigid_flow(canvas.shape[0], margin, size, misalignment)
+    local_flows = [_parallax_flow(layer.depth, focus, span, misalignment) + nonrigid for layer in layers]
+    if misalignment["parallax_px"] == 0 and misalignment["nonrigid_px"] == 0:
+        # Only the global zoom and shift: every layer moves alike, nothing is (dis)occluded.
+        sharp = _misaligned_target(scene, margin, size, misalignment)
+        flow = global_flow
+        occluded = np.zeros((size, size), bool)
+        disoccluded = np.zeros((size, size), bool)
+    else:
+        sharp, visible_in_sharp, disoccluded = _render_second_view(layers, local_flows, margin, size, misalignment)
+        visible_crop = visible[inner]
+        local = np.zeros((2, size, size), np.float32)
+        for index, local_flow in enumerate(local_flows):
+            local[:, visible_crop == index] = local_flow[:, inner[0], inner[1]][:, visible_crop == index]
+        flow = (global_flow + local).astype(np.float32)
+        # A blurry pixel is occluded when a nearer layer shows where its surface lands in gt.
+        coords = np.arange(size, dtype=np.float32)
+        ys, xs = np.meshgrid(coords, coords, indexing="ij")
+        landing = cv2.remap(
+            visible_in_sharp.astype(np.float32), xs + flow[0], ys + flow[1], cv2.INTER_NEAREST,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        occluded = landing > visible_crop
+    sharp = _photometric_change(sharp, misalignment)
+    record = {
+        **crop_record,
+        **focus_record,
+        "psf": psf,
+        "noise_sigma": noise_sigma,
+        "occluders": occluder_records,
+        **misalignment,
+        "occluded_fraction": float(occluded.mean()),
+        "disoccluded_fraction": float(disoccluded.mean()),
+    }
     return SyntheticPair(
         blurry=blurry,
         sharp=sharp.astype(np.float32),
-        sharp_aligned=canvas[inner].copy(),
+        sharp_aligned=scene[inner].copy(),
         flow=flow,
         radius=radius[inner].copy(),
         record=record,
+        depth=depth[inner].copy(),
+        occluded=occluded,
+        disoccluded=disoccluded,
     )
 
 
@@ -641,6 +997,12 @@ def make_synthetic_dataset(
     psf: str = "mixed",
     noise: float = 0.01,
     scale: float | tuple[float, float] = (0.5, 1.0),
+    parallax: float | tuple[float, float] = SynthParams.parallax,
+    nonrigid: float | tuple[float, float] = SynthParams.nonrigid,
+    exposure: float = SynthParams.exposure,
+    white_balance: float = SynthParams.white_balance,
+    gamma: float = SynthParams.gamma,
+    occluders: int = SynthParams.occluders,
     overwrite: bool = False,
 ) -> Path:
     """Write ``n_train`` + ``n_test`` synthetic misaligned pairs under ``out_dir``; -> ``out_dir``.
@@ -648,11 +1010,13 @@ def make_synthetic_dataset(
     Layout: ``out_dir/{train,test}/{blur,gt}/NAME.png`` (SDD), plus for evaluation
     ``gt_aligned/NAME.png``, ``warp/NAME.npy`` (float32 ``(2, H, W)``, x then y, with
     ``gt_aligned(p) = gt(p + flow(p))``) and ``radius/NAME.npy`` (float32 ``(H, W)``), and
-    ``out_dir/meta.json``. ``shift``, ``zoom`` and ``scale`` take a number (fixed) or a
-    ``(low, high)`` range. See ``SynthParams`` for the meaning of each parameter.
+    ``out_dir/meta.json``. ``shift``, ``zoom``, ``scale``, ``parallax`` and ``nonrigid`` take a
+    number (fixed) or a ``(low, high)`` range. See ``SynthParams`` for the meaning of each parameter.
     ``source``: a folder of sharp photos, or None for scikit-image's bundled photos.
     """
-    params = _check_params(size, shift, zoom, max_radius, psf, noise, scale)
+    params = _check_params(
+        size, shift, zoom, max_radius, psf, noise, scale, parallax, nonrigid, exposure, white_balance, gamma, occluders
+    )
     counts = {"train": _check_count("n_train", n_train), "test": _check_count("n_test", n_test)}
     if counts["train"] + counts["test"] == 0:
         raise SynthError("n_train + n_test must be at least 1, got 0 and 0")
@@ -674,6 +1038,7 @@ def make_synthetic_dataset(
                 params,
                 _rng(seed, code, _STREAM_CONTENT, index),
                 _rng(seed, code, _STREAM_MISALIGN, index),
+                _rng(seed, code, _STREAM_LAYERS, index),
             )
             name = f"{index:04d}_{photo.name}"
             root = out_dir / split
@@ -694,14 +1059,28 @@ def make_synthetic_dataset(
         "psf": params.psf,
         "noise": params.noise,
         "scale": list(params.scale),
+        "parallax": list(params.parallax),
+        "nonrigid": list(params.nonrigid),
+        "exposure": params.exposure,
+        "white_balance": params.white_balance,
+        "gamma": params.gamma,
+        "occluders": params.occluders,
         "source": "skimage.data" if source is None else str(Path(source).resolve()),
         "sources": {"train": [p.name for p in train_photos], "test": [p.name for p in test_photos]},
         "sources_shared_between_splits": shared,
         "counts": counts,
         "conventions": {
             "warp": "float32 (2, H, W), channel 0 = x (right), 1 = y (down), pixels; "
-            "gt_aligned(p) = gt(p + flow(p)), i.e. flow_warp(gt, flow) ~ gt_aligned",
-            "misalignment": "gt shows at M(p) = c + (1 + zoom)(p - c) + shift what blur shows at p",
+            "gt_aligned(p) = gt(p + flow(p)), i.e. flow_warp(gt, flow) ~ gt_aligned, up to the photometric "
+            "change and except where the surface at p is occluded in gt (occluded_fraction per pair)",
+            "misalignment": "gt shows at M(p) = c + (1 + zoom)(p - c) + shift + parallax(p) + nonrigid(p) what "
+            "blur shows at p; parallax(p) = parallax_px * (d(p) - focus_depth) / span * parallax_direction_xy, "
+            "d the inverse depth of the surface at p (the one behind the blur radius), span = max |d - focus_depth| "
+            "on the crop",
+            "photometric": "gt = (clip(exposure_gain * white_balance_rgb * gt_geometric ** 2.2) ** (1 / 2.2)) ** gamma",
+            "disocclusions": "gt pixels showing a surface the blurry image hides are rendered from the complete "
+            "background layer (disoccluded_fraction per pair)",
+            "gt_aligned": "the unblurred scene in the blurry image's geometry and photometry",
             "radius": "float32 (H, W), defocus blur radius in pixels in the blur image's geometry",
             "gamma": f"blur applied to sRGB ** {DISPLAY_GAMMA}",
         },
@@ -736,7 +1115,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="make synthetic misaligned blurry/sharp pairs from sharp photos",
         description=(
             "Make synthetic defocus pairs in SDD layout (blur/, gt/) with a known misalignment: "
-            "spatially varying defocus blur on the input, zoom and shift on the sharp target. "
+            "spatially varying defocus blur on the input; on the sharp target zoom and shift, depth-dependent "
+            "parallax with disocclusions around occluders, a smooth non-rigid warp and a small exposure/colour "
+            "change (--parallax 0 --nonrigid 0 --exposure 0 --white-balance 0 --gamma 0 --occluders 0: "
+            "zoom and shift only). "
             "gt_aligned/, warp/ (flow, (2,H,W), x then y, gt_aligned(p) = gt(p + flow(p))) and "
             "radius/ are written for evaluation only."
         ),
@@ -789,6 +1171,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="photo down-scaling before cropping, fixed or LOW:HIGH (default 0.5:1)",
     )
     parser.add_argument(
+        "--parallax",
+        type=_parse_range,
+        default=SynthParams.parallax,
+        metavar="PX",
+        help="largest depth-dependent parallax of gt on the crop in pixels, fixed or LOW:HIGH; points move by "
+        "parallax * (inverse depth - focus) / span, so the focal plane stays and near/far points move opposite "
+        "ways (default 3)",
+    )
+    parser.add_argument(
+        "--nonrigid",
+        type=_parse_range,
+        default=SynthParams.nonrigid,
+        metavar="PX",
+        help="largest displacement of a smooth random non-rigid warp of gt in pixels, fixed or LOW:HIGH (default 1)",
+    )
+    parser.add_argument(
+        "--exposure",
+        type=float,
+        default=SynthParams.exposure,
+        metavar="F",
+        help="exposure gain of gt drawn in 1 +- F, in linear light (default 0.03)",
+    )
+    parser.add_argument(
+        "--white-balance",
+        type=float,
+        default=SynthParams.white_balance,
+        metavar="F",
+        help="per-channel gain of gt drawn in 1 +- F, in linear light (default 0.02)",
+    )
+    parser.add_argument(
+        "--gamma",
+        type=float,
+        default=SynthParams.gamma,
+        metavar="F",
+        help="gt's sRGB values raised to a power drawn in 1 +- F (default 0.02)",
+    )
+    parser.add_argument(
+        "--occluders",
+        type=int,
+        default=SynthParams.occluders,
+        metavar="N",
+        help="objects in front of the background (in both images; parallax moves them against it, "
+        "uncovering background in gt) (default 2)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, metavar="SEED", help="random seed; same seed, same data (default 0)"
     )
     parser.add_argument(
@@ -819,6 +1246,12 @@ def run(args: argparse.Namespace) -> int:
             psf=args.psf,
             noise=args.noise,
             scale=args.scale,
+            parallax=args.parallax,
+            nonrigid=args.nonrigid,
+            exposure=args.exposure,
+            white_balance=args.white_balance,
+            gamma=args.gamma,
+            occluders=args.occluders,
             overwrite=args.overwrite,
         )
     except SynthError as error:
