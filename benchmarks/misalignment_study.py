@@ -48,7 +48,7 @@ from jdrl.ablation import (
     run_ablation,
     set_threads,
 )
-from jdrl.synth import make_synthetic_dataset
+from jdrl.synth import make_synthetic_dataset, synth_defaults_meta
 
 # (name, shift in px, zoom as a fraction); "aligned" is the zero point of both series.
 SETTINGS: tuple[tuple[str, float, float], ...] = (
@@ -74,7 +74,7 @@ def make_datasets(out_dir: Path, args: argparse.Namespace) -> dict[str, Path]:
     for name, shift, zoom in SETTINGS:
         root = out_dir / name / "data"
         expected = {"seed": args.data_seed, "size": args.size, "shift": [shift, shift], "zoom": [zoom, zoom],
-                    "counts": {"train": args.train, "test": args.test}}
+                    "counts": {"train": args.train, "test": args.test}, **synth_defaults_meta()}
         meta_path = root / "meta.json"
         if not (meta_path.is_file() and all(json.loads(meta_path.read_text()).get(k) == v for k, v in expected.items())):
             make_synthetic_dataset(root, args.train, args.test, size=args.size, shift=shift, zoom=zoom,

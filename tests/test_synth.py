@@ -64,6 +64,8 @@ def test_layout_and_meta(dataset: Path) -> None:
     assert not set(meta["sources"]["train"]) & set(meta["sources"]["test"])
     assert meta["parallax"] == [3.0, 3.0] and meta["nonrigid"] == [1.0, 1.0] and meta["occluders"] == 2
     assert meta["exposure"] == 0.03 and meta["white_balance"] == 0.02 and meta["gamma"] == 0.02
+    # What dataset caches (jdrl ablate, the misalignment study) compare a stored set against.
+    assert synth.synth_defaults_meta().items() <= meta.items()
     for record in meta["pairs"]["train"]:
         assert record["parallax_px"] == 3.0 and len(record["occluders"]) == 2
         assert 0 <= record["occluded_fraction"] < 0.2 and 0 <= record["disoccluded_fraction"] < 0.2

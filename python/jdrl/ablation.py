@@ -653,14 +653,15 @@ def command_line() -> str:
 def make_or_check_data(args: argparse.Namespace, out_dir: Path, shift: float, zoom: float) -> Path:
     """``args.data`` when given, else synthetic data in ``out_dir`` (made once, reused if its
     meta.json matches)."""
-    from jdrl.synth import make_synthetic_dataset
+    from jdrl.synth import make_synthetic_dataset, synth_defaults_meta
 
     if args.data is not None:
         _test_names(args.data / "test")
         return args.data
     scale = [float(v) for v in args.scale]
     expected = {"seed": args.data_seed, "size": args.size, "shift": [shift, shift], "zoom": [zoom, zoom],
-                "max_radius": args.max_radius, "scale": scale, "counts": {"train": args.train, "test": args.test}}
+                "max_radius": args.max_radius, "scale": scale, "counts": {"train": args.train, "test": args.test},
+                **synth_defaults_meta()}
     meta_path = out_dir / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())

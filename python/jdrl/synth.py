@@ -84,6 +84,7 @@ __all__ = [
     "make_synthetic_dataset",
     "register",
     "run",
+    "synth_defaults_meta",
 ]
 
 # Photos that ship inside the scikit-image wheel (read from its package folder, never downloaded).
@@ -981,6 +982,23 @@ def _source_sequence(photos: list[SourcePhoto], count: int, rng: np.random.Gener
     while len(sequence) < count:
         sequence.extend(photos[i] for i in rng.permutation(len(photos)))
     return sequence[:count]
+
+
+def synth_defaults_meta() -> dict[str, Any]:
+    """The ``meta.json`` entries of the misalignment parts beyond shift and zoom at their defaults.
+
+    For callers that cache a dataset and reuse it when its ``meta.json`` matches what they would
+    make: without these keys, a set made before they existed (or with other values) would match.
+    """
+    defaults = SynthParams()
+    return {
+        "parallax": list(defaults.parallax),
+        "nonrigid": list(defaults.nonrigid),
+        "exposure": defaults.exposure,
+        "white_balance": defaults.white_balance,
+        "gamma": defaults.gamma,
+        "occluders": defaults.occluders,
+    }
 
 
 def make_synthetic_dataset(
