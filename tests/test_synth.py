@@ -280,6 +280,22 @@ def test_default_pairs_have_occlusions_and_the_warp_holds_elsewhere(seed: int) -
     assert error[visible].mean() < 0.6 * global_error[visible].mean()
 
 
+def test_a_warp_that_folds_over_is_an_error() -> None:
+    # A local flow of slope 2 maps two points onto one: no inverse, so no honest gt to render.
+    size, margin = 32, 8
+    side = size + 2 * margin
+    xs = np.broadcast_to(np.arange(side, dtype=np.float32), (side, side))
+    folding = np.stack([2.0 * (xs - side / 2), np.zeros((side, side), np.float32)])
+    misalignment = {"zoom": 0.0, "shift_xy": [0.0, 0.0], "zoom_centre_xy": [0.0, 0.0]}
+    with pytest.raises(SynthError, match="folds over"):
+        synth._inverse_map(folding, margin, size, misalignment)
+    # A gentle one inverts: p + h(p) lands back on q.
+    gentle = 0.1 * folding
+    map_x, _ = synth._inverse_map(gentle, margin, size, misalignment)
+    p = map_x[0] - margin
+    np.testing.assert_allclose(p + 0.2 * (p + margin - side / 2), np.arange(size), atol=0.01)
+
+
 def test_photometric_change_is_within_its_bounds() -> None:
     params = synth.SynthParams(
         size=32, max_radius=1.0, noise=0.0, **{**GLOBAL_ONLY_PARAMS, "exposure": 0.03, "white_balance": 0.02,

@@ -143,6 +143,7 @@ NONRIGID_SIGMA = (0.08, 0.2)
 # Fixed-point iterations that invert a layer's smooth warp; each divides the error by about
 # 1 / (largest warp gradient) >= 10 at the default settings.
 INVERSE_ITERATIONS = 8
+INVERSE_TOLERANCE = 0.05  # px
 
 # Independent random streams per pair, keyed by (seed, split, stream, index).
 _STREAM_ORDER, _STREAM_CONTENT, _STREAM_MISALIGN, _STREAM_LAYERS = 0, 1, 2, 3
@@ -281,11 +282,12 @@ def _check_params(
     if scale_range[0] <= 0:
         raise SynthError(f"scale must be positive, got {scale!r}")
     parallax_range = _as_range("parallax", parallax)
-    if parallax_range[1] >= size / 8:
-        raise SynthError(f"parallax must stay below size / 8 = {size / 8:g} px, got {parallax!r}")
+    # Beyond about these, the warps of steep depth slopes start to fold over (see _inverse_map).
+    if parallax_range[1] >= size / 10:
+        raise SynthError(f"parallax must stay below size / 10 = {size / 10:g} px, got {parallax!r}")
     nonrigid_range = _as_range("nonrigid", nonrigid)
-    if nonrigid_range[1] >= size / 16:
-        raise SynthError(f"nonrigid must stay below size / 16 = {size / 16:g} px, got {nonrigid!r}")
+    if nonrigid_range[1] >= size / 20:
+        raise SynthError(f"nonrigid must stay below size / 20 = {size / 20:g} px, got {nonrigid!r}")
     if isinstance(occluders, bool) or not isinstance(occluders, (int, np.integer)) or not 0 <= occluders <= 8:
         raise SynthError(f"occluders must be an integer in [0, 8], got {occluders!r}")
     return SynthParams(
@@ -686,7 +688,8 @@ def _misalignment(params: SynthParams, rng: np.random.Generator) -> dict:
 
 
 def _misalignment_margin(params: SynthParams) -> int:
-    """Pixels past the crop that the misaligned target samples from, at the largest shift/zoom."""
+    """Pixels past the crop that the misaligned target samples from, at the largest shift, zoom,
+    parallax and non-rigid warp."""
     max_zoom = params.zoom[1]
     # The zoom centre is within ZOOM_CENTRE_SPREAD * size of the middle; corners are farthest.
     reach = (0.5 + ZOOM_CENTRE_SPREAD) * params.size * math.sqrt(2)
@@ -741,11 +744,20 @@ def _inverse_map(local_flow: np.ndarray, margin: int, size: int, misalignment: d
     qy, qx = np.meshgrid(coords, coords, indexing="ij")
     px = cx + (qx - cx - tx) / (1 + zoom)
     py = cy + (qy - cy - ty) / (1 + zoom)
-    for _ in range(INVERSE_ITERATIONS):
+    for iteration in range(INVERSE_ITERATIONS + 1):
         hx = cv2.remap(local_flow[0], px + margin, py + margin, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         hy = cv2.remap(local_flow[1], px + margin, py + margin, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if iteration == INVERSE_ITERATIONS:
+            break
         px = cx + (qx - hx - cx - tx) / (1 + zoom)
         py = cy + (qy - hy - cy - ty) / (1 + zoom)
+    # p must map back onto q; it does not where the warp folds over (its gradient exceeds 1).
+    miss = np.hypot(cx + (1 + zoom) * (px - cx) + tx + hx - qx, cy + (1 + zoom) * (py - cy) + ty + hy - qy)
+    if float(miss.max()) > INVERSE_TOLERANCE:
+        raise SynthError(
+            f"parallax / nonrigid too large for size {size}: the warp folds over (inverse off by "
+            f"{float(miss.max()):.2f} px); use smaller --parallax / --nonrigid or a larger --size"
+        )
     return (px + margin).astype(np.float32), (py + margin).astype(np.float32)
 
 
