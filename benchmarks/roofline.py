@@ -20,7 +20,7 @@ Every number comes from the tables ``TRAFFIC`` and ``ON_CHIP`` below, whose assu
 next to them: update them when a kernel changes, and replace the model by bench_ops.py's
 measurements (bandwidth fraction of a measured copy) when a GPU has run it.
 
-    python benchmarks/roofline.py [--dtypes float32,float16] [--json PATH]
+    python benchmarks/roofline.py [--dtypes float32,float16] [--json PATH] [--markdown]
 """
 
 from __future__ import annotations
@@ -224,16 +224,37 @@ def table(result: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(result: list[dict]) -> str:
+    """The same rows as a Markdown table (for benchmarks/RESULTS.md)."""
+    lines = [
+        "| op | direction | shape | dtype | floor MB | today MB | tiled MB | today / floor "
+        "| H100 ms floor / today / tiled | H200 ms floor / today / tiled | today on-chip MB |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in result:
+        times = {card: f"{r[f'floor_{card}_ms']:.3f} / {r[f'today_{card}_ms']:.3f} / {r[f'tiled_{card}_ms']:.3f}" for card in CARDS}
+        lines.append(
+            f"| {r['op']} | {r['direction']} | {r['shape']} | {r['dtype']} | {r['floor_bytes'] / 1e6:.1f} "
+            f"| {r['today_bytes'] / 1e6:.1f} | {r['tiled_bytes'] / 1e6:.1f} | {r['today_bytes'] / r['floor_bytes']:.2f} "
+            f"| {times['H100']} | {times['H200']} | {r['on_chip_bytes_today'] / 1e6:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Memory roofline of the CUDA kernels (a model, not a measurement).")
     parser.add_argument("--dtypes", default="float32,float16", help="comma-separated: float32, float16, bfloat16, float64")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table instead")
     args = parser.parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     unknown = [d for d in dtypes if d not in DTYPE_BYTES]
     if unknown or not dtypes:
         parser.error(f"--dtypes: unknown {unknown or 'none given'}; choose from {', '.join(DTYPE_BYTES)}")
     result = rows(dtypes)
+    if args.markdown:
+        print(markdown(result))
+        return 0
     print(
         "Memory roofline (a model, not a measurement): MB = 1e6 bytes of DRAM traffic; x floor = today / floor;\n"
         "times = bytes / DRAM bandwidth (H100 3.35 TB/s, H200 4.8 TB/s), a lower bound for a memory-bound kernel;\n"
