@@ -191,7 +191,14 @@ fi
 
 # 2. Build in place against the installed torch.
 [ "$DRY_RUN" = 1 ] || rm -f "$ROOT"/jdrl_ext/_C*.so
-run_step build 200 "$PYTHON" setup.py build_ext --inplace
+# FORCE_CUDA=1: a missing toolkit fails here, with a message, instead of building a CPU-only library
+# that every CUDA test would then reject.
+run_step build 200 bash -c 'nvcc_path=$(command -v nvcc || true)
+    [ -n "$nvcc_path" ] || [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] || {
+        echo "no nvcc on PATH or in ${CUDA_HOME:-/usr/local/cuda}/bin: this image has no CUDA toolkit to build the kernels with (set CUDA_HOME)" >&2
+        exit 1
+    }
+    FORCE_CUDA=1 exec "$1" setup.py build_ext --inplace' build "$PYTHON"
 
 # 3. The CUDA kernels are registered and run.
 run_step cuda_kernels 45 "$PYTHON" -c "
