@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,9 @@ def test_script_dry_run_prints_the_plan_and_writes_a_summary(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["dry_run"] is True and summary["ok"] is False and summary["commit"] == "test"
     assert sorted((ROOT / "jdrl_ext").glob("_C*.so")) == libraries
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_script_passes_shellcheck():
+    result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
