@@ -8,7 +8,10 @@
 # The working tree is copied to a temporary folder (so an in-place CPU build is left alone) and built
 # there with FORCE_CUDA=1. Fails on any compile or link error, on a library that leaves a jdrl symbol
 # undefined, and on a library whose CUDA kernels are not registered with the dispatcher. Prints the
-# build time. CUDA_HOME (default: /usr/local/cuda, else the toolkit of the nvcc on PATH),
+# build time and a table of every kernel's registers and spills (nvcc runs with -Xptxas -v, appended
+# to NVCC_APPEND_FLAGS; .ci/ptxas_report.py reads the log), and fails when any kernel spills or, with
+# the register gate on (REBLUR_REGISTER_GATE below), when a reblur kernel needs more than
+# REBLUR_MAX_REGISTERS registers per thread. CUDA_HOME (default: /usr/local/cuda, else the toolkit of the nvcc on PATH),
 # TORCH_CUDA_ARCH_LIST (default 9.0) and MAX_JOBS (default 2) are respected.
 set -euo pipefail
 
@@ -67,6 +70,17 @@ EOF
 )"
 export CPATH="${extra_includes}${CPATH:+:$CPATH}"
 
+# The register gate of the reblur kernels: 64 registers x 256 threads a block lets 4 blocks (50% of an
+# SM's 2048 threads) be resident. "enforce" fails the check above the limit, "report" only prints it.
+REBLUR_REGISTER_GATE="${REBLUR_REGISTER_GATE:-report}"
+REBLUR_MAX_REGISTERS="${REBLUR_MAX_REGISTERS:-64}"
+case "$REBLUR_REGISTER_GATE" in
+  enforce | report) ;;
+  *) fail "REBLUR_REGISTER_GATE must be 'enforce' or 'report', got '$REBLUR_REGISTER_GATE'" ;;
+esac
+# ptxas prints each kernel's registers, stack frame and spills into the build log.
+export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:+$NVCC_APPEND_FLAGS }-Xptxas -v"
+
 log="$work/build.log"
 start=$(date +%s)
 if ! (cd "$work" && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-2}" \
@@ -81,6 +95,11 @@ library="$(ls "$work"/jdrl_ext/_C*.so 2>/dev/null | head -n 1 || true)"
 undefined="$(nm -DC --undefined-only "$library" | grep -i jdrl || true)"
 [ -z "$undefined" ] || fail "undefined jdrl symbols in $(basename "$library"):"$'\n'"$undefined"
 grep -i "warning" "$log" >&2 || true
+
+register_flag=()
+[ "$REBLUR_REGISTER_GATE" = enforce ] && register_flag=(--enforce-registers)
+"$python" "$repo/.ci/ptxas_report.py" "$log" --max-reblur-registers "$REBLUR_MAX_REGISTERS" "${register_flag[@]}" ||
+  fail "ptxas: a kernel spills or a reblur kernel needs more than $REBLUR_MAX_REGISTERS registers (table above)"
 
 # Loading the library registers the kernels; that needs no GPU.
 (cd "$work" && "$python" - <<'EOF') || fail "the CUDA kernels are not all registered"

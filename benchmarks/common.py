@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ def load_average() -> list[float]:
 def machine_facts(device: torch.device, threads: int) -> dict[str, Any]:
     """What a reader needs to compare numbers across runs."""
     facts: dict[str, Any] = {
-        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,

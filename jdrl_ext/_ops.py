@@ -27,11 +27,34 @@ _ops = torch.ops.jdrl_ext
 # --- checks shared by the fake kernels (the C++ kernels repeat them with TORCH_CHECK) -------------
 
 
+# The dtypes the kernels are compiled for (CPU: float32 and float64 only, which the C++ check says).
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_dtype(tensor: torch.Tensor, name: str) -> None:
+    """A floating dtype the kernels have: float8 is floating too, but no kernel is built for it, and
+    the CUDA dispatch's own error would not say which argument is wrong."""
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {tensor.dtype}")
+    if tensor.dtype not in _KERNEL_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
+
+
+def _check_dtypes(**tensors: torch.Tensor) -> None:
+    for name, tensor in tensors.items():
+        _check_dtype(tensor, name)
+
+
 def _check_4d(tensor: torch.Tensor, name: str, layout: str = "(B, C, H, W)") -> None:
     if tensor.dim() != 4:
         raise ValueError(f"{name} must be a 4-D tensor {layout}, got shape {tuple(tensor.shape)}")
-    if not tensor.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {tensor.dtype}")
+    _check_dtype(tensor, name)
+
+
+def _new_contiguous(like: torch.Tensor) -> torch.Tensor:
+    """What the real kernels return for an output shaped like ``like``: a fresh contiguous tensor
+    (``empty_like`` would keep a channels_last input's strides, which the kernels do not)."""
+    return like.new_empty(like.shape)
 
 
 def _check_pair(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
@@ -70,7 +93,7 @@ def _isotropic_kernels_fake(seeds, *, support="window"):
 
 @torch.library.register_fake("jdrl_ext::_isotropic_kernels_backward")
 def _isotropic_kernels_backward_fake(grad, seeds, support):
-    return torch.empty_like(seeds)
+    return _new_contiguous(seeds)
 
 
 def _isotropic_kernels_setup(ctx, inputs, keyword_only_inputs, output):
@@ -111,6 +134,7 @@ def isotropic_kernels(seeds: torch.Tensor, *, support: str = "window") -> torch.
         >>> round(kernels[0, :, 0, 0].sum().item(), 6)
         1.0
     """
+    _check_dtypes(seeds=seeds)
     return _ops.isotropic_kernels(seeds, support=support)
 
 
@@ -124,12 +148,12 @@ def _sv_conv_fake(image, kernels, *, padding_mode="replicate"):
     _check_pair(image, "image", kernels, "kernels")
     _kernel_size(kernels)
     check_option("padding_mode", padding_mode, PADDING_MODES_CONV)
-    return torch.empty_like(image)
+    return _new_contiguous(image)
 
 
 @torch.library.register_fake("jdrl_ext::_sv_conv_backward")
 def _sv_conv_backward_fake(grad, image, kernels, padding_mode):
-    return torch.empty_like(image), torch.empty_like(kernels)
+    return _new_contiguous(image), _new_contiguous(kernels)
 
 
 def _sv_conv_setup(ctx, inputs, keyword_only_inputs, output):
@@ -168,6 +192,7 @@ def sv_conv(image: torch.Tensor, kernels: torch.Tensor, *, padding_mode: str = "
         >>> jdrl_ext.sv_conv(image, box).shape
         torch.Size([1, 3, 8, 8])
     """
+    _check_dtypes(image=image, kernels=kernels)
     return _ops.sv_conv(image, kernels, padding_mode=padding_mode)
 
 
@@ -184,12 +209,12 @@ def _reblur_fake(image, seeds, weights, *, support="window", padding_mode="repli
     levels_from_weights(seeds, weights)
     check_option("support", support, SUPPORTS)
     check_option("padding_mode", padding_mode, PADDING_MODES_CONV)
-    return torch.empty_like(image)
+    return _new_contiguous(image)
 
 
 @torch.library.register_fake("jdrl_ext::_reblur_backward")
 def _reblur_backward_fake(grad, image, seeds, weights, support, padding_mode):
-    return torch.empty_like(image), torch.empty_like(seeds), torch.empty_like(weights)
+    return _new_contiguous(image), _new_contiguous(seeds), _new_contiguous(weights)
 
 
 def _reblur_setup(ctx, inputs, keyword_only_inputs, output):
@@ -242,6 +267,7 @@ def reblur(
         >>> jdrl_ext.reblur(image, seeds, weights).shape
         torch.Size([1, 3, 16, 16])
     """
+    _check_dtypes(image=image, seeds=seeds, weights=weights)
     return _ops.reblur(image, seeds, weights, support=support, padding_mode=padding_mode)
 
 
@@ -256,12 +282,12 @@ def _flow_warp_fake(image, flow, *, padding_mode="border"):
         raise ValueError(f"flow must have 2 channels (x, y), got shape {tuple(flow.shape)}")
     _check_pair(image, "image", flow, "flow")
     check_option("padding_mode", padding_mode, PADDING_MODES_WARP)
-    return torch.empty_like(image)
+    return _new_contiguous(image)
 
 
 @torch.library.register_fake("jdrl_ext::_flow_warp_backward")
 def _flow_warp_backward_fake(grad, image, flow, padding_mode):
-    return torch.empty_like(image), torch.empty_like(flow)
+    return _new_contiguous(image), _new_contiguous(flow)
 
 
 def _flow_warp_setup(ctx, inputs, keyword_only_inputs, output):
@@ -302,4 +328,5 @@ def flow_warp(image: torch.Tensor, flow: torch.Tensor, *, padding_mode: str = "b
         >>> torch.equal(jdrl_ext.flow_warp(image, flow), image)
         True
     """
+    _check_dtypes(image=image, flow=flow)
     return _ops.flow_warp(image, flow, padding_mode=padding_mode)
