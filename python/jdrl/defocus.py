@@ -328,6 +328,18 @@ def radius_picture(radius: np.ndarray | torch.Tensor, top: float | None = None, 
     return np.concatenate([picture, bar], axis=1)
 
 
+def checkpoint_loss_config(state: dict[str, Any]):
+    """The ``LossConfig`` a training checkpoint (``load_checkpoint``'s dict) was trained with; keys it
+    predates take the values of that time (no ``seed_bound`` / ``weight_logit_bound``: unbounded)."""
+    from jdrl.losses import LossConfig
+
+    saved = dict(state["config"]["loss"])
+    saved.setdefault("seed_bound", 0.0)
+    saved.setdefault("weight_logit_bound", 0.0)
+    known = set(LossConfig.__dataclass_fields__)
+    return LossConfig(**{key: value for key, value in saved.items() if key in known})
+
+
 def load_reblur_net(checkpoint: str | os.PathLike | dict[str, Any], map_location: str | torch.device = "cpu") -> tuple[nn.Module, Any] | None:
     """``(R, its LossConfig)`` from a training checkpoint, or None when it has no reblurring net.
 
