@@ -333,6 +333,8 @@ def checkpoint_loss_config(state: dict[str, Any]):
     predates take the values of that time (no ``seed_bound`` / ``weight_logit_bound``: unbounded)."""
     from jdrl.losses import LossConfig
 
+    if state.get("config", {}).get("loss") is None:  # not written by jdrl train: the defaults
+        return LossConfig()
     saved = dict(state["config"]["loss"])
     saved.setdefault("seed_bound", 0.0)
     saved.setdefault("weight_logit_bound", 0.0)
