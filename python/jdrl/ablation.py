@@ -11,7 +11,10 @@ here), trained by :func:`jdrl.train.train` with one budget and seed on a synthet
   misaligned ``gt`` warped onto the prediction by optical flow (``psnr_flow`` / ``ssim_flow``),
   and ``gt`` as it is (``psnr_unaligned`` / ``ssim_unaligned``).
 
-The blurry input is measured the same way, as the floor every variant must beat.
+The blurry input is measured the same way, as the floor every variant must beat. For the variants
+with a reblurring net, the "R radius Spearman" column is the Spearman correlation (textured pixels)
+between R's implied blur radius on the test pairs (R run on the prediction and the blurry input)
+and the true radius map (:mod:`jdrl.defocus`); each result file holds the other correlations.
 
 Every (variant, seed) run keeps its result in ``OUT/results/VARIANT_seedS.json``; a rerun with the
 same settings reuses it, so an interrupted ablation resumes where it stopped, and a later call
