@@ -107,10 +107,11 @@ class OptimConfig:
     ``reblur_lr``: a learning rate of its own for the reblurring net; StepLR scales both alike.
     None (the default): ``min(lr, REBLUR_LR_CAP)``, i.e. ``lr`` as in the paper (one optimizer, one
     rate) up to 1e-4, and 1e-4 when the deblurring net runs faster. Trained alone on synthetic pairs
-    R learns the blur at 1e-4 (Spearman ~0.9 between its implied radius and the true one) and
-    collapses at 1e-3 (its level logits blow up within ~50 Adam steps; see
-    ``benchmarks/RESULTS.md``, "The reblurring net alone"), so short CPU runs that train F at
-    5e-4-1e-3 keep R at 1e-4. See :meth:`effective_reblur_lr`.
+    R learns the blur at 1e-4 (Spearman 0.35 between its implied radius and the true one after 150
+    steps, 0.89 after a 240 s run in issue 9) and not at 1e-3 (its level logits blow up within ~50
+    Adam steps and its radius map is constant: Spearman 0.00; ``benchmarks/RESULTS.md``, "The
+    reblurring net alone"), so short CPU runs that train F at 5e-4-1e-3 keep R at 1e-4. See
+    :meth:`effective_reblur_lr`.
     """
 
     lr: float = 2e-5
