@@ -16,6 +16,7 @@ from jdrl.defocus import (
     defocus_correlations,
     implied_radius,
     level_second_moments,
+    levels_for_seed_channels,
     pearson,
     predicted_map_radius,
     radius_picture,
@@ -80,6 +81,9 @@ def test_a_uniform_disk_of_radius_r_gives_r():
 def test_implied_radius_bad_shapes_name_both():
     with pytest.raises(ValueError, match="S\\(m\\) = 35"):
         implied_radius(torch.zeros(1, 34, 2, 2), torch.zeros(1, 8, 2, 2))
+    assert [levels_for_seed_channels(count) for count in (2, 5, 35)] == [2, 3, 8]
+    with pytest.raises(ValueError, match="34 channels"):
+        levels_for_seed_channels(34)
 
 
 def test_predicted_map_radius_inverts_the_pseudo_map_when_seeds_sit_at_the_bound():

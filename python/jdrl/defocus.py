@@ -34,6 +34,7 @@ __all__ = [
     "defocus_radii",
     "implied_radius",
     "level_second_moments",
+    "levels_for_seed_channels",
     "load_reblur_net",
     "pearson",
     "predicted_map_radius",
@@ -94,6 +95,14 @@ def level_second_moments(level_seeds: torch.Tensor, support: str = "window") -> 
     # softmax over taps = exp(z) * count / sum(exp(z) * count), grouped by distance.
     probabilities = torch.softmax(stacked + counts.log(), dim=1)
     return (probabilities * squared).sum(dim=1)
+
+
+def levels_for_seed_channels(count: int) -> int:
+    """``m`` with ``S(m) = (m - 1)(m + 2) / 2 = count`` (35 -> 8); a count no ``m`` gives is an error."""
+    levels = round((-1 + math.sqrt(9 + 8 * count)) / 2)
+    if levels < 2 or (levels - 1) * (levels + 2) // 2 != count:
+        raise ValueError(f"{count} channels is not S(m) = (m-1)(m+2)/2 of any number of blur levels m >= 2")
+    return levels
 
 
 def _levels_of(seeds: torch.Tensor, weights: torch.Tensor) -> int:
@@ -385,6 +394,6 @@ def defocus_radii(
         out = net(sharp_est.to(device).float(), blurry.to(device).float())
         radii["reblur"] = implied_radius(out.seeds, out.weights, net.support)[0].cpu()
     if defocus_map is not None and config.weighted_pseudo_map:
-        levels = round((-1 + math.sqrt(9 + 8 * defocus_map.shape[1])) / 2)  # S(m) = (m-1)(m+2)/2
+        levels = levels_for_seed_channels(defocus_map.shape[1])
         radii["predicted_map"] = predicted_map_radius(defocus_map, levels, config.seed_bound, config.kernel_support)[0].cpu()
     return radii

@@ -311,9 +311,9 @@ def _radius_settings(checkpoint: str):
 
 def _write_radius(path: Path, defocus_map: torch.Tensor, config) -> None:
     """``<name>_radius.png``: F_B's map as a radius in pixels with a colour bar (jdrl.defocus)."""
-    from jdrl.defocus import predicted_map_radius, radius_picture
+    from jdrl.defocus import levels_for_seed_channels, predicted_map_radius, radius_picture
 
-    levels = round((-1 + math.sqrt(9 + 8 * defocus_map.shape[1])) / 2)  # S(m) = (m-1)(m+2)/2
+    levels = levels_for_seed_channels(defocus_map.shape[1])
     radius = predicted_map_radius(defocus_map, levels, config.seed_bound, config.kernel_support)[0]
     write_image_array(path, radius_picture(radius))
 

@@ -470,6 +470,9 @@ def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distr
     logger = _Logger(out_dir, distributed.is_main)
     if distributed.is_main:
         save_config_yaml(config, out_dir / "config.yaml")
+        if loss.reblur_net is not None and config.optim.effective_reblur_lr() != config.optim.lr:
+            how = "optim.reblur_lr" if config.optim.reblur_lr is not None else "optim.reblur_lr unset: min(optim.lr, 1e-4)"
+            logger.message(f"the reblurring net trains at lr {config.optim.effective_reblur_lr():g} ({how})")
         if resume_path is not None:
             logger.message(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
             if changed_loss:
