@@ -94,6 +94,9 @@ def test_ablation_runner_two_variants_two_steps(synthetic, tmp_path, monkeypatch
         assert (out / "results" / f"{record['variant']}_seed0.json").is_file()
     # One epoch has no warm-up, so the reblurring loss trained (it joins after the warm-up).
     assert "reblur" in records[1]["final_loss"]
+    # R's implied radius is scored against the true radius maps; the UNet with L1 has no map at all.
+    assert records[0]["defocus"] is None
+    assert -1 <= records[1]["defocus"]["reblur"]["spearman"] <= 1
 
     # A second call with the same settings reuses the stored results without training.
     def no_training(*args, **kwargs):
@@ -110,6 +113,7 @@ def test_ablation_runner_two_variants_two_steps(synthetic, tmp_path, monkeypatch
     markdown, table_json = write_report(out, rows, blurry, settings, "jdrl ablate (test)")
     text = markdown.read_text()
     assert "blurry input" in text and "#1 w/ L1 loss" in text and "#5 w/o R_kpn" in text
+    assert "R radius Spearman" in text and f"{records[1]['defocus']['reblur']['spearman']:.3f}" in text
     assert "24.62/0.758" in text  # the paper's Table 5 value beside ours
     assert json.loads(table_json.read_text())["rows"][1]["variant"] == "l1"
 
