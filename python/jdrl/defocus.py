@@ -79,13 +79,12 @@ def level_second_moments(level_seeds: torch.Tensor, support: str = "window") -> 
         if q > radius * radius:
             logit = torch.zeros_like(level_seeds[:, 0])
         else:
-            rho = math.sqrt(q)
-            low = math.floor(rho)
-            if q == low * low:  # integers decide exact rings (SPEC section 2)
-                low, fraction = int(math.isqrt(q)), 0.0
+            low = math.isqrt(q)  # floor(rho) decided with integers (SPEC section 2)
+            if q == low * low:
+                logit = level_seeds[:, low]
             else:
-                fraction = rho - low
-            logit = level_seeds[:, low] if fraction == 0.0 else (1 - fraction) * level_seeds[:, low] + fraction * level_seeds[:, low + 1]
+                fraction = math.sqrt(q) - low
+                logit = (1 - fraction) * level_seeds[:, low] + fraction * level_seeds[:, low + 1]
         logits.append(logit)
         weights.append(float(count))
         distances.append(float(q))
