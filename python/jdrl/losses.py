@@ -200,7 +200,8 @@ class LossConfig:
             identity, which pulls ``I_hat`` back to the input). Trained alone on that target
             (DIS flow, 2 px + 1% misalignment) R's radius follows the true one as well as when
             trained on the aligned ground truth (Spearman 0.36 vs 0.35 after 150 steps;
-            ``benchmarks/RESULTS.md``, "The reblurring net alone").
+            ``benchmarks/RESULTS.md``, "The reblurring net alone"). In short joint runs (160
+            steps) it is not yet shown to help: R's map does not survive the joint phase there.
         pseudo_supervision: add ``beta * L_P`` (Eq. 2); False gives Eq. 1.
         weighted_pseudo_map: Eq. 13 (weights times seeds); False supervises with the raw seeds as
             the authors' code does.
