@@ -11,7 +11,7 @@ the table reports, averaged over those pairs:
   Charbonnier epsilon = not at all).
 
 When the last three columns agree, R is the identity and ``L_R`` pulls ``I_hat`` towards ``I_B``.
-Checkpoints from before ``loss.seed_bound`` existed are read as unbounded.
+Checkpoints from before ``loss.seed_bound`` / ``loss.weight_logit_bound`` existed are read as unbounded.
 
 Example::
 
@@ -31,15 +31,15 @@ import torch
 def diagnose(run_dir: Path, data_root: Path, pairs: int) -> dict[str, float]:
     from jdrl.checkpoint import load_checkpoint, load_deblur_net
     from jdrl.imageio import read_image
-    from jdrl.losses import LossConfig, build_reblur_net, charbonnier
+    from jdrl.defocus import checkpoint_loss_config
+    from jdrl.losses import build_reblur_net, charbonnier
 
     checkpoint = run_dir / "last.pt"
     state = load_checkpoint(checkpoint)
     if state.get("reblur") is None:
         raise SystemExit(f"{checkpoint}: this run has no reblurring net (loss.reblurring=false)")
-    saved = state["config"]["loss"]
-    # A checkpoint without seed_bound predates it: its seeds were unbounded.
-    loss_config = LossConfig(**{**saved, "seed_bound": saved.get("seed_bound", 0.0)})
+    # Settings a checkpoint predates (seed_bound, weight_logit_bound) were unbounded then.
+    loss_config = checkpoint_loss_config(state)
     eps = loss_config.eps
     reblur_net = build_reblur_net(loss_config, state["config"]["model"]["levels"])
     reblur_net.load_state_dict(state["reblur"])

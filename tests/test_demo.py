@@ -56,16 +56,24 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     for label in ROW_LABELS.values():
         assert label in table
     payload = json.loads((out / "metrics.json").read_text())
-    assert set(payload["means"]) == {"blurry", "l1", "ours"}
+    assert set(payload["means"]) == {"blurry", "l1", "no_reblur", "ours"}
     for row in payload["means"].values():
         assert set(row) == set(METRIC_KEYS)
+    assert payload["psnr_vs_gt_aligned"] == {name: row["psnr_gt"] for name, row in payload["means"].items()}
+    # Ours' defocus maps are scored against the true radius: R's implied radius and F_B's map.
+    assert set(payload["defocus"]) == {"reblur", "predicted_map"}
+    assert payload["defocus_spearman"] == payload["defocus"]["reblur"]["spearman"]
+    assert -1 <= payload["defocus_spearman"] <= 1
+    assert "Spearman" in table and "#4 w/o reblurring" in table
     assert payload["steps"] == 2 and payload["epochs"] == 1
     grid = cv2.imread(str(out / "grid.png"))
     assert grid is not None
-    # Two test rows of enlarged 48 px tiles under a header, six columns.
+    # Two test rows of enlarged 48 px tiles under a header, eight columns.
+    assert len(GRID_COLUMNS) == 8
     tile = grid.shape[1] // len(GRID_COLUMNS)
     assert grid.shape[1] == tile * len(GRID_COLUMNS) and grid.shape[0] > 2 * tile
-    assert (out / "runs" / "ours" / "last.pt").is_file() and (out / "runs" / "l1" / "last.pt").is_file()
+    for name in ("ours", "l1", "no_reblur"):
+        assert (out / "runs" / name / "last.pt").is_file(), name
 
 
 def test_demo_rejects_a_bad_budget(tmp_path, capsys):
@@ -86,6 +94,9 @@ def test_ablation_runner_two_variants_two_steps(synthetic, tmp_path, monkeypatch
         assert (out / "results" / f"{record['variant']}_seed0.json").is_file()
     # One epoch has no warm-up, so the reblurring loss trained (it joins after the warm-up).
     assert "reblur" in records[1]["final_loss"]
+    # R's implied radius is scored against the true radius maps; the UNet with L1 has no map at all.
+    assert records[0]["defocus"] is None
+    assert -1 <= records[1]["defocus"]["reblur"]["spearman"] <= 1
 
     # A second call with the same settings reuses the stored results without training.
     def no_training(*args, **kwargs):
@@ -102,6 +113,7 @@ def test_ablation_runner_two_variants_two_steps(synthetic, tmp_path, monkeypatch
     markdown, table_json = write_report(out, rows, blurry, settings, "jdrl ablate (test)")
     text = markdown.read_text()
     assert "blurry input" in text and "#1 w/ L1 loss" in text and "#5 w/o R_kpn" in text
+    assert "R radius Spearman" in text and f"{records[1]['defocus']['reblur']['spearman']:.3f}" in text
     assert "24.62/0.758" in text  # the paper's Table 5 value beside ours
     assert json.loads(table_json.read_text())["rows"][1]["variant"] == "l1"
 

@@ -164,6 +164,9 @@ def test_deblur_command_writes_images_and_defocus_maps(tmp_path, tiny_checkpoint
     for index in range(2):
         assert read_image(out / f"img{index}.png").shape == (3, 96, 80)
         assert read_image_array(out / f"img{index}_defocus.png").shape == (96, 80, 3)
+        # The radius in pixels with a colour bar on the right (jdrl.defocus.radius_picture).
+        radius = read_image_array(out / f"img{index}_radius.png")
+        assert radius.shape[0] >= 96 and radius.shape[1] > 80 and radius.shape[2] == 3
     with pytest.raises(FileNotFoundError, match="nothere.png"):
         jdrl_main(["deblur", str(tmp_path / "nothere.png"), "--checkpoint", str(tiny_checkpoint), "--out", str(out)])
 
@@ -209,3 +212,33 @@ def test_eval_command_end_to_end(tmp_path, tiny_checkpoint):
     (predictions / "pair1.png").unlink()
     with pytest.raises(DatasetError, match="pair1"):
         jdrl_main(["eval", "--pred-dir", str(predictions), "--data", str(root), "--out", str(tmp_path / "e3")])
+
+
+def test_eval_reports_defocus_correlations_on_synthetic_data(tmp_path):
+    from dataclasses import asdict
+
+    from jdrl.losses import LossConfig, build_reblur_net
+    from jdrl.synth import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "synth", 1, 2, size=40, shift=1.0, zoom=0.0, max_radius=3.0, seed=0)
+    torch.manual_seed(0)
+    net = build_deblur_net(**TINY_MODEL)
+    reblur = build_reblur_net(LossConfig(), TINY_MODEL["levels"])
+    checkpoint = tmp_path / "with_r.pt"
+    config = {"model": dict(TINY_MODEL), "loss": asdict(LossConfig())}
+    save_checkpoint(checkpoint, {"model": net.state_dict(), "reblur": reblur.state_dict(), "config": config})
+    def argv(out):
+        return ["eval", "--checkpoint", str(checkpoint), "--data", str(root), "--split", "test", "--out", str(out),
+                "--tile", "0", "--device", "cpu", "--lpips", "off"]
+
+    assert jdrl_main(argv(tmp_path / "eval")) == 0
+    defocus = json.loads((tmp_path / "eval" / "summary.json").read_text())["defocus"]
+    assert set(defocus) == {"reblur", "predicted_map"}
+    for values in defocus.values():
+        assert {"spearman", "pearson", "spearman_all", "pearson_all"} <= set(values)
+        assert all(-1 <= values[key] <= 1 for key in ("spearman", "pearson", "spearman_all", "pearson_all"))
+    # Without radius maps (a real test set) there is nothing to score.
+    for path in (root / "test" / "radius").iterdir():
+        path.unlink()
+    assert jdrl_main(argv(tmp_path / "eval2")) == 0
+    assert "defocus" not in json.loads((tmp_path / "eval2" / "summary.json").read_text())

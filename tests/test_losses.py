@@ -303,7 +303,10 @@ def test_reblurring_joins_after_the_warm_up_when_asked():
     blurry, sharp, estimate = row([0.3] * 4), row(SHARP), row(ESTIMATE)
     defocus_map = torch.zeros(1, 2, 1, 4, dtype=torch.float64, requires_grad=True)
     fake = FixedReblur()
-    delayed = JDRLLoss(LossConfig(flow_warmup_epochs=3, reblur_after_warmup=True), estimator, levels=2, reblur_net=fake)
+    delayed = JDRLLoss(
+        LossConfig(flow_warmup_epochs=3, reblur_after_warmup=True, reblur_pretrain=False), estimator, levels=2,
+        reblur_net=fake,
+    )
     assert [delayed.reblur_active(epoch) for epoch in range(5)] == [False, False, False, True, True]
     out = delayed(blurry, sharp, estimate, defocus_map, epoch=2)
     assert set(out.terms) == {"deblur"} and out.reblurred is None
@@ -317,6 +320,51 @@ def test_reblurring_joins_after_the_warm_up_when_asked():
     assert from_start.reblur_active(0)
     assert set(from_start(blurry, sharp, estimate, defocus_map, epoch=0).terms) == {"deblur", "reblur", "pseudo"}
     assert not JDRLLoss(deblur_only(), estimator).reblur_active(100)
+
+
+def test_reblur_pretraining_trains_r_on_the_aligned_target_during_the_warm_up():
+    # Flow +1 px: the aligned target is warp(I_S) = I_S(x + 1) = [.2 .3 .4 .4]; FixedReblur halves it.
+    estimator = ConstantFlow([1.0] * 4)
+    blurry, sharp = row([0.3] * 4), row(SHARP)
+    estimate = row(ESTIMATE).requires_grad_(True)
+    fake = FixedReblur()
+    loss = JDRLLoss(LossConfig(flow_warmup_epochs=3), estimator, levels=2, reblur_net=fake)
+    assert [loss.pretrain_active(epoch) for epoch in range(5)] == [True, True, True, False, False]
+    out = loss(blurry, sharp, estimate, torch.zeros(1, 2, 1, 4, dtype=torch.float64), epoch=1)
+    assert set(out.terms) == {"deblur", "reblur_pretrain"}
+    pretrain = sum(math.sqrt(v * v + EPS2) for v in (0.2, 0.15, 0.1, 0.1)) / 4
+    assert out.terms["reblur_pretrain"].item() == pytest.approx(pretrain, rel=1e-12)
+    assert out.total.item() == pytest.approx(out.terms["deblur"].item() + 0.5 * pretrain, rel=1e-12)
+    # It reuses Eq. 7's warm-up flow (I_S onto I_B): no third flow per step.
+    assert len(estimator.calls) == 2 and torch.equal(estimator.calls[0][0], blurry)
+    # R gets a gradient from it, the deblurred estimate (so F) none.
+    assert torch.autograd.grad(out.terms["reblur_pretrain"], estimate, retain_graph=True, allow_unused=True)[0] is None
+    out.terms["reblur_pretrain"].backward()
+    assert fake.scale.grad is not None and fake.scale.grad.abs().item() > 0
+    # After the warm-up L_R takes over; switched off, the warm-up has L_D alone.
+    assert "reblur_pretrain" not in loss(blurry, sharp, row(ESTIMATE), torch.zeros(1, 2, 1, 4, dtype=torch.float64), epoch=3).terms
+    off = JDRLLoss(LossConfig(flow_warmup_epochs=3, reblur_pretrain=False), estimator, levels=2, reblur_net=FixedReblur())
+    assert set(off(blurry, sharp, row(ESTIMATE), None, epoch=0).terms) == {"deblur"}
+
+
+def test_reblur_pretraining_reaches_every_reblurring_parameter_and_no_deblurring_one():
+    from jdrl.flow import DISFlow
+    from jdrl.models import build_deblur_net
+
+    torch.manual_seed(0)
+    net = build_deblur_net("jdrl", "tiny", 8)
+    loss = JDRLLoss(LossConfig(flow_warmup_epochs=2), DISFlow(), levels=8)
+    blurry, sharp = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
+    output = net(blurry)
+    out = loss(blurry, sharp, output.sharp, output.defocus_map, epoch=0)
+    out.terms["reblur_pretrain"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.reblur_net.parameters())
+    assert all(p.grad is None for p in net.parameters())
+    # The "l1" deblurring loss has no warm-up flow of its own: the term estimates one.
+    l1 = JDRLLoss(LossConfig(deblur_loss="l1", flow_warmup_epochs=2, pseudo_supervision=False), DISFlow(), levels=8)
+    assert "reblur_pretrain" in l1(blurry, sharp, output.sharp.detach(), None, epoch=0).terms
+    with pytest.raises(ValueError, match="reblur_pretrain"):
+        JDRLLoss(LossConfig(deblur_loss="l1", flow_warmup_epochs=2, pseudo_supervision=False), None)
 
 
 def test_pseudo_supervision_needs_a_defocus_map():
@@ -333,6 +381,13 @@ def test_loss_config_names_bad_options():
     for bad in (-2.0, math.nan, math.inf):
         with pytest.raises(ValueError, match="loss.seed_bound"):
             LossConfig(seed_bound=bad)
+    for bad in (-1.0, math.inf):
+        with pytest.raises(ValueError, match="loss.weight_logit_bound"):
+            LossConfig(weight_logit_bound=bad)
+    with pytest.raises(ValueError, match="loss.reblur_space"):
+        LossConfig(reblur_space="log")
+    with pytest.raises(ValueError, match="loss.reblur_transfer"):
+        LossConfig(reblur_transfer="gamma3")
     with pytest.raises(ValueError, match="loss.pseudo_supervision"):
         LossConfig(reblurring=False)
     with pytest.raises(ValueError, match="flow_estimator"):

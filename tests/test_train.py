@@ -252,13 +252,18 @@ def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):
     reblur_moved = max((second["reblur"][k] - first["reblur"][k]).abs().max().item() for k in first["reblur"])
     deblur_moved = max((second["model"][k] - first["model"][k]).abs().max().item() for k in first["model"])
     assert reblur_moved < 1e-7 and deblur_moved > 1e-4
-    # Without reblur_lr: one group, as before (older checkpoints keep resuming).
-    one = tiny_config(pairs, tmp_path / "one", **{**overrides, "optim.reblur_lr": None})
+    # Without reblur_lr and F faster than 1e-4: R trains at 1e-4 (REBLUR_LR_CAP) in a group of its own.
+    capped = tiny_config(pairs, tmp_path / "capped", **{**overrides, "optim.reblur_lr": None})
+    train(capped)
+    groups = load_checkpoint(tmp_path / "capped" / "last.pt")["optimizer"]["param_groups"]
+    assert [group["lr"] for group in groups] == [1e-3, 1e-4]
+    # Without reblur_lr at lr <= 1e-4 (the paper's 2e-5): one group, as before (older checkpoints resume).
+    one = tiny_config(pairs, tmp_path / "one", **{**overrides, "optim.reblur_lr": None, "optim.lr": 2e-5})
     train(one)
     assert len(load_checkpoint(tmp_path / "one" / "last.pt")["optimizer"]["param_groups"]) == 1
     # Resuming it with reblur_lr set is an error that names the key, not a bare ValueError.
     with pytest.raises(ConfigError, match="optim.reblur_lr"):
-        train(tiny_config(pairs, tmp_path / "one", **{**overrides, "train.epochs": 2}), resume="auto")
+        train(tiny_config(pairs, tmp_path / "one", **{**overrides, "train.epochs": 2, "optim.lr": 2e-5}), resume="auto")
 
 
 def test_resume_reports_loss_settings_that_changed(pairs, tmp_path, capsys):

@@ -11,7 +11,10 @@ here), trained by :func:`jdrl.train.train` with one budget and seed on a synthet
   misaligned ``gt`` warped onto the prediction by optical flow (``psnr_flow`` / ``ssim_flow``),
   and ``gt`` as it is (``psnr_unaligned`` / ``ssim_unaligned``).
 
-The blurry input is measured the same way, as the floor every variant must beat.
+The blurry input is measured the same way, as the floor every variant must beat. For the variants
+with a reblurring net, the "R radius Spearman" column is the Spearman correlation (textured pixels)
+between R's implied blur radius on the test pairs (R run on the prediction and the blurry input)
+and the true radius map (:mod:`jdrl.defocus`); each result file holds the other correlations.
 
 Every (variant, seed) run keeps its result in ``OUT/results/VARIANT_seedS.json``; a rerun with the
 same settings reuses it, so an interrupted ablation resumes where it stopped, and a later call
@@ -251,12 +254,15 @@ def variant_config(
 @dataclass
 class SyntheticEvaluation:
     """``means``: metric -> mean over the test pairs; ``per_image``: one dict per pair (with
-    ``name``); ``images``: per pair ``{"pred": (3, H, W), "defocus_map": (S, H, W) or None}`` when
-    asked for."""
+    ``name``); ``images``: per pair ``{"pred": (3, H, W), "defocus_map": (S, H, W) or None,
+    "radius": {source: (H, W)}}`` when asked for; ``defocus``: per radius source (``"reblur"``,
+    ``"predicted_map"``) the correlations of :func:`jdrl.defocus.defocus_correlations` against the
+    true radius maps, when the data has them and the net gives a map (else None)."""
 
     means: dict[str, float]
     per_image: list[dict[str, Any]]
-    images: list[dict[str, torch.Tensor | None]] | None = None
+    images: list[dict[str, Any]] | None = None
+    defocus: dict[str, dict[str, float]] | None = None
 
 
 def _test_names(split_root: Path) -> list[str]:
@@ -297,12 +303,18 @@ def evaluate_synthetic(
     flow_estimator=None,
     keep_images: bool = False,
     device: str | torch.device = "cpu",
+    reblur: tuple[nn.Module, Any] | None = None,
 ) -> SyntheticEvaluation:
     """Measure ``net`` (None: the blurry input itself) on ``data_root/split`` (see module docstring).
 
     ``flow_estimator``: for the flow-aligned metrics (default: DIS). The net runs in eval mode on
-    whole images (the synthetic images are small), on ``device``.
+    whole images (the synthetic images are small), on ``device``. ``reblur``: the trained
+    reblurring net and its loss settings (:func:`jdrl.defocus.load_reblur_net`), whose implied
+    radius is scored against the data's ``radius/`` maps beside the net's own defocus map.
     """
+    import numpy as np
+
+    from jdrl.defocus import defocus_correlations, defocus_radii
     from jdrl.flow import build_flow_estimator
     from jdrl.imageio import read_image
 
@@ -312,12 +324,15 @@ def evaluate_synthetic(
     if net is not None:
         net.eval()
     per_image: list[dict[str, Any]] = []
-    images: list[dict[str, torch.Tensor | None]] = []
+    images: list[dict[str, Any]] = []
+    with_radius = net is not None and all((split_root / "radius" / f"{name}.npy").is_file() for name in names)
+    maps: dict[str, list] = {"true": [], "sharp": []}
     for name in names:
         blurry = read_image(split_root / "blur" / f"{name}.png").unsqueeze(0)
         sharp = read_image(split_root / "gt" / f"{name}.png").unsqueeze(0)
         sharp_aligned = read_image(split_root / "gt_aligned" / f"{name}.png").unsqueeze(0)
         defocus_map = None
+        radii: dict[str, torch.Tensor] = {}
         if net is None:
             pred = blurry
         else:
@@ -325,11 +340,24 @@ def evaluate_synthetic(
             pred = output.sharp.float().cpu()
             if output.defocus_map is not None:
                 defocus_map = output.defocus_map.float().cpu()[0]
+            if with_radius:
+                # R sees the raw estimate, as in training.
+                radii = defocus_radii(blurry, pred, None if defocus_map is None else defocus_map[None], reblur)
+                for source, radius in radii.items():
+                    maps.setdefault(source, []).append(radius)
+                maps["true"].append(np.load(split_root / "radius" / f"{name}.npy"))
+                maps["sharp"].append(sharp_aligned[0])
         per_image.append({"name": name, **_pair_metrics(pred, sharp, sharp_aligned, flow_estimator)})
         if keep_images:
-            images.append({"pred": pred[0].clamp(0, 1), "defocus_map": defocus_map})
+            images.append({"pred": pred[0].clamp(0, 1), "defocus_map": defocus_map, "radius": radii})
     means = {key: sum(row[key] for row in per_image) / len(per_image) for key in METRIC_KEYS}
-    return SyntheticEvaluation(means, per_image, images if keep_images else None)
+    levels = reblur[0].levels if reblur is not None else 8
+    defocus = {
+        source: defocus_correlations(values, maps["true"], maps["sharp"], border=levels - 1)
+        for source, values in maps.items()
+        if source not in ("true", "sharp")
+    } or None
+    return SyntheticEvaluation(means, per_image, images if keep_images else None, defocus)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +404,14 @@ def train_and_evaluate(
     result = train(config)
     train_seconds = time.perf_counter() - started
     net_device = next(result.net.parameters()).device
-    evaluation = evaluate_synthetic(result.net, data_root, flow_estimator=flow_estimator, device=net_device)
+    reblur = None
+    if result.last_checkpoint is not None and config.loss.reblurring:
+        from jdrl.defocus import load_reblur_net
+
+        reblur = load_reblur_net(result.last_checkpoint, map_location=net_device)
+    evaluation = evaluate_synthetic(
+        result.net, data_root, flow_estimator=flow_estimator, device=net_device, reblur=reblur
+    )
     return {
         "variant": variant,
         "seed": seed,
@@ -388,6 +423,7 @@ def train_and_evaluate(
         "final_loss": result.epoch_losses[-1] if result.epoch_losses else {},
         "means": evaluation.means,
         "per_image": evaluation.per_image,
+        "defocus": evaluation.defocus,
     }
 
 
@@ -480,6 +516,14 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _defocus_spearman(runs: list[dict[str, Any]]) -> float | None:
+    """Mean over seeds of the Spearman correlation (textured pixels) between R's implied radius and
+    the true radius map; None for rows without a reblurring net (or results stored before it)."""
+    values = [((run.get("defocus") or {}).get("reblur") or {}).get("spearman") for run in runs]
+    values = [value for value in values if value is not None]
+    return _mean(values) if values else None
+
+
 def summarize(records: list[dict[str, Any]], order: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """One row per variant: metric means over its seeds, and the per-seed values."""
     by_variant: dict[str, list[dict[str, Any]]] = {}
@@ -499,6 +543,7 @@ def summarize(records: list[dict[str, Any]], order: list[str] | tuple[str, ...] 
                 "train_seconds": _mean([record["train_seconds"] for record in runs]),
                 "means": {key: _mean([record["means"][key] for record in runs]) for key in METRIC_KEYS},
                 "per_seed": {key: [record["means"][key] for record in runs] for key in METRIC_KEYS},
+                "defocus_spearman": _defocus_spearman(runs),
                 "paper": PAPER_TABLE5.get(name),
             }
         )
@@ -526,6 +571,7 @@ def format_table(rows: list[dict[str, Any]], blurry: dict[str, float] | None = N
         "PSNR flow-aligned",
         "SSIM flow-aligned",
         "PSNR unaligned",
+        "R radius Spearman",
         "steps",
         "train s",
     ]
@@ -533,13 +579,15 @@ def format_table(rows: list[dict[str, Any]], blurry: dict[str, float] | None = N
     if blurry is not None:
         cells = ["blurry input", "-"] + (["-"] if paper_column else [])
         cells += [f"{blurry[k]:.2f}" if k.startswith("psnr") else f"{blurry[k]:.4f}" for k in METRIC_KEYS[:5]]
-        cells += ["-", "-"]
+        cells += ["-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     for row in rows:
         cells = [row["label"], f"{row['arch']}"]
         if paper_column:
             cells.append(f"{row['paper'][0]:.2f}/{row['paper'][1]:.3f}" if row["paper"] else "-")
         cells += [_cell(row, key) for key in METRIC_KEYS[:5]]
+        spearman = row.get("defocus_spearman")
+        cells.append("-" if spearman is None else f"{spearman:.3f}")
         cells += [str(row["steps"]), f"{row['train_seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

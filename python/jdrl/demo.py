@@ -5,24 +5,33 @@
    aligned sharp images kept aside for evaluation.
 2. Trains the ``small`` JDRL network with the reblurring-guided loss (Eq. 2, ``VARIANTS["eq2"]``).
 3. Trains the same network, from the same initial weights, on the same pairs for the same number
-   of steps with a plain L1 loss (``VARIANTS["l1"]`` without its switch to the UNet).
-4. Evaluates both and the blurry input on the test pairs against ``gt_aligned`` and with the
-   paper's flow-aligned protocol (:func:`jdrl.ablation.evaluate_synthetic`). Each network is
-   evaluated with its ``best.pt``: the weights with the best flow-aligned PSNR on four validation
-   pairs (other crops of the training photos, never the test photos), because a short run at a
-   high learning rate can end on a bad epoch. It writes into OUT:
+   of steps with a plain L1 loss (``VARIANTS["l1"]`` without its switch to the UNet), and with the
+   flow-deformed loss alone, "#4 w/o reblurring" (``VARIANTS["no_reblur"]``, same network): the
+   row that shows what the reblurring net adds.
+4. Evaluates the three and the blurry input on the test pairs against ``gt_aligned`` and with the
+   paper's flow-aligned protocol (:func:`jdrl.ablation.evaluate_synthetic`), and scores ours'
+   defocus maps against the true blur radius (:mod:`jdrl.defocus`: the reblurring net's implied
+   radius, and F_B's map mapped to a radius; Spearman / Pearson on textured pixels). Each network
+   is evaluated with its ``best.pt``: the weights with the best flow-aligned PSNR on four
+   validation pairs (other crops of the training photos, never the test photos), because a short
+   run at a high learning rate can end on a bad epoch. It writes into OUT:
 
-   - ``grid.png``: one row per test image: blurry | L1 | ours | sharp (aligned) | predicted defocus
-     map (ours, first principal component, :func:`jdrl.inference.defocus_map_to_scalar`) | the
-     true blur radius the data was made with;
-   - ``metrics.md`` and ``metrics.json``: the table (and per-image values, settings, timings);
-   - ``runs/ours`` and ``runs/l1``: the trainer's checkpoints and logs; ``data/`` and ``val/``: the pairs.
+   - ``grid.png``: one row per test image: blurry | L1 | #4 | ours | sharp (aligned) | predicted
+     defocus map (ours, first principal component, :func:`jdrl.inference.defocus_map_to_scalar`) |
+     R's implied blur radius (ours) | the true blur radius the data was made with (the two radius
+     maps on one colour scale, 0 to the image's largest true radius);
+   - ``metrics.md`` and ``metrics.json``: the table (and per-image values, settings, timings,
+     ``psnr_vs_gt_aligned`` per row, ``defocus_spearman`` and the other correlations of ours);
+   - ``runs/ours``, ``runs/l1``, ``runs/no_reblur``: the trainer's checkpoints and logs; ``data/``
+     and ``val/``: the pairs.
 
-The budget is wall-clock (``--minutes``, for the two trainings together): each network first
-trains one epoch, which measures its speed on this machine; then both continue (resumed from their
+The budget is wall-clock (``--minutes``, for the three trainings together): each network first
+trains one epoch, which measures its speed on this machine; then all continue (resumed from their
 checkpoints) in lockstep chunks of half the epochs that still fit, re-measuring their speeds after
-each chunk (on a shared machine they change), until not one more epoch of both fits. ``--epochs``
-fixes the count instead. ``--quick`` is a seconds-long smoke run (tiny network, 48 px images, 2
+each chunk (on a shared machine they change), until not one more epoch of all fits. ``--epochs``
+fixes the count instead. The reblurring net trains at ``optim.reblur_lr``'s default, 1e-4 (the
+networks at ``--lr``), and learns the blur from the flow-aligned sharp targets during the warm-up
+(``loss.reblur_pretrain``). ``--quick`` is a seconds-long smoke run (tiny network, 48 px images, 2
 steps) for tests.
 
 Example::
@@ -65,13 +74,18 @@ from jdrl.losses import VARIANTS
 
 __all__ = ["DemoResult", "DemoSettings", "register", "run", "run_demo", "write_grid"]
 
-# The two trainings: the reblurring-guided loss (Eq. 2) and the plain L1 baseline on one network.
+# The trainings, on one network: the reblurring-guided loss (Eq. 2), the plain L1 baseline and the
+# flow-deformed loss without the reblurring module (Table 5 #4).
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ours": ("ours: reblurring-guided, Eq. 2", dict(VARIANTS["eq2"])),
     "l1": ("L1 on the misaligned pairs", same_network_overrides("l1")),
+    "no_reblur": ("#4 w/o reblurring", same_network_overrides("no_reblur")),
 }
 
-GRID_COLUMNS = ("blurry", "L1", "ours (Eq. 2)", "sharp (aligned)", "defocus map (ours)", "true blur radius")
+GRID_COLUMNS = (
+    "blurry", "L1", "#4 w/o reblur", "ours (Eq. 2)", "sharp (aligned)", "B_hat PCA (ours)", "R radius (ours)",
+    "true radius",
+)
 # Tiles are enlarged (nearest neighbour) to at least this many pixels, so small crops stay legible.
 GRID_MIN_TILE = 256
 GRID_HEADER = 30
@@ -79,8 +93,9 @@ GRID_HEADER = 30
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo makes and trains. ``minutes``: wall-clock budget of the two trainings together
-    (ignored when ``epochs`` is set). ``lr``: constant Adam learning rate."""
+    """What the demo makes and trains. ``minutes``: wall-clock budget of the three trainings together
+    (ignored when ``epochs`` is set). ``lr``: constant Adam learning rate of the deblurring nets
+    (the reblurring net's is ``optim.reblur_lr``'s default)."""
 
     n_train: int = 16
     n_test: int = 4
@@ -132,7 +147,7 @@ def _fresh_run_dir(path: Path) -> None:
 
 @dataclass
 class _Trainings:
-    """The two runs as they progress: where they write, their last TrainResult, epochs done and
+    """The runs as they progress: where they write, their last TrainResult, epochs done and
     wall-clock seconds spent (setup, epochs, validation and checkpoints included)."""
 
     data_root: Path
@@ -180,32 +195,32 @@ class _Trainings:
         return spent / max(1, epochs - done)
 
 
-def _train_both(data_root: Path, val_root: Path, runs: Path, settings: DemoSettings) -> _Trainings:
-    """Train ours and L1 for the same number of epochs, within ``settings.minutes`` unless
-    ``settings.epochs`` fixes the count."""
+def _train_all(data_root: Path, val_root: Path, runs: Path, settings: DemoSettings) -> _Trainings:
+    """Train every ``METHODS`` entry for the same number of epochs, within ``settings.minutes``
+    unless ``settings.epochs`` fixes the count."""
     for name in METHODS:
         _fresh_run_dir(runs / name)
     trainings = _Trainings(data_root, val_root, runs, settings)
     if settings.epochs is not None:
         trainings.warmup_epochs = warmup_share_of(settings.epochs)
         for index, (name, (label, _)) in enumerate(METHODS.items(), start=1):
-            _log(f"training {index}/2: {label}, {settings.epochs} epoch(s)")
+            _log(f"training {index}/{len(METHODS)}: {label}, {settings.epochs} epoch(s)")
             trainings.advance(name, settings.epochs)
         return trainings
 
-    # Wall-clock budget. One epoch of each measures this machine's speed. Then both train in
+    # Wall-clock budget. One epoch of each measures this machine's speed. Then all train in
     # lockstep chunks, each half of the epochs that still fit, re-measuring their speeds after each
-    # chunk (on a shared machine they change), until not one more epoch of both fits.
+    # chunk (on a shared machine they change), until not one more epoch of all fits.
     deadline = time.perf_counter() + settings.minutes * 60.0
     per_epoch = {}
     for index, (name, (label, _)) in enumerate(METHODS.items(), start=1):
-        _log(f"training {index}/2: {label}, first epoch (measures this machine's speed)")
+        _log(f"training {index}/{len(METHODS)}: {label}, first epoch (measures this machine's speed)")
         per_epoch[name] = trainings.advance(name, 1)
     expected = 1 + max(0, math.floor((deadline - time.perf_counter()) / sum(per_epoch.values())))
     trainings.warmup_epochs = warmup_share_of(expected)
     _log(
-        f"one epoch takes {per_epoch['ours']:.0f} s (ours) + {per_epoch['l1']:.0f} s (L1): "
-        f"about {expected} epochs each fit in {settings.minutes:g} min"
+        "one epoch takes " + " + ".join(f"{per_epoch[name]:.0f} s ({name})" for name in METHODS)
+        + f": about {expected} epochs each fit in {settings.minutes:g} min"
     )
     while True:
         affordable = math.floor((deadline - time.perf_counter()) / sum(per_epoch.values()))
@@ -252,8 +267,10 @@ def write_grid(
     evaluations: dict[str, SyntheticEvaluation],
     split: str = "test",
 ) -> Path:
-    """The before/after grid (see the module docstring); ``evaluations`` needs ``"ours"`` and ``"l1"``
-    made with ``keep_images=True``. Each output tile shows its PSNR against ``gt_aligned``."""
+    """The before/after grid (see the module docstring); ``evaluations`` needs ``"ours"``, ``"l1"``
+    and ``"no_reblur"`` made with ``keep_images=True``. Each output tile shows its PSNR against
+    ``gt_aligned``; the radius tiles show the largest radius of the colour scale."""
+    from jdrl.defocus import radius_to_colour
     from jdrl.imageio import read_image, write_image_array
     from jdrl.inference import colorize_defocus, defocus_map_to_scalar
 
@@ -267,24 +284,29 @@ def write_grid(
         factor = max(1, math.ceil(GRID_MIN_TILE / max(height, width)))
         ours = evaluations["ours"].images[index]
         l1 = evaluations["l1"].images[index]
+        no_reblur = evaluations["no_reblur"].images[index]
         defocus_map = ours["defocus_map"]
         if defocus_map is not None:
             defocus_tile = colorize_defocus(defocus_map_to_scalar(defocus_map))
         else:
             defocus_tile = np.zeros((height, width, 3), dtype=np.uint8)
         radius_path = split_root / "radius" / f"{name}.npy"
-        radius_tile = (
-            colorize_defocus(torch.from_numpy(np.load(radius_path)))
-            if radius_path.is_file()
-            else np.zeros((height, width, 3), dtype=np.uint8)
-        )
+        blank = np.zeros((height, width, 3), dtype=np.uint8)
+        true_radius = np.load(radius_path) if radius_path.is_file() else None
+        # One colour scale for R's map and the true one: 0 to the largest true radius.
+        top = max(1.0, float(true_radius.max())) if true_radius is not None else 7.0
+        true_tile = radius_to_colour(true_radius, top) if true_radius is not None else blank
+        reblur_radius = (ours.get("radius") or {}).get("reblur")
+        reblur_tile = radius_to_colour(reblur_radius, top) if reblur_radius is not None else blank
         tiles = [
             (_to_uint8(blurry), f"{evaluations['blurry'].per_image[index]['psnr_gt']:.2f} dB"),
             (_to_uint8(l1["pred"]), f"{evaluations['l1'].per_image[index]['psnr_gt']:.2f} dB"),
+            (_to_uint8(no_reblur["pred"]), f"{evaluations['no_reblur'].per_image[index]['psnr_gt']:.2f} dB"),
             (_to_uint8(ours["pred"]), f"{row['psnr_gt']:.2f} dB"),
             (_to_uint8(sharp_aligned), name),
             (defocus_tile, ""),
-            (radius_tile, ""),
+            (reblur_tile, f"0-{top:.1f} px" if reblur_radius is not None else ""),
+            (true_tile, f"0-{top:.1f} px" if true_radius is not None else ""),
         ]
         enlarged = []
         for tile, caption in tiles:
@@ -309,8 +331,28 @@ def write_grid(
 ROW_LABELS = {
     "blurry": "blurry input",
     "l1": "L1 on misaligned pairs (same network, same steps)",
+    "no_reblur": "#4 w/o reblurring (flow-deformed loss alone, same network, same steps)",
     "ours": "ours: reblurring-guided loss, Eq. 2",
 }
+
+DEFOCUS_LABELS = {
+    "reblur": "reblurring net R: implied radius",
+    "predicted_map": "F_B's defocus map as a radius",
+}
+
+
+def format_defocus(defocus: dict[str, dict[str, float]] | None) -> str:
+    """Markdown table of the correlations with the true radius map (empty without any)."""
+    if not defocus:
+        return ""
+    lines = [
+        "| ours: map vs true blur radius | Spearman (textured) | Pearson (textured) | Spearman (all) | Pearson (all) |",
+        "|---|---|---|---|---|",
+    ]
+    for source, values in defocus.items():
+        cells = [f"{values[key]:.3f}" for key in ("spearman", "pearson", "spearman_all", "pearson_all")]
+        lines.append(f"| {DEFOCUS_LABELS.get(source, source)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def format_metrics(means: dict[str, dict[str, float]]) -> str:
@@ -335,6 +377,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()) -> DemoResult:
     """Make the data, train both losses, evaluate, write grid and tables into ``out_dir``."""
+    from jdrl.defocus import load_reblur_net
     from jdrl.flow import build_flow_estimator
     from jdrl.synth import make_synthetic_dataset
 
@@ -359,7 +402,7 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
     # Validation pairs: other crops of the training photos (another seed), never the test photos.
     make_synthetic_dataset(val_root, settings.n_val, 0, seed=settings.seed + 1, **synth_options)
     made = time.perf_counter()
-    trainings = _train_both(data_root, val_root / "train", out_dir / "runs", settings)
+    trainings = _train_all(data_root, val_root / "train", out_dir / "runs", settings)
     trained = time.perf_counter()
 
     _log("evaluating on the test pairs")
@@ -371,8 +414,10 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
         net, chosen_epochs[name] = _chosen_net(result)
         checkpoints[name] = str(result.best_checkpoint or result.last_checkpoint)
         device = next(net.parameters()).device
+        # R from the same checkpoint as the evaluated deblurring net (None without a reblurring net).
+        reblur = load_reblur_net(checkpoints[name], map_location=device)
         evaluations[name] = evaluate_synthetic(
-            net, data_root, flow_estimator=flow_estimator, keep_images=True, device=device
+            net, data_root, flow_estimator=flow_estimator, keep_images=True, device=device, reblur=reblur
         )
     grid = write_grid(out_dir / "grid.png", data_root, evaluations)
     finished = time.perf_counter()
@@ -382,11 +427,11 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
     means = {name: evaluation.means for name, evaluation in evaluations.items()}
     seconds = {
         "data": made - began,
-        "train_ours": trainings.seconds["ours"],
-        "train_l1": trainings.seconds["l1"],
+        **{f"train_{name}": trainings.seconds[name] for name in METHODS},
         "evaluate": finished - trained,
         "total": finished - began,
     }
+    defocus = evaluations["ours"].defocus or {}
     chosen = ", ".join(
         f"{name} after epoch {epoch}" if epoch is not None else f"{name}: last epoch"
         for name, epoch in chosen_epochs.items()
@@ -396,16 +441,24 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
     _write_text(
         markdown,
         f"# jdrl demo: {settings.n_test} synthetic test pairs ({settings.size} px)\n\n"
-        f"Network: JDRL `{settings.preset}` preset. Both were trained {epochs} epoch(s) = {steps} steps "
-        f"(batch 1) at lr {settings.lr:g} on {settings.n_train} pairs whose sharp target is shifted "
+        f"Network: JDRL `{settings.preset}` preset. Each was trained {epochs} epoch(s) = {steps} steps "
+        f"(batch 1) at lr {settings.lr:g} (the reblurring net at optim.reblur_lr's default) on {settings.n_train} pairs whose sharp target is shifted "
         f"{settings.shift:g} px and zoomed {100 * settings.zoom:g}%, from the same initial weights; each row uses "
         f"its weights with the best flow-aligned PSNR on {settings.n_val} validation pairs ({chosen}).\n"
         "PSNR/SSIM vs gt_aligned: against the sharp image in the blurry image's geometry (synthetic data only). "
         "Flow-aligned: the misaligned gt warped onto the prediction by DIS optical flow (the paper's protocol). "
         "Unaligned: the misaligned gt as it is.\n\n"
         + table
-        + f"\nTime: {seconds['total']:.0f} s in total ({seconds['train_ours']:.0f} s training ours, "
-        f"{seconds['train_l1']:.0f} s training L1).\n",
+        + (
+            "\nDefocus maps of ours against the true blur radius of the test pairs (pooled, border of m - 1 = 7 px "
+            "left out; textured: the upper half of each image by smoothed Sobel magnitude of gt_aligned):\n\n"
+            + format_defocus(defocus)
+            if defocus
+            else ""
+        )
+        + f"\nTime: {seconds['total']:.0f} s in total ("
+        + ", ".join(f"{seconds['train_' + name]:.0f} s training {name}" for name in METHODS)
+        + ").\n",
     )
     table_json = out_dir / "metrics.json"
     payload = {
@@ -415,6 +468,9 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
         "chosen_epochs": chosen_epochs,
         "seconds": seconds,
         "means": means,
+        "psnr_vs_gt_aligned": {name: values["psnr_gt"] for name, values in means.items()},
+        "defocus_spearman": (defocus.get("reblur") or {}).get("spearman"),
+        "defocus": defocus,
         "per_image": {name: evaluation.per_image for name, evaluation in evaluations.items()},
         "rows": ROW_LABELS,
         "checkpoints": checkpoints,
@@ -431,13 +487,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="small end-to-end run: synthesize, train, evaluate",
         description=(
             "Make a small synthetic misaligned set from scikit-image's photos, train the small JDRL network "
-            "with the reblurring-guided loss (Eq. 2) and with a plain L1 loss for the same steps, and write "
+            "with the reblurring-guided loss (Eq. 2), with a plain L1 loss and with the flow-deformed loss alone "
+            "(#4 w/o reblurring) for the same steps, and write "
             "an image grid and a metrics table. About 10 minutes on a 2-core CPU with the defaults."
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="output folder (default runs/demo)")
     parser.add_argument("--minutes", type=float, default=10.0, metavar="N",
-                        help="wall-clock budget of the two trainings together (default 10)")
+                        help="wall-clock budget of the three trainings together (default 10)")
     parser.add_argument("--epochs", type=int, default=None, metavar="E",
                         help="train each network exactly E epochs instead (one epoch = one step per training pair)")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run: tiny network, 48 px, 2 steps")

@@ -9,6 +9,14 @@ matched to the test pairs by file stem, are measured instead. Outputs in ``--out
 ``metrics.csv`` (one row per image) and ``summary.json`` (means and settings); the means are also
 printed. LPIPS is measured only when the ``lpips`` package and its backbone weights are already on
 the machine; otherwise it is reported as skipped.
+
+Defocus maps: where the test set has true blur radius maps (``jdrl synth`` writes
+``radius/NAME.npy`` and ``gt_aligned/NAME.png`` beside ``blur/``) and ``--checkpoint`` is given,
+the summary's ``"defocus"`` holds the Spearman and Pearson correlations (textured pixels and all
+pixels, :func:`jdrl.defocus.defocus_correlations`) of the true radius against the reblurring net's
+implied radius (``"reblur"``, R run on the prediction and the blurry input) and against the
+deblurring net's defocus map mapped to a radius (``"predicted_map"``,
+:func:`jdrl.defocus.predicted_map_radius`).
 """
 
 from __future__ import annotations
@@ -48,6 +56,28 @@ def _predictions_by_name(pred_dir: Path, pairs: list[ImagePair]) -> dict[str, Pa
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise DatasetError(f"{pred_dir} has no prediction for test pair(s) {shown} (expected <name>.png etc.)")
     return {pair.name: by_stem[pair.name] for pair in pairs}
+
+
+def _radius_files(pair: ImagePair) -> tuple[Path, Path] | None:
+    """``(radius/NAME.npy, gt_aligned/NAME.png)`` beside the pair's blur folder (``jdrl synth``'s
+    layout), or None when either is missing."""
+    split_root = pair.blurry_path.parent.parent
+    radius = split_root / "radius" / f"{pair.name}.npy"
+    aligned = split_root / "gt_aligned" / f"{pair.name}.png"
+    return (radius, aligned) if radius.is_file() and aligned.is_file() else None
+
+
+def _collect_radii(defocus: dict[str, list], pair: ImagePair, blurry, output, reblur) -> None:
+    """Append this pair's predicted radius maps, its true one and its aligned sharp image."""
+    import numpy as np
+
+    from jdrl.defocus import defocus_radii
+
+    radius_path, aligned_path = _radius_files(pair)
+    for source, radius in defocus_radii(blurry, output.sharp, output.defocus_map, reblur).items():
+        defocus.setdefault(source, []).append(radius)
+    defocus["true"].append(np.load(radius_path))
+    defocus["sharp"].append(read_image(aligned_path))
 
 
 def _write_csv_atomically(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -98,22 +128,33 @@ def evaluate(
     columns = [c for c in METRIC_COLUMNS if lpips_metric is not None or not c.startswith("lpips")]
 
     net = None
+    reblur = None
     predictions: dict[str, Path] = {}
     if checkpoint is not None:
         from jdrl.checkpoint import load_deblur_net
+        from jdrl.defocus import load_reblur_net
 
         net = load_deblur_net(checkpoint, map_location="cpu").to(torch_device).eval()
+        reblur = load_reblur_net(checkpoint, map_location=torch_device)
     else:
         predictions = _predictions_by_name(Path(pred_dir), pairs)
 
     rows: list[list[Any]] = []
     sums = {column: 0.0 for column in columns}
+    # Radius maps per source ("reblur", "predicted_map"), the true ones and the aligned sharp images.
+    defocus: dict[str, list] = {"true": [], "sharp": []}
+    with_radius = net is not None and all(_radius_files(pair) is not None for pair in pairs)
     for index, pair in enumerate(pairs):
         began = time.perf_counter()
         sharp = read_image(pair.sharp_path).unsqueeze(0)
         if net is not None:
             blurry = read_image(pair.blurry_path).unsqueeze(0).to(torch_device)
-            pred = deblur_tiled(net, blurry, tile=tile, overlap=overlap, output_device="cpu").sharp.clamp(0, 1)
+            output = deblur_tiled(
+                net, blurry, tile=tile, overlap=overlap, output_device="cpu", keep_defocus_map=with_radius
+            )
+            if with_radius:
+                _collect_radii(defocus, pair, blurry.cpu(), output, reblur)
+            pred = output.sharp.clamp(0, 1)
             if save_images:
                 write_image(out_dir / "images" / f"{pair.name}.png", pred[0])
         else:
@@ -142,6 +183,15 @@ def evaluate(
         "flow": {"backend": flow_backend, "weights": None if flow_weights is None else str(flow_weights)},
         "tiling": {"tile": tile, "overlap": overlap} if checkpoint is not None else None,
     }
+    if with_radius:
+        from jdrl.defocus import defocus_correlations
+
+        levels = reblur[0].levels if reblur is not None else 8
+        summary["defocus"] = {
+            source: defocus_correlations(maps, defocus["true"], defocus["sharp"], border=levels - 1)
+            for source, maps in defocus.items()
+            if source not in ("true", "sharp")
+        }
     with atomic_write(out_dir / "summary.json", "w") as stream:
         stream.write(json.dumps(summary, indent=2) + "\n")
     if verbose:
@@ -149,6 +199,11 @@ def evaluate(
         for column in columns:
             print(f"  {column:16s} {means[column]:.4f}")
         print(f"  LPIPS: {lpips_status}")
+        for source, values in summary.get("defocus", {}).items():
+            print(
+                f"  defocus radius ({source}) vs true: Spearman {values['spearman']:.3f}, Pearson {values['pearson']:.3f} "
+                f"(textured pixels); {values['spearman_all']:.3f}, {values['pearson_all']:.3f} (all)"
+            )
         print(f"written: {out_dir / 'metrics.csv'}, {out_dir / 'summary.json'}")
     return summary
 

@@ -288,12 +288,34 @@ def register(subparsers) -> None:
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels (default 64)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     parser.add_argument(
-        "--defocus-map", action="store_true", help="also write <name>_defocus.png (PCA of B_hat, colour-mapped)"
+        "--defocus-map",
+        action="store_true",
+        help="also write <name>_defocus.png (PCA of B_hat, colour-mapped) and <name>_radius.png (B_hat as a "
+        "blur radius in pixels, jdrl.defocus.predicted_map_radius, with a colour bar)",
     )
     parser.add_argument(
         "--bit-depth", type=int, choices=(8, 16), default=8, help="bits per sample of the PNGs (default 8)"
     )
     parser.set_defaults(func=run)
+
+
+def _radius_settings(checkpoint: str):
+    """The checkpoint's loss settings (seed bound, kernel support), or None for a defocus map
+    trained on raw seeds, which holds no weights to make a radius of."""
+    from jdrl.checkpoint import load_checkpoint
+    from jdrl.defocus import checkpoint_loss_config
+
+    config = checkpoint_loss_config(load_checkpoint(checkpoint))
+    return config if config.weighted_pseudo_map else None
+
+
+def _write_radius(path: Path, defocus_map: torch.Tensor, config) -> None:
+    """``<name>_radius.png``: F_B's map as a radius in pixels with a colour bar (jdrl.defocus)."""
+    from jdrl.defocus import levels_for_seed_channels, predicted_map_radius, radius_picture
+
+    levels = levels_for_seed_channels(defocus_map.shape[1])
+    radius = predicted_map_radius(defocus_map, levels, config.seed_bound, config.kernel_support)[0]
+    write_image_array(path, radius_picture(radius))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -303,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     files = _collect_inputs(args.inputs)
     net = load_deblur_net(args.checkpoint, map_location="cpu").to(device).eval()
+    radius_config = _radius_settings(args.checkpoint) if args.defocus_map else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in files:
@@ -320,6 +343,8 @@ def run(args: argparse.Namespace) -> int:
                 write_image_array(
                     out / f"{path.stem}_defocus.png", colorize_defocus(defocus_map_to_scalar(result.defocus_map))
                 )
+                if radius_config is not None:
+                    _write_radius(out / f"{path.stem}_radius.png", result.defocus_map, radius_config)
         height, width = image.shape[-2:]
         print(f"{path} ({width}x{height}) -> {out / (path.stem + '.png')} in {time.perf_counter() - began:.1f} s{note}")
     return 0

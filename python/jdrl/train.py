@@ -351,7 +351,8 @@ def _restore(
     except ValueError as error:  # a different number or size of parameter groups
         raise ConfigError(
             f"--resume {str(path)!r}: the checkpoint's optimizer does not fit this config ({error}); "
-            "was optim.reblur_lr set in one run and not in the other?"
+            "was optim.reblur_lr set in one run and not in the other? Unset, it is min(optim.lr, 1e-4), a "
+            "group of its own when optim.lr > 1e-4, where runs of older code had one group"
         ) from error
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
@@ -423,11 +424,12 @@ def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distr
     loss = JDRLLoss(config.loss, flow_estimator, levels=config.model.levels).to(device)
     step_module = _TrainStep(net, loss, config.train.amp, device)
     reblur_parameters = list(loss.parameters())
-    if config.optim.reblur_lr is not None and reblur_parameters:
-        # Two groups only when asked, so that checkpoints of one-group runs still resume.
+    if config.optim.reblur_group_needed() and reblur_parameters:
+        # Two groups only when R's rate differs or is asked for, so that checkpoints of one-group
+        # runs (lr <= REBLUR_LR_CAP, no reblur_lr) still resume.
         parameter_groups = [
             {"params": list(net.parameters())},
-            {"params": reblur_parameters, "lr": config.optim.reblur_lr},
+            {"params": reblur_parameters, "lr": config.optim.effective_reblur_lr()},
         ]
     else:
         parameter_groups = [{"params": list(step_module.parameters())}]
@@ -446,8 +448,11 @@ def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distr
     if distributed.enabled:
         # While the reblurring net waits for the flow warm-up it gets no gradient; DDP must then
         # be told to look for unused parameters (a small per-step cost, so only when needed).
-        waits_for_warmup = loss.reblur_net is not None and config.loss.reblur_after_warmup and (
-            start_epoch < config.loss.flow_warmup_epochs
+        waits_for_warmup = (
+            loss.reblur_net is not None
+            and config.loss.reblur_after_warmup
+            and not config.loss.reblur_pretrain
+            and start_epoch < config.loss.flow_warmup_epochs
         )
         model = nn.parallel.DistributedDataParallel(
             step_module,
@@ -465,6 +470,9 @@ def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distr
     logger = _Logger(out_dir, distributed.is_main)
     if distributed.is_main:
         save_config_yaml(config, out_dir / "config.yaml")
+        if loss.reblur_net is not None and config.optim.effective_reblur_lr() != config.optim.lr:
+            how = "optim.reblur_lr" if config.optim.reblur_lr is not None else "optim.reblur_lr unset: min(optim.lr, 1e-4)"
+            logger.message(f"the reblurring net trains at lr {config.optim.effective_reblur_lr():g} ({how})")
         if resume_path is not None:
             logger.message(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
             if changed_loss:

@@ -20,16 +20,19 @@ __all__ = ["ReblurNet", "ReblurOutput"]
 
 SUPPORTS = ("window", "disk")
 PADDING_MODES = ("replicate", "zeros")
+SPACES = ("srgb", "linear")
 
 
 class ReblurOutput(NamedTuple):
     """reblurred ``(B, 3, H, W)``; seeds ``(B, S(m), H, W)`` (kernel logits as the op takes them,
     bounded when ``seed_bound`` is set; SPEC section 1 layout);
-    weights ``(B, m, H, W)``, softmax-normalized over the ``m`` levels."""
+    weights ``(B, m, H, W)``, softmax-normalized over the ``m`` levels; level_logits ``(B, m, H, W)``,
+    what the softmax made the weights of (bounded when ``logit_bound`` is set; None without R_wpn)."""
 
     reblurred: torch.Tensor
     seeds: torch.Tensor
     weights: torch.Tensor
+    level_logits: torch.Tensor | None = None
 
 
 class ReblurNet(nn.Module):
@@ -52,6 +55,17 @@ class ReblurNet(nn.Module):
             the pseudo defocus map (weights times seeds) explode; the bound keeps the kernels and
             that map finite. It does not keep R learning: raw seeds that run away saturate the
             tanh, whose gradient then vanishes as the saturated softmax's did.
+        logit_bound: the level logits (R_wpn's output, before the softmax over levels) are
+            ``logit_bound * tanh(raw / logit_bound)`` (``None`` or 0: unbounded). At Adam rates of
+            1e-3 the unbounded logits spread from ~2.5 to ~1e3 within ~50 steps: every pixel puts
+            all its weight on one level and the softmax's gradient vanishes, so R_wpn stops
+            learning. Bounded, two levels' weights differ by at most ``exp(2 * logit_bound)``.
+        space: ``"srgb"`` reblurs the values as they are; ``"linear"`` reblurs
+            ``srgb_to_linear(I_hat)`` and maps the result back (SPEC section 7 "Linear light";
+            inputs clamped to [0, 1] first), as physical defocus acts on linear intensities. The
+            seeds and weights are predicted from the sRGB images in both cases.
+        transfer: the transfer function of ``space="linear"``: ``"srgb"`` (IEC 61966-2-1) or
+            ``"gamma2.2"`` (see :mod:`jdrl.colorspace`).
     """
 
     def __init__(
@@ -64,10 +78,20 @@ class ReblurNet(nn.Module):
         padding_mode: str = "replicate",
         residual_blocks: int = 2,
         seed_bound: float | None = None,
+        logit_bound: float | None = None,
+        space: str = "srgb",
+        transfer: str = "srgb",
     ) -> None:
         super().__init__()
-        if seed_bound is not None and not (seed_bound >= 0 and math.isfinite(seed_bound)):
-            raise ValueError(f"seed_bound must be a finite number >= 0 or None, got {seed_bound!r}")
+        from jdrl.colorspace import TRANSFERS
+
+        for name, bound in (("seed_bound", seed_bound), ("logit_bound", logit_bound)):
+            if bound is not None and not (bound >= 0 and math.isfinite(bound)):
+                raise ValueError(f"{name} must be a finite number >= 0 or None, got {bound!r}")
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        if transfer not in TRANSFERS:
+            raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
         if support not in SUPPORTS:
             raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
         if padding_mode not in PADDING_MODES:
@@ -77,6 +101,9 @@ class ReblurNet(nn.Module):
         self.support = support
         self.padding_mode = padding_mode
         self.seed_bound = seed_bound or None
+        self.logit_bound = logit_bound or None
+        self.space = space
+        self.transfer = transfer
         # Both branches see cat(I_hat, I_B): 6 channels.
         self.kernel_net = TwoScaleResNet(6, self.seed_count, width, residual_blocks) if predict_seeds else None
         self.weight_net = TwoScaleResNet(6, levels, width, residual_blocks) if predict_weights else None
@@ -108,9 +135,22 @@ class ReblurNet(nn.Module):
                 seeds = self.seed_bound * torch.tanh(seeds / self.seed_bound)
         else:
             seeds = sharp_est.new_zeros(batch, self.seed_count, height, width)
+        level_logits = None
         if self.weight_net is not None:
-            weights = torch.softmax(self.weight_net(both), dim=1)
+            level_logits = self.weight_net(both)
+            if self.logit_bound is not None:
+                level_logits = self.logit_bound * torch.tanh(level_logits / self.logit_bound)
+            weights = torch.softmax(level_logits, dim=1)
         else:
             weights = sharp_est.new_full((batch, self.levels, height, width), 1.0 / self.levels)
-        reblurred = jdrl_ext.reblur(sharp_est, seeds, weights, support=self.support, padding_mode=self.padding_mode)
-        return ReblurOutput(reblurred, seeds, weights)
+        if self.space == "linear":
+            from jdrl.colorspace import linear_to_srgb, srgb_to_linear
+
+            linear = jdrl_ext.reblur(
+                srgb_to_linear(sharp_est, self.transfer), seeds, weights, support=self.support,
+                padding_mode=self.padding_mode,
+            )
+            reblurred = linear_to_srgb(linear, self.transfer)
+        else:
+            reblurred = jdrl_ext.reblur(sharp_est, seeds, weights, support=self.support, padding_mode=self.padding_mode)
+        return ReblurOutput(reblurred, seeds, weights, level_logits)
