@@ -17,12 +17,6 @@
 
 #include "common/pixel_math.h"
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define JDRL_UNROLL _Pragma("unroll")
-#else
-#define JDRL_UNROLL
-#endif
-
 namespace jdrl {
 namespace gather {
 
@@ -38,24 +32,6 @@ struct TapIndex {
 struct OrbitIndex {
   JDRL_HD int operator()(int dy, int dx) const { return orbit_of_offset(dy, dx); }
 };
-
-// The k-th offset (k < orbit_size(a, b)) of orbit (a, b): the sign and swap variants of (a, b),
-// each listed once.
-JDRL_HD void orbit_offset(int a, int b, int k, int* dy, int* dx) {
-  if (b == 0) {  // (0, +-a), (+-a, 0); the centre orbit (a = 0) has k = 0 only: (0, 0)
-    const int s = (k & 1) ? -a : a;
-    *dy = k < 2 ? 0 : s;
-    *dx = k < 2 ? s : 0;
-  } else if (b == a) {  // the four diagonals
-    *dy = (k & 1) ? -a : a;
-    *dx = (k & 2) ? -a : a;
-  } else {  // (+-b, +-a) and (+-a, +-b)
-    const int u = (k & 1) ? -a : a;
-    const int v = (k & 2) ? -b : b;
-    *dy = (k & 4) ? u : v;
-    *dx = (k & 4) ? v : u;
-  }
-}
 
 // Index of the extended image Ie at (y, x) in a (H, W) plane, or -1 where zero padding reads 0.
 JDRL_HD int64_t extended_offset(int64_t y, int64_t x, int64_t height, int64_t width, bool replicate) {

@@ -15,6 +15,13 @@
 #define JDRL_HD inline
 #endif
 
+// Full unrolling of a loop with compile-time bounds (keeps small per-thread arrays in registers).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define JDRL_UNROLL _Pragma("unroll")
+#else
+#define JDRL_UNROLL
+#endif
+
 namespace jdrl {
 
 // ---------------------------------------------------------------------------------------------
@@ -49,6 +56,24 @@ JDRL_HD int orbit_of_offset(int dy, int dx) {
 }
 JDRL_HD int orbit_size(int a, int b) { return a == 0 ? 1 : ((b == 0 || b == a) ? 4 : 8); }
 
+// The k-th offset (k < orbit_size(a, b)) of orbit (a, b): the sign and swap variants of (a, b),
+// each listed once.
+JDRL_HD void orbit_offset(int a, int b, int k, int* dy, int* dx) {
+  if (b == 0) {  // (0, +-a), (+-a, 0); the centre orbit (a = 0) has k = 0 only: (0, 0)
+    const int s = (k & 1) ? -a : a;
+    *dy = k < 2 ? 0 : s;
+    *dx = k < 2 ? s : 0;
+  } else if (b == a) {  // the four diagonals
+    *dy = (k & 1) ? -a : a;
+    *dx = (k & 2) ? -a : a;
+  } else {  // (+-b, +-a) and (+-a, +-b)
+    const int u = (k & 1) ? -a : a;
+    const int v = (k & 2) ? -b : b;
+    *dy = (k & 4) ? u : v;
+    *dx = (k & 4) ? v : u;
+  }
+}
+
 // The radial kernel of one pixel, Wt(o) = [o == 0] w_0 + sum_{r >= a(o)} w_r k_r(o), with k_r(o) the
 // per-tap softmax weight of orbit o at level r, and its backward. A precomputed table holds the
 // orbits' polar positions and a scratch of m(m+1)/2 values per pixel holds one level's softmax, so
@@ -67,24 +92,30 @@ struct OrbitPolar {
   acc_t size;   // number of offsets in the orbit (1, 4 or 8)
 };
 
+// The polar position of orbit (a, b): what the table holds, computed by itself so that the CUDA
+// kernels can build an entry where they need it (with a and b known at compile time, a constant).
+template <typename acc_t>
+JDRL_HD OrbitPolar<acc_t> orbit_polar(int a, int b) {
+  const int squared = a * a + b * b;
+  const acc_t rho = math_sqrt(static_cast<acc_t>(squared));  // exact for perfect squares
+  int lower = static_cast<int>(rho);
+  // floor(sqrt) decided on integers, in case rounding put rho on the wrong side of an integer.
+  while (lower * lower > squared) --lower;
+  while ((lower + 1) * (lower + 1) <= squared) ++lower;
+  OrbitPolar<acc_t> entry;
+  entry.squared = squared;
+  entry.lower = lower;
+  entry.frac = lower * lower == squared ? acc_t(0) : rho - static_cast<acc_t>(lower);
+  // Where the orbit is inside a level's disk (rho <= r) and f > 0, l + 1 <= r holds by itself.
+  entry.upper = entry.frac == acc_t(0) ? lower : lower + 1;
+  entry.size = static_cast<acc_t>(orbit_size(a, b));
+  return entry;
+}
+
 template <typename acc_t>
 JDRL_HD void fill_orbit_table(int levels, OrbitPolar<acc_t>* table) {
   for (int a = 0; a < levels; ++a) {
-    for (int b = 0; b <= a; ++b) {
-      const int squared = a * a + b * b;
-      const acc_t rho = math_sqrt(static_cast<acc_t>(squared));  // exact for perfect squares
-      int lower = static_cast<int>(rho);
-      // floor(sqrt) decided on integers, in case rounding put rho on the wrong side of an integer.
-      while (lower * lower > squared) --lower;
-      while ((lower + 1) * (lower + 1) <= squared) ++lower;
-      OrbitPolar<acc_t>& entry = table[orbit_index(a, b)];
-      entry.squared = squared;
-      entry.lower = lower;
-      entry.frac = lower * lower == squared ? acc_t(0) : rho - static_cast<acc_t>(lower);
-      // Where the orbit is inside a level's disk (rho <= r) and f > 0, l + 1 <= r holds by itself.
-      entry.upper = entry.frac == acc_t(0) ? lower : lower + 1;
-      entry.size = static_cast<acc_t>(orbit_size(a, b));
-    }
+    for (int b = 0; b <= a; ++b) table[orbit_index(a, b)] = orbit_polar<acc_t>(a, b);
   }
 }
 

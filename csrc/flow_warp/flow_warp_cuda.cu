@@ -17,69 +17,12 @@
 
 #include "common/checks.h"
 #include "common/cuda_launch.cuh"
+#include "flow_warp/flow_warp_kernels.cuh"
 #include "common/pixel_math.h"
 #include "flow_warp/flow_warp.h"
 
 namespace jdrl {
 namespace {
-
-template <typename scalar_t, typename acc_t>
-__global__ void flow_warp_forward_kernel(const scalar_t* __restrict__ image, const scalar_t* __restrict__ flow,
-                                         scalar_t* __restrict__ out, int64_t batch, int64_t channels, int64_t height,
-                                         int64_t width, bool border) {
-  const int64_t plane = height * width;
-  JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
-    const int64_t b = index / plane, pixel = index - b * plane;
-    const int64_t y = pixel / width, x = pixel - y * width;
-    const scalar_t* pixel_flow = flow + b * 2 * plane + pixel;
-    const BilinearTaps<acc_t> taps = bilinear_taps<acc_t>(y, x, static_cast<acc_t>(pixel_flow[0]),
-                                                          static_cast<acc_t>(pixel_flow[plane]), height, width, border);
-    for (int64_t c = 0; c < channels; ++c) {
-      const int64_t base = (b * channels + c) * plane;
-      out[base + pixel] = static_cast<scalar_t>(bilinear_sample<scalar_t, acc_t>(image + base, height, width, taps));
-    }
-  }
-}
-
-// Per output pixel p: the flow gradient of p (a gather over the channels, written once), and
-// grad[c, p] times each bilinear weight scattered onto the four taps of p's sample (atomicAdd).
-template <typename scalar_t, typename acc_t>
-__global__ void flow_warp_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ image,
-                                          const scalar_t* __restrict__ flow, acc_t* __restrict__ grad_image,
-                                          scalar_t* __restrict__ grad_flow, int64_t batch, int64_t channels,
-                                          int64_t height, int64_t width, bool border) {
-  const int64_t plane = height * width;
-  JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
-    const int64_t b = index / plane, pixel = index - b * plane;
-    const int64_t y = pixel / width, x = pixel - y * width;
-    const int64_t flow_base = b * 2 * plane + pixel;
-    const BilinearTaps<acc_t> taps = bilinear_taps<acc_t>(
-        y, x, static_cast<acc_t>(flow[flow_base]), static_cast<acc_t>(flow[flow_base + plane]), height, width, border);
-    acc_t tap_weights[4];
-    bilinear_weights(taps, tap_weights);
-    acc_t sum_x = 0, sum_y = 0;
-    for (int64_t c = 0; c < channels; ++c) {
-      const int64_t base = (b * channels + c) * plane;
-      const acc_t g = static_cast<acc_t>(grad[base + pixel]);
-      acc_t d_sx, d_sy;
-      bilinear_coordinate_grad<scalar_t, acc_t>(image + base, height, width, taps, &d_sx, &d_sy);
-      sum_x += g * d_sx;
-      sum_y += g * d_sy;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int64_t ty = taps.y0 + i, tx = taps.x0 + j;
-          // A NaN coordinate parks its taps outside the image: nothing to scatter, as on the CPU.
-          if (tap_inside(ty, tx, height, width))
-            atomicAdd(grad_image + base + ty * width + tx, tap_weights[2 * i + j] * g);
-        }
-      }
-    }
-    grad_flow[flow_base] = static_cast<scalar_t>(sum_x * taps.dsx_dflow);
-    grad_flow[flow_base + plane] = static_cast<scalar_t>(sum_y * taps.dsy_dflow);
-  }
-}
 
 at::Tensor flow_warp_cuda(const at::Tensor& image_in, const at::Tensor& flow_in, c10::string_view padding_mode) {
   const bool border = check_flow_warp(image_in, flow_in, padding_mode);
@@ -93,8 +36,8 @@ at::Tensor flow_warp_cuda(const at::Tensor& image_in, const at::Tensor& flow_in,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "flow_warp_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        flow_warp_forward_kernel<scalar_t, acc_t>
-            <<<cuda::blocks_for(batch * height * width), cuda::kThreadsPerBlock, 0, stream>>>(
+        const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
+        flow_warp_kernels::flow_warp_forward_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
                 image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, channels,
                 height, width, border);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -122,8 +65,8 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(const at::Tensor& gra
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "flow_warp_backward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        flow_warp_backward_kernel<scalar_t, acc_t>
-            <<<cuda::blocks_for(batch * height * width), cuda::kThreadsPerBlock, 0, stream>>>(
+        const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
+        flow_warp_kernels::flow_warp_backward_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
                 grad.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(),
                 grad_image.data_ptr<acc_t>(), grad_flow.data_ptr<scalar_t>(), batch, channels, height, width, border);
         C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -12,49 +12,13 @@
 
 #include "common/checks.h"
 #include "common/cuda_launch.cuh"
+#include "isotropic_kernels/isotropic_kernels_device.cuh"
 #include "common/cuda_orbit_table.cuh"
 #include "common/pixel_math.h"
 #include "isotropic_kernels/isotropic_kernels.h"
 
 namespace jdrl {
 namespace {
-
-template <typename scalar_t, typename acc_t>
-__global__ void isotropic_kernels_forward_kernel(const scalar_t* __restrict__ seeds,
-                                                 const OrbitPolar<acc_t>* __restrict__ table,
-                                                 acc_t* __restrict__ slot_scratch, scalar_t* __restrict__ kernels,
-                                                 int64_t batch, int64_t plane, int radius, bool disk) {
-  const int64_t taps = static_cast<int64_t>(2 * radius + 1) * (2 * radius + 1);
-  const int64_t slots = cuda::slot_count();
-  acc_t* probs = slot_scratch + cuda::thread_slot();  // probs[o * slots]
-  JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
-    const int64_t b = index / plane, pixel = index - b * plane;
-    acc_t pixel_scratch[2];
-    isotropic_kernel_span<scalar_t, acc_t>(seeds + b * (radius + 1) * plane + pixel, plane, 1, radius, disk, table,
-                                           probs, slots, pixel_scratch, kernels + b * taps * plane + pixel, plane);
-  }
-}
-
-// grad_seeds is in acc_t: a float32 scratch tensor for float16/bfloat16 inputs.
-template <typename scalar_t, typename acc_t>
-__global__ void isotropic_kernels_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ seeds,
-                                                  const OrbitPolar<acc_t>* __restrict__ table,
-                                                  acc_t* __restrict__ slot_scratch, acc_t* __restrict__ grad_seeds,
-                                                  int64_t batch, int64_t plane, int radius, bool disk) {
-  const int64_t taps = static_cast<int64_t>(2 * radius + 1) * (2 * radius + 1);
-  const int64_t orbits = orbit_count(radius + 1);
-  const int64_t slots = cuda::slot_count();
-  acc_t* probs = slot_scratch + cuda::thread_slot();  // probs[o * slots], then orbit_grad[o * slots]
-  acc_t* orbit_grad = probs + orbits * slots;
-  JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
-    const int64_t b = index / plane, pixel = index - b * plane;
-    const int64_t seed_base = b * (radius + 1) * plane + pixel;
-    acc_t pixel_scratch[3];
-    isotropic_kernel_span_backward<scalar_t, acc_t>(grad + b * taps * plane + pixel, plane, seeds + seed_base, plane, 1,
-                                                    radius, disk, table, probs, slots, orbit_grad, slots,
-                                                    pixel_scratch, grad_seeds + seed_base);
-  }
-}
 
 at::Tensor isotropic_kernels_cuda(const at::Tensor& seeds_in, c10::string_view support) {
   const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
@@ -69,13 +33,14 @@ at::Tensor isotropic_kernels_cuda(const at::Tensor& seeds_in, c10::string_view s
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, seeds.scalar_type(), "isotropic_kernels_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const auto kernel = isotropic_kernels_forward_kernel<scalar_t, acc_t>;
-        const unsigned int blocks = cuda::resident_blocks_for(kernel, batch * plane);
+        const auto kernel = isotropic_device::isotropic_kernels_forward_kernel<scalar_t, acc_t>;
+        const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, cuda::resident_blocks(kernel));
+        const int64_t blocks = g.grid.x;
         const int64_t orbits = orbit_count(args.radius + 1);
         const at::Tensor slot_scratch = at::empty({orbits * static_cast<int64_t>(blocks) * cuda::kThreadsPerBlock},
                                                   seeds.options().dtype(cuda::accumulate_dtype(seeds.scalar_type())));
         const at::Tensor table = cuda::orbit_table_on_device<acc_t>(args.radius + 1, seeds, stream);
-        kernel<<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(seeds.data_ptr<scalar_t>(), cuda::table_pointer<acc_t>(table),
+        kernel<<<g.grid, g.block, 0, stream>>>(seeds.data_ptr<scalar_t>(), cuda::table_pointer<acc_t>(table),
                                                              slot_scratch.data_ptr<acc_t>(), kernels.data_ptr<scalar_t>(),
                                                              batch, plane, args.radius, args.disk);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -103,8 +68,9 @@ at::Tensor isotropic_kernels_backward_cuda(const at::Tensor& grad_in, const at::
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, seeds.scalar_type(),
                                   "isotropic_kernels_backward_cuda", [&] {
                                     using acc_t = at::opmath_type<scalar_t>;
-                                    const auto kernel = isotropic_kernels_backward_kernel<scalar_t, acc_t>;
-                                    const unsigned int blocks = cuda::resident_blocks_for(kernel, batch * plane);
+                                    const auto kernel = isotropic_device::isotropic_kernels_backward_kernel<scalar_t, acc_t>;
+                                    const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, cuda::resident_blocks(kernel));
+                                    const int64_t blocks = g.grid.x;
                                     const int64_t orbits = orbit_count(args.radius + 1);
                                     // Two arrays of orbit values per thread slot: softmax values and gradients.
                                     const at::Tensor slot_scratch = at::empty(
@@ -112,7 +78,7 @@ at::Tensor isotropic_kernels_backward_cuda(const at::Tensor& grad_in, const at::
                                         seeds.options().dtype(cuda::accumulate_dtype(seeds.scalar_type())));
                                     const at::Tensor table =
                                         cuda::orbit_table_on_device<acc_t>(args.radius + 1, seeds, stream);
-                                    kernel<<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(
+                                    kernel<<<g.grid, g.block, 0, stream>>>(
                                         grad.data_ptr<scalar_t>(), seeds.data_ptr<scalar_t>(),
                                         cuda::table_pointer<acc_t>(table), slot_scratch.data_ptr<acc_t>(),
                                         grad_seeds.data_ptr<acc_t>(), batch, plane, args.radius, args.disk);

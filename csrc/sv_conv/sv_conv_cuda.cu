@@ -14,56 +14,12 @@
 
 #include "common/checks.h"
 #include "common/cuda_launch.cuh"
+#include "sv_conv/sv_conv_kernels.cuh"
 #include "common/gather_conv.h"
 #include "sv_conv/sv_conv.h"
 
 namespace jdrl {
 namespace {
-
-template <typename scalar_t, typename acc_t>
-__global__ void sv_conv_forward_kernel(const scalar_t* __restrict__ image, const scalar_t* __restrict__ kernels,
-                                       scalar_t* __restrict__ out, int64_t batch, int64_t channels, int64_t height,
-                                       int64_t width, int radius, bool replicate) {
-  const int64_t plane = height * width;
-  const int64_t taps = static_cast<int64_t>(2 * radius + 1) * (2 * radius + 1);
-  JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
-    const int64_t b = index / plane, pixel = index - b * plane;
-    const int64_t y = pixel / width, x = pixel - y * width;
-    gather::apply_planes_pixel<scalar_t, scalar_t, acc_t>(
-        image + b * channels * plane, kernels + b * taps * plane + pixel, out + b * channels * plane, channels, height,
-        width, y, x, radius, replicate, gather::TapIndex{radius});
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void sv_conv_grad_kernels_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ image,
-                                            scalar_t* __restrict__ grad_kernels, int64_t batch, int64_t channels,
-                                            int64_t height, int64_t width, int radius, bool replicate) {
-  const int64_t plane = height * width;
-  const int64_t taps = static_cast<int64_t>(2 * radius + 1) * (2 * radius + 1);
-  JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
-    const int64_t b = index / plane, pixel = index - b * plane;
-    const int64_t y = pixel / width, x = pixel - y * width;
-    gather::correlate_planes_pixel<scalar_t, acc_t>(image + b * channels * plane, grad + b * channels * plane,
-                                                    grad_kernels + b * taps * plane + pixel, channels, height, width, y,
-                                                    x, radius, replicate, gather::TapIndex{radius});
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void sv_conv_grad_image_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ kernels,
-                                          scalar_t* __restrict__ grad_image, int64_t batch, int64_t channels,
-                                          int64_t height, int64_t width, int radius, bool replicate) {
-  const int64_t plane = height * width;
-  const int64_t taps = static_cast<int64_t>(2 * radius + 1) * (2 * radius + 1);
-  JDRL_GRID_STRIDE_LOOP(index, batch * plane) {
-    const int64_t b = index / plane, pixel = index - b * plane;
-    const int64_t y = pixel / width, x = pixel - y * width;
-    gather::transposed_planes_pixel<scalar_t, scalar_t, acc_t>(
-        grad + b * channels * plane, kernels + b * taps * plane, grad_image + b * channels * plane, channels, height,
-        width, y, x, radius, replicate, gather::TapIndex{radius});
-  }
-}
 
 at::Tensor sv_conv_cuda(const at::Tensor& image_in, const at::Tensor& kernels_in, c10::string_view padding_mode) {
   const SvConvArgs args = check_sv_conv(image_in, kernels_in, padding_mode);
@@ -77,8 +33,8 @@ at::Tensor sv_conv_cuda(const at::Tensor& image_in, const at::Tensor& kernels_in
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "sv_conv_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        sv_conv_forward_kernel<scalar_t, acc_t>
-            <<<cuda::blocks_for(batch * height * width), cuda::kThreadsPerBlock, 0, stream>>>(
+        const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
+        sv_conv_kernels::sv_conv_forward_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
                 image.data_ptr<scalar_t>(), kernels.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, channels,
                 height, width, args.radius, args.replicate);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -101,16 +57,16 @@ std::tuple<at::Tensor, at::Tensor> sv_conv_backward_cuda(const at::Tensor& grad_
   at::Tensor grad_image = at::empty(image.sizes(), image.options());
   at::Tensor grad_kernels = at::empty(kernels.sizes(), kernels.options());
   const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
-  const unsigned int blocks = cuda::blocks_for(batch * height * width);
+  const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "sv_conv_backward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        sv_conv_grad_kernels_kernel<scalar_t, acc_t><<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(
+        sv_conv_kernels::sv_conv_grad_kernels_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
             grad.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(), grad_kernels.data_ptr<scalar_t>(), batch, channels,
             height, width, args.radius, args.replicate);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        sv_conv_grad_image_kernel<scalar_t, acc_t><<<blocks, cuda::kThreadsPerBlock, 0, stream>>>(
+        sv_conv_kernels::sv_conv_grad_image_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
             grad.data_ptr<scalar_t>(), kernels.data_ptr<scalar_t>(), grad_image.data_ptr<scalar_t>(), batch, channels,
             height, width, args.radius, args.replicate);
         C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -1,0 +1,71 @@
+// What the kernel headers (csrc/*/*_kernels.cuh) need besides pixel_math.h: the launch constants
+// and grid-stride helpers, and dynamic shared memory. Under nvcc these are the real thing; under a
+// host compiler they come from common/cuda_host_emulation.h, which runs the same __global__
+// functions on CPU threads (the emulated ops of csrc/emulation, tested by tests/test_cuda_emulated.py).
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+#else
+#include "common/cuda_host_emulation.h"
+#endif
+
+namespace jdrl {
+namespace cuda {
+
+constexpr int kThreadsPerBlock = 256;
+// The grid-stride loop covers any amount of work; capping the grid keeps the block count far from
+// the 2^31 - 1 limit of gridDim.x.
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+// Dynamic shared memory a kernel may use without opting in (cudaFuncAttributeMaxDynamicSharedMemorySize).
+constexpr int64_t kDefaultSharedBytes = 48 * 1024;
+
+inline unsigned int blocks_for(int64_t work) {
+  const int64_t blocks = (work + kThreadsPerBlock - 1) / kThreadsPerBlock;
+  return static_cast<unsigned int>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+}
+
+// Blocks for a kernel whose threads each own a slot of a scratch tensor (reused along the
+// grid-stride loop): no more than `resident` (the blocks the device holds at once), so that the
+// scratch does not grow with the image.
+inline unsigned int slot_blocks_for(int64_t work, int64_t resident) {
+  const int64_t blocks = blocks_for(work);
+  return static_cast<unsigned int>(blocks < resident ? blocks : resident);
+}
+
+// The launch of a kernel with one thread per pixel over a grid-stride loop (`resident`: at most that
+// many blocks, for the kernels with per-thread scratch slots).
+struct PixelGrid {
+  dim3 grid, block;
+};
+inline PixelGrid pixel_grid(int64_t work, int64_t resident = kMaxBlocks) {
+  return {dim3(slot_blocks_for(work, resident)), dim3(kThreadsPerBlock)};
+}
+
+// A thread's slot in a per-thread scratch tensor, and the number of slots (threads in the grid).
+__device__ __forceinline__ int64_t thread_slot() { return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t slot_count() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
+#if defined(__CUDACC__)
+// The block's dynamic shared memory (the third launch parameter), as an array of T.
+template <typename T>
+__device__ __forceinline__ T* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char jdrl_dynamic_shared[];
+  return reinterpret_cast<T*>(jdrl_dynamic_shared);
+}
+#else
+template <typename T>
+inline T* dynamic_shared() {
+  return reinterpret_cast<T*>(emulation::current_shared_memory());
+}
+#endif
+
+}  // namespace cuda
+}  // namespace jdrl
+
+// for (int64_t index = first thread's; index < count; index += threads in the grid)
+#define JDRL_GRID_STRIDE_LOOP(index, count)                                                          \
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < (count); \
+       index += static_cast<int64_t>(blockDim.x) * gridDim.x)

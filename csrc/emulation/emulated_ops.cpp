@@ -1,0 +1,257 @@
+// The CUDA kernels of the four ops, run on the CPU by the host emulation of common/cuda_host_emulation.h,
+// as the test-only operators torch.ops.jdrl_emulated.* (CPU tensors, float32/float64): the same
+// __global__ functions (the op folders' *_kernels.cuh / *_device.cuh, which the .cu files include),
+// launched with the geometry the CUDA launchers compute, against the CPU kernels in
+// tests/test_cuda_emulated.py. Only the host glue differs from the .cu files: no device guard or
+// stream, and the launch is emulation::launch instead of <<<...>>>.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/cuda_kernel_support.cuh"
+#include "common/pixel_math.h"
+#include "flow_warp/flow_warp.h"
+#include "flow_warp/flow_warp_kernels.cuh"
+#include "isotropic_kernels/isotropic_kernels.h"
+#include "isotropic_kernels/isotropic_kernels_device.cuh"
+#include "reblur/reblur.h"
+#include "reblur/reblur_kernels.cuh"
+#include "sv_conv/sv_conv.h"
+#include "sv_conv/sv_conv_kernels.cuh"
+
+namespace jdrl {
+namespace {
+
+// Where a CUDA launcher asks the device how many blocks it holds at once (the kernels with
+// per-thread scratch slots), the emulation takes this many, so that the grid-stride loops wrap.
+constexpr int64_t kEmulatedResidentBlocks = 2;
+
+template <typename Kernel, typename... Args>
+void emulate(const cuda::PixelGrid& g, Kernel kernel, Args... args) {
+  emulation::launch(g.grid, g.block, 0, [&] { kernel(args...); });
+}
+
+struct EmulatedLaunch {
+  template <typename Kernel, typename Params>
+  void operator()(Kernel kernel, const reblur_kernels::Geometry& g, const Params& params) const {
+    emulation::launch(g.grid, g.block, g.shared_bytes, [&] { kernel(params); });
+  }
+};
+
+at::ScalarType accumulate_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
+
+// ---- reblur
+
+at::Tensor reblur_emulated(const at::Tensor& image_in, const at::Tensor& seeds_in, const at::Tensor& weights_in,
+                           c10::string_view support, c10::string_view padding_mode) {
+  const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
+  check_cpu_dtype(image_in, "image");
+  const at::Tensor image = image_in.contiguous();
+  const at::Tensor seeds = seeds_in.contiguous();
+  const at::Tensor weights = weights_in.contiguous();
+  at::Tensor out = at::empty(image.sizes(), image.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "reblur_emulated", [&] {
+    reblur_kernels::run_forward<scalar_t, scalar_t>(image, seeds, weights, out, args, EmulatedLaunch{});
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at::Tensor& grad_in,
+                                                                        const at::Tensor& image_in,
+                                                                        const at::Tensor& seeds_in,
+                                                                        const at::Tensor& weights_in,
+                                                                        c10::string_view support,
+                                                                        c10::string_view padding_mode) {
+  const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
+  check_cpu_dtype(image_in, "image");
+  check_grad(grad_in, image_in, "grad");
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor image = image_in.contiguous();
+  const at::Tensor seeds = seeds_in.contiguous();
+  const at::Tensor weights = weights_in.contiguous();
+  if (image.numel() == 0) {
+    return {at::zeros(image.sizes(), image.options()), at::zeros(seeds.sizes(), seeds.options()),
+            at::zeros(weights.sizes(), weights.options())};
+  }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "reblur_backward_emulated", [&] {
+    grads = reblur_kernels::run_backward<scalar_t, scalar_t>(grad, image, seeds, weights, args, EmulatedLaunch{});
+  });
+  return grads;
+}
+
+// ---- sv_conv
+
+at::Tensor sv_conv_emulated(const at::Tensor& image_in, const at::Tensor& kernels_in, c10::string_view padding_mode) {
+  const SvConvArgs args = check_sv_conv(image_in, kernels_in, padding_mode);
+  check_cpu_dtype(image_in, "image");
+  const at::Tensor image = image_in.contiguous();
+  const at::Tensor kernels = kernels_in.contiguous();
+  at::Tensor out = at::empty(image.sizes(), image.options());
+  if (out.numel() == 0) return out;
+  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "sv_conv_emulated", [&] {
+    emulate(cuda::pixel_grid(batch * height * width), sv_conv_kernels::sv_conv_forward_kernel<scalar_t, scalar_t>,
+            image.data_ptr<scalar_t>(), kernels.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, channels, height,
+            width, args.radius, args.replicate);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> sv_conv_backward_emulated(const at::Tensor& grad_in, const at::Tensor& image_in,
+                                                             const at::Tensor& kernels_in,
+                                                             c10::string_view padding_mode) {
+  const SvConvArgs args = check_sv_conv(image_in, kernels_in, padding_mode);
+  check_cpu_dtype(image_in, "image");
+  check_grad(grad_in, image_in, "grad");
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor image = image_in.contiguous();
+  const at::Tensor kernels = kernels_in.contiguous();
+  if (image.numel() == 0 || kernels.numel() == 0) {
+    return {at::zeros(image.sizes(), image.options()), at::zeros(kernels.sizes(), kernels.options())};
+  }
+  at::Tensor grad_image = at::empty(image.sizes(), image.options());
+  at::Tensor grad_kernels = at::empty(kernels.sizes(), kernels.options());
+  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
+  const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "sv_conv_backward_emulated", [&] {
+    emulate(g, sv_conv_kernels::sv_conv_grad_kernels_kernel<scalar_t, scalar_t>, grad.data_ptr<scalar_t>(),
+            image.data_ptr<scalar_t>(), grad_kernels.data_ptr<scalar_t>(), batch, channels, height, width, args.radius,
+            args.replicate);
+    emulate(g, sv_conv_kernels::sv_conv_grad_image_kernel<scalar_t, scalar_t>, grad.data_ptr<scalar_t>(),
+            kernels.data_ptr<scalar_t>(), grad_image.data_ptr<scalar_t>(), batch, channels, height, width, args.radius,
+            args.replicate);
+  });
+  return {grad_image, grad_kernels};
+}
+
+// ---- isotropic_kernels
+
+template <typename acc_t>
+at::Tensor orbit_table_tensor(int levels) {
+  const int64_t bytes = static_cast<int64_t>(orbit_count(levels)) * static_cast<int64_t>(sizeof(OrbitPolar<acc_t>));
+  at::Tensor table = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
+  fill_orbit_table<acc_t>(levels, reinterpret_cast<OrbitPolar<acc_t>*>(table.data_ptr<uint8_t>()));
+  return table;
+}
+
+at::Tensor isotropic_kernels_emulated(const at::Tensor& seeds_in, c10::string_view support) {
+  const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
+  check_cpu_dtype(seeds_in, "seeds");
+  const at::Tensor seeds = seeds_in.contiguous();
+  const int64_t batch = seeds.size(0), height = seeds.size(2), width = seeds.size(3);
+  const int64_t size = 2 * args.radius + 1;
+  at::Tensor kernels = at::empty({batch, size * size, height, width}, seeds.options());
+  if (kernels.numel() == 0) return kernels;
+  const int64_t plane = height * width;
+  AT_DISPATCH_FLOATING_TYPES(seeds.scalar_type(), "isotropic_kernels_emulated", [&] {
+    const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, kEmulatedResidentBlocks);
+    const int64_t orbits = orbit_count(args.radius + 1);
+    at::Tensor slot_scratch = at::empty({orbits * static_cast<int64_t>(g.grid.x) * cuda::kThreadsPerBlock},
+                                        seeds.options().dtype(accumulate_dtype(seeds.scalar_type())));
+    const at::Tensor table = orbit_table_tensor<scalar_t>(args.radius + 1);
+    emulate(g, isotropic_device::isotropic_kernels_forward_kernel<scalar_t, scalar_t>, seeds.data_ptr<scalar_t>(),
+            reinterpret_cast<const OrbitPolar<scalar_t>*>(table.data_ptr<uint8_t>()), slot_scratch.data_ptr<scalar_t>(),
+            kernels.data_ptr<scalar_t>(), batch, plane, args.radius, args.disk);
+  });
+  return kernels;
+}
+
+at::Tensor isotropic_kernels_backward_emulated(const at::Tensor& grad_in, const at::Tensor& seeds_in,
+                                               c10::string_view support) {
+  const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
+  check_cpu_dtype(seeds_in, "seeds");
+  check_same_kind(grad_in, "grad", seeds_in, "seeds");
+  const at::Tensor seeds = seeds_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous();
+  at::Tensor grad_seeds = at::empty(seeds.sizes(), seeds.options());
+  if (grad_seeds.numel() == 0) return grad_seeds;
+  const int64_t batch = seeds.size(0), plane = seeds.size(2) * seeds.size(3);
+  AT_DISPATCH_FLOATING_TYPES(seeds.scalar_type(), "isotropic_kernels_backward_emulated", [&] {
+    const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, kEmulatedResidentBlocks);
+    const int64_t orbits = orbit_count(args.radius + 1);
+    at::Tensor slot_scratch = at::empty({2 * orbits * static_cast<int64_t>(g.grid.x) * cuda::kThreadsPerBlock},
+                                        seeds.options().dtype(accumulate_dtype(seeds.scalar_type())));
+    const at::Tensor table = orbit_table_tensor<scalar_t>(args.radius + 1);
+    emulate(g, isotropic_device::isotropic_kernels_backward_kernel<scalar_t, scalar_t>, grad.data_ptr<scalar_t>(),
+            seeds.data_ptr<scalar_t>(), reinterpret_cast<const OrbitPolar<scalar_t>*>(table.data_ptr<uint8_t>()),
+            slot_scratch.data_ptr<scalar_t>(), grad_seeds.data_ptr<scalar_t>(), batch, plane, args.radius, args.disk);
+  });
+  return grad_seeds;
+}
+
+// ---- flow_warp
+
+at::Tensor flow_warp_emulated(const at::Tensor& image_in, const at::Tensor& flow_in, c10::string_view padding_mode) {
+  const bool border = check_flow_warp(image_in, flow_in, padding_mode);
+  check_cpu_dtype(image_in, "image");
+  const at::Tensor image = image_in.contiguous();
+  const at::Tensor flow = flow_in.contiguous();
+  at::Tensor out = at::empty(image.sizes(), image.options());
+  if (out.numel() == 0) return out;
+  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "flow_warp_emulated", [&] {
+    emulate(cuda::pixel_grid(batch * height * width), flow_warp_kernels::flow_warp_forward_kernel<scalar_t, scalar_t>,
+            image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, channels, height,
+            width, border);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> flow_warp_backward_emulated(const at::Tensor& grad_in, const at::Tensor& image_in,
+                                                               const at::Tensor& flow_in,
+                                                               c10::string_view padding_mode) {
+  const bool border = check_flow_warp(image_in, flow_in, padding_mode);
+  check_cpu_dtype(image_in, "image");
+  check_grad(grad_in, image_in, "grad");
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor image = image_in.contiguous();
+  const at::Tensor flow = flow_in.contiguous();
+  if (image.numel() == 0) return {at::zeros(image.sizes(), image.options()), at::zeros(flow.sizes(), flow.options())};
+  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
+  at::Tensor grad_image = at::zeros(image.sizes(), image.options());
+  at::Tensor grad_flow = at::empty(flow.sizes(), flow.options());
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "flow_warp_backward_emulated", [&] {
+    emulate(cuda::pixel_grid(batch * height * width), flow_warp_kernels::flow_warp_backward_kernel<scalar_t, scalar_t>,
+            grad.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(),
+            grad_image.data_ptr<scalar_t>(), grad_flow.data_ptr<scalar_t>(), batch, channels, height, width, border);
+  });
+  return {grad_image, grad_flow};
+}
+
+}  // namespace
+}  // namespace jdrl
+
+// Test-only operators: the schemas of torch.ops.jdrl_ext (forward and backward of each op).
+TORCH_LIBRARY(jdrl_emulated, m) {
+  m.def("isotropic_kernels(Tensor seeds, *, str support=\"window\") -> Tensor");
+  m.def("_isotropic_kernels_backward(Tensor grad, Tensor seeds, str support) -> Tensor");
+  m.def("sv_conv(Tensor image, Tensor kernels, *, str padding_mode=\"replicate\") -> Tensor");
+  m.def("_sv_conv_backward(Tensor grad, Tensor image, Tensor kernels, str padding_mode) -> (Tensor, Tensor)");
+  m.def(
+      "reblur(Tensor image, Tensor seeds, Tensor weights, *, str support=\"window\", "
+      "str padding_mode=\"replicate\") -> Tensor");
+  m.def(
+      "_reblur_backward(Tensor grad, Tensor image, Tensor seeds, Tensor weights, str support, str padding_mode) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("flow_warp(Tensor image, Tensor flow, *, str padding_mode=\"border\") -> Tensor");
+  m.def("_flow_warp_backward(Tensor grad, Tensor image, Tensor flow, str padding_mode) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(jdrl_emulated, CPU, m) {
+  m.impl("isotropic_kernels", &jdrl::isotropic_kernels_emulated);
+  m.impl("_isotropic_kernels_backward", &jdrl::isotropic_kernels_backward_emulated);
+  m.impl("sv_conv", &jdrl::sv_conv_emulated);
+  m.impl("_sv_conv_backward", &jdrl::sv_conv_backward_emulated);
+  m.impl("reblur", &jdrl::reblur_emulated);
+  m.impl("_reblur_backward", &jdrl::reblur_backward_emulated);
+  m.impl("flow_warp", &jdrl::flow_warp_emulated);
+  m.impl("_flow_warp_backward", &jdrl::flow_warp_backward_emulated);
+}

@@ -1,0 +1,608 @@
+// The CUDA kernels of reblur (SPEC section 4) and their launch geometry. Compiled by nvcc for the
+// device (reblur_cuda.cu) and by the host compiler under common/cuda_host_emulation.h
+// (csrc/emulation), so the tests run these very functions on a machine without a GPU.
+//
+// A block of kTile x kTile threads owns a kTile x kTile tile of output pixels, one per thread. The
+// block loads the image around its tile (the tile and a halo of R = m - 1 pixels, padding applied
+// at load) into shared memory, a chunk of channels at a time; each thread then sums the orbits of
+// its pixel from there.
+//
+// The radial kernel of a pixel, Wt(o) = [o == 0] w_0 + sum_{r >= a(o)} w_r k_r(o), is built level
+// by level: per level r, one pass over its orbits for the maximum logit, one for the softmax sum
+// (bias_r = max + log2(sum), logits in log2 units: k_r(o) = exp2(z_r(o) - bias_r)), one adding
+// w_r k_r(o) to Wt. With m = 8 known at compile time (kLevels = 8, the common case) the 36 values
+// of Wt, the level biases and the level's seeds are registers and the orbits' polar positions are
+// constants; the generic kernels (kLevels = 0, any m, 64-bit indices) keep Wt and the biases in a
+// per-pixel global scratch instead.
+//
+// Backward, without atomics:
+//   pass A, per pixel p: Wt(p) (as in the forward, stored for pass B), orbit_grad(o) =
+//     sum_c grad[c, p] S_o[c, p] from the image tile, then per level the softmax backward:
+//       d/dw_r = sum_o k_r(o) orbit_grad(o),  d/dz_r(o) = w_r k_r(o) (orbit_grad(o) - |o| d/dw_r),
+//     each level's seed gradients summed in registers and stored once;
+//   pass B, per pixel q: the image gradient, gathered from the neighbours p = e - d (e: the
+//     extended positions that the padding folds onto q) as grad[c, p] Wt_p(o(d)), with the
+//     gradient around the tile in shared memory.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+
+#include "common/cuda_kernel_support.cuh"
+#include "common/pixel_math.h"
+#include "reblur/reblur.h"
+
+namespace jdrl {
+namespace reblur_kernels {
+
+constexpr int kTile = 16;                // a block is kTile x kTile threads
+constexpr int kChannelChunk = 4;         // at most this many channels in shared memory at once
+constexpr int kSpecializedLevels = 8;    // m of the compile-time specialization
+constexpr unsigned int kMaxGridZ = 65535;
+
+// Everything a reblur kernel reads and writes; a kernel uses the fields its pass needs.
+template <typename scalar_t, typename acc_t>
+struct Params {
+  const scalar_t* image;
+  const scalar_t* seeds;
+  const scalar_t* weights;
+  const scalar_t* grad;     // backward: the output gradient
+  scalar_t* out;            // forward: the output; pass B: the image gradient
+  acc_t* orbit_weights;     // backward: (B, m(m+1)/2, H, W), Wt of every pixel (pass A writes, pass B reads)
+  acc_t* scratch;           // generic kernels: (B, scratch_planes, H, W); unused by the specialized ones
+  acc_t* grad_seeds;        // pass A, in the accumulation dtype
+  scalar_t* grad_weights;   // pass A
+  int64_t batch;
+  int channels, height, width, levels;
+  int channel_chunk;        // channels per shared tile (Geometry::channel_chunk)
+  bool disk, replicate;
+};
+
+// The launch of every reblur kernel: one thread per pixel in kTile x kTile blocks, blockIdx.z over
+// the batch (a block loops over b when B > 65535), and the image tile of `channel_chunk` channels
+// with its halo in dynamic shared memory. The host launch code and the emulation both take it from
+// here.
+struct Geometry {
+  dim3 grid, block;
+  int channel_chunk;
+  size_t shared_bytes;  // over cuda::kDefaultSharedBytes, the launcher opts in to more
+  bool specialized;     // m = 8 and every tensor indexable with 32 bits
+  int scratch_planes;   // per pixel, for the generic kernels (0 for the specialized ones)
+};
+
+inline int tile_side(int levels) { return kTile + 2 * (levels - 1); }
+
+// `largest_numel`: the largest tensor the kernels index (for the choice of 32-bit indices);
+// `accumulate_bytes`: sizeof(acc_t), the element type of the shared tile.
+inline Geometry geometry(int64_t batch, int64_t channels, int64_t height, int64_t width, int levels,
+                         int64_t largest_numel, size_t accumulate_bytes) {
+  const int64_t tiles_x = (width + kTile - 1) / kTile, tiles_y = (height + kTile - 1) / kTile;
+  TORCH_CHECK_VALUE(tiles_y <= 65535, "reblur on CUDA: height ", height, " is over ", 65535 * kTile);
+  const int64_t side = tile_side(levels);
+  const int64_t tile_bytes = side * side * static_cast<int64_t>(accumulate_bytes);
+  int chunk = static_cast<int>(channels < kChannelChunk ? channels : kChannelChunk);
+  if (chunk < 1) chunk = 1;
+  while (chunk > 1 && chunk * tile_bytes > cuda::kDefaultSharedBytes) --chunk;
+  Geometry g;
+  g.grid = dim3(static_cast<unsigned int>(tiles_x), static_cast<unsigned int>(tiles_y),
+                static_cast<unsigned int>(batch < kMaxGridZ ? batch : kMaxGridZ));
+  g.block = dim3(kTile, kTile, 1);
+  g.channel_chunk = chunk;
+  g.shared_bytes = static_cast<size_t>(chunk * tile_bytes);
+  g.specialized = levels == kSpecializedLevels && largest_numel < std::numeric_limits<int32_t>::max();
+  g.scratch_planes = g.specialized ? 0 : orbit_count(levels) + levels;
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-pixel arrays: registers in the specialized kernels (kSize > 0, every index a compile-time
+// constant once the loops are unrolled), a strided view of global memory in the generic ones.
+
+template <typename acc_t, int kSize>
+struct PixelArray {
+  acc_t values[kSize];
+  __device__ __forceinline__ acc_t& operator[](int i) { return values[i]; }
+};
+
+template <typename acc_t>
+struct PixelArray<acc_t, 0> {
+  acc_t* base;
+  int64_t stride;
+  __device__ __forceinline__ acc_t& operator[](int i) { return base[i * stride]; }
+};
+
+constexpr int array_size(int levels_or_zero, int size) { return levels_or_zero > 0 ? size : 0; }
+
+// The hardware's base-2 exponential and logarithm in float32 (exp2f, log2f); exact ones in float64.
+JDRL_HD float log2_of(float x) { return log2f(x); }
+JDRL_HD double log2_of(double x) { return log2(x); }
+JDRL_HD float exp2_of(float x) { return exp2f(x); }
+JDRL_HD double exp2_of(double x) { return exp2(x); }
+
+template <typename acc_t>
+constexpr acc_t kLog2e = acc_t(1.4426950408889634073599246810019);
+
+// The seeds of one pixel, read as logits in log2 units: seed(s) = log2(e) * seeds[s].
+template <typename scalar_t, typename acc_t, typename index_t>
+struct PixelSeeds {
+  const scalar_t* __restrict__ pixel;  // seeds[b, 0, y, x]
+  index_t plane;
+  __device__ __forceinline__ acc_t operator()(int s) const {
+    return kLog2e<acc_t> * static_cast<acc_t>(pixel[static_cast<index_t>(s) * plane]);
+  }
+};
+
+// Logit of orbit `polar` at level `radius` in log2 units (`first`: the level's first seed), and
+// whether the orbit takes part in the level's softmax (a corner under "disk" does not).
+template <typename acc_t, typename Seeds>
+__device__ __forceinline__ bool level_logit(const Seeds& seed, int first, int radius, bool disk,
+                                            const OrbitPolar<acc_t>& polar, acc_t* logit) {
+  if (polar.squared <= radius * radius) {
+    const acc_t lower = seed(first + polar.lower);
+    // f == 0 reads a_l alone (0 * inf would be NaN)
+    *logit = polar.frac == acc_t(0) ? lower : (acc_t(1) - polar.frac) * lower + polar.frac * seed(first + polar.upper);
+    return true;
+  }
+  *logit = acc_t(0);  // window support: the corners keep logit 0
+  return !disk;
+}
+
+// bias = max + log2(sum of the level's exponentials): k(o) = exp2(z(o) - bias). A NaN or infinite
+// logit makes the bias NaN (NaN - NaN, inf - inf), so the level's kernel is NaN, as on the CPU.
+template <typename acc_t, int kLevels, typename Seeds>
+__device__ __forceinline__ acc_t level_bias(const Seeds& seed, int radius, bool disk) {
+  const int first = seed_offset(radius);
+  acc_t max_logit = seed(first);
+  JDRL_UNROLL
+  for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
+    if (a > radius) break;
+    JDRL_UNROLL
+    for (int b = 0; b <= a; ++b) {
+      acc_t z;
+      if (level_logit(seed, first, radius, disk, orbit_polar<acc_t>(a, b), &z)) max_logit = nan_max(max_logit, z);
+    }
+  }
+  acc_t sum = 0;
+  JDRL_UNROLL
+  for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
+    if (a > radius) break;
+    JDRL_UNROLL
+    for (int b = 0; b <= a; ++b) {
+      const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, b);
+      acc_t z;
+      if (level_logit(seed, first, radius, disk, polar, &z)) sum += polar.size * exp2_of(z - max_logit);
+    }
+  }
+  return max_logit + log2_of(sum);
+}
+
+// Wt(o) of one pixel into `wt`, and each level's bias into bias[r] (r >= 1).
+template <typename acc_t, int kLevels, typename Seeds, typename Weights, typename WtArray, typename BiasArray>
+__device__ __forceinline__ void radial_kernel(const Seeds& seed, const Weights& weight, int levels, bool disk,
+                                              WtArray& wt, BiasArray& bias) {
+  const int orbits = orbit_count(levels);
+  JDRL_UNROLL
+  for (int o = 0; o < (kLevels > 0 ? orbit_count(kLevels) : orbits); ++o) wt[o] = acc_t(0);
+  wt[0] = weight(0);
+  JDRL_UNROLL
+  for (int radius = 1; radius < (kLevels > 0 ? kLevels : levels); ++radius) {
+    const acc_t level_bias_value = level_bias<acc_t, kLevels>(seed, radius, disk);
+    bias[radius] = level_bias_value;
+    const acc_t level_weight = weight(radius);
+    const int first = seed_offset(radius);
+    JDRL_UNROLL
+    for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
+      if (a > radius) break;
+      JDRL_UNROLL
+      for (int b = 0; b <= a; ++b) {
+        acc_t z;
+        if (level_logit(seed, first, radius, disk, orbit_polar<acc_t>(a, b), &z)) {
+          wt[orbit_index(a, b)] += level_weight * exp2_of(z - level_bias_value);
+        }
+      }
+    }
+  }
+}
+
+// Loads channels [0, count) of `source` (a (count, H, W) view, `plane` apart) around the block's
+// tile into `tile`: element (i, j) of plane k is the extended image at (y0 - R + i, x0 - R + j),
+// "replicate" clamping the coordinates, zeros reading 0 outside. Every thread of the block calls it.
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ __forceinline__ void load_tile(const scalar_t* __restrict__ source, index_t plane, int count, int height,
+                                          int width, int y0, int x0, int radius, int side, bool replicate,
+                                          acc_t* __restrict__ tile) {
+  const int elements = side * side;
+  for (int e = threadIdx.y * kTile + threadIdx.x; e < count * elements; e += kTile * kTile) {
+    const int k = e / elements;
+    const int within = e - k * elements;
+    const int i = within / side;
+    int y = y0 - radius + i;
+    int x = x0 - radius + (within - i * side);
+    acc_t value = acc_t(0);
+    if (replicate) {
+      y = y < 0 ? 0 : (y >= height ? height - 1 : y);
+      x = x < 0 ? 0 : (x >= width ? width - 1 : x);
+      value = static_cast<acc_t>(source[k * plane + static_cast<index_t>(y) * width + x]);
+    } else if (y >= 0 && y < height && x >= 0 && x < width) {
+      value = static_cast<acc_t>(source[k * plane + static_cast<index_t>(y) * width + x]);
+    }
+    tile[e] = value;
+  }
+}
+
+// S_o[j] for j < kChannelChunk: the tile summed over the offsets of orbit (a, b) around the
+// thread's pixel, at tile position `centre` = (ty + R) * side + (tx + R).
+template <typename acc_t>
+__device__ __forceinline__ void orbit_sums(const acc_t* __restrict__ tile, int elements, int side, int centre, int count,
+                                           int a, int b, acc_t* sums) {
+  JDRL_UNROLL
+  for (int j = 0; j < kChannelChunk; ++j) sums[j] = acc_t(0);
+  const int size = orbit_size(a, b);
+  JDRL_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    if (k >= size) break;
+    int dy, dx;
+    orbit_offset(a, b, k, &dy, &dx);
+    const int t = centre + dy * side + dx;
+    JDRL_UNROLL
+    for (int j = 0; j < kChannelChunk; ++j) {
+      if (j < count) sums[j] += tile[j * elements + t];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernels. kLevels = 8 with 32-bit indices, or 0 (any m) with 64-bit indices.
+
+template <typename scalar_t, typename acc_t, typename index_t, int kLevels>
+__global__ void __launch_bounds__(kTile* kTile) forward_kernel(const Params<scalar_t, acc_t> p) {
+  const int levels = kLevels > 0 ? kLevels : p.levels;
+  const int radius = levels - 1;
+  const int side = kTile + 2 * radius, elements = side * side;
+  const int y0 = blockIdx.y * kTile, x0 = blockIdx.x * kTile;
+  const int y = y0 + threadIdx.y, x = x0 + threadIdx.x;
+  const bool active = y < p.height && x < p.width;
+  const index_t plane = static_cast<index_t>(p.height) * p.width;
+  const index_t pixel = static_cast<index_t>(y) * p.width + x;
+  const int centre = (threadIdx.y + radius) * side + threadIdx.x + radius;
+  acc_t* tile = cuda::dynamic_shared<acc_t>();
+  for (int64_t item = blockIdx.z; item < p.batch; item += gridDim.z) {
+    const index_t b = static_cast<index_t>(item);
+    const PixelSeeds<scalar_t, acc_t, index_t> seed{p.seeds + b * seed_channels(levels) * plane + pixel, plane};
+    const scalar_t* __restrict__ pixel_weights = p.weights + b * levels * plane + pixel;
+    const auto weight = [&](int r) { return static_cast<acc_t>(pixel_weights[static_cast<index_t>(r) * plane]); };
+    constexpr int kOrbits = array_size(kLevels, kLevels * (kLevels + 1) / 2);
+    PixelArray<acc_t, kOrbits> wt;
+    PixelArray<acc_t, array_size(kLevels, kLevels)> bias;
+    if constexpr (kLevels == 0) {
+      const index_t scratch_base = b * (orbit_count(levels) + levels) * plane + pixel;
+      wt = {p.scratch + scratch_base, static_cast<int64_t>(plane)};
+      bias = {p.scratch + scratch_base + orbit_count(levels) * plane, static_cast<int64_t>(plane)};
+    }
+    if (active) radial_kernel<acc_t, kLevels>(seed, weight, levels, p.disk, wt, bias);
+    for (int first = 0; first < p.channels; first += p.channel_chunk) {
+      const int count = p.channels - first < p.channel_chunk ? p.channels - first : p.channel_chunk;
+      __syncthreads();  // every thread is done with the previous chunk's tile
+      load_tile<scalar_t, acc_t, index_t>(p.image + (b * p.channels + first) * plane, plane, count, p.height, p.width,
+                                          y0, x0, radius, side, p.replicate, tile);
+      __syncthreads();
+      if (!active) continue;
+      acc_t acc[kChannelChunk];
+      JDRL_UNROLL
+      for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+      JDRL_UNROLL
+      for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
+        JDRL_UNROLL
+        for (int bb = 0; bb <= a; ++bb) {
+          acc_t sums[kChannelChunk];
+          orbit_sums(tile, elements, side, centre, count, a, bb, sums);
+          const acc_t w = wt[orbit_index(a, bb)];
+          JDRL_UNROLL
+          for (int j = 0; j < kChannelChunk; ++j) acc[j] += w * sums[j];
+        }
+      }
+      JDRL_UNROLL
+      for (int j = 0; j < kChannelChunk; ++j) {
+        if (j < count) p.out[(b * p.channels + first + j) * plane + pixel] = static_cast<scalar_t>(acc[j]);
+      }
+    }
+  }
+}
+
+// Pass A: Wt of each pixel into orbit_weights, the seed and weight gradients.
+template <typename scalar_t, typename acc_t, typename index_t, int kLevels>
+__global__ void __launch_bounds__(kTile* kTile) param_backward_kernel(const Params<scalar_t, acc_t> p) {
+  const int levels = kLevels > 0 ? kLevels : p.levels;
+  const int radius = levels - 1;
+  const int orbits = orbit_count(levels);
+  const int side = kTile + 2 * radius, elements = side * side;
+  const int y0 = blockIdx.y * kTile, x0 = blockIdx.x * kTile;
+  const int y = y0 + threadIdx.y, x = x0 + threadIdx.x;
+  const bool active = y < p.height && x < p.width;
+  const index_t plane = static_cast<index_t>(p.height) * p.width;
+  const index_t pixel = static_cast<index_t>(y) * p.width + x;
+  const int centre = (threadIdx.y + radius) * side + threadIdx.x + radius;
+  acc_t* tile = cuda::dynamic_shared<acc_t>();
+  for (int64_t item = blockIdx.z; item < p.batch; item += gridDim.z) {
+    const index_t b = static_cast<index_t>(item);
+    const index_t seed_base = b * seed_channels(levels) * plane + pixel;
+    const PixelSeeds<scalar_t, acc_t, index_t> seed{p.seeds + seed_base, plane};
+    const scalar_t* __restrict__ pixel_weights = p.weights + b * levels * plane + pixel;
+    const auto weight = [&](int r) { return static_cast<acc_t>(pixel_weights[static_cast<index_t>(r) * plane]); };
+    constexpr int kOrbits = array_size(kLevels, kLevels * (kLevels + 1) / 2);
+    PixelArray<acc_t, array_size(kLevels, kLevels)> bias;
+    PixelArray<acc_t, kOrbits> orbit_grad;
+    acc_t* __restrict__ pixel_orbit_weights = p.orbit_weights + b * orbits * plane + pixel;
+    if constexpr (kLevels == 0) {
+      const index_t scratch_base = b * (orbits + levels) * plane + pixel;
+      orbit_grad = {p.scratch + scratch_base, static_cast<int64_t>(plane)};
+      bias = {p.scratch + scratch_base + orbits * plane, static_cast<int64_t>(plane)};
+    }
+    if (active) {
+      if constexpr (kLevels > 0) {
+        PixelArray<acc_t, kOrbits> wt;
+        radial_kernel<acc_t, kLevels>(seed, weight, levels, p.disk, wt, bias);
+        JDRL_UNROLL
+        for (int o = 0; o < kOrbits; ++o) pixel_orbit_weights[static_cast<index_t>(o) * plane] = wt[o];
+      } else {
+        PixelArray<acc_t, 0> wt{pixel_orbit_weights, static_cast<int64_t>(plane)};
+        radial_kernel<acc_t, kLevels>(seed, weight, levels, p.disk, wt, bias);
+      }
+    }
+    JDRL_UNROLL
+    for (int o = 0; o < (kLevels > 0 ? kOrbits : orbits); ++o) {
+      if (active) orbit_grad[o] = acc_t(0);
+    }
+    // orbit_grad(o) = sum_c grad[c, p] S_o[c, p]
+    for (int first = 0; first < p.channels; first += p.channel_chunk) {
+      const int count = p.channels - first < p.channel_chunk ? p.channels - first : p.channel_chunk;
+      __syncthreads();
+      load_tile<scalar_t, acc_t, index_t>(p.image + (b * p.channels + first) * plane, plane, count, p.height, p.width,
+                                          y0, x0, radius, side, p.replicate, tile);
+      __syncthreads();
+      if (!active) continue;
+      acc_t pixel_grad[kChannelChunk];
+      JDRL_UNROLL
+      for (int j = 0; j < kChannelChunk; ++j) {
+        pixel_grad[j] = j < count ? static_cast<acc_t>(p.grad[(b * p.channels + first + j) * plane + pixel]) : acc_t(0);
+      }
+      JDRL_UNROLL
+      for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
+        JDRL_UNROLL
+        for (int bb = 0; bb <= a; ++bb) {
+          acc_t sums[kChannelChunk];
+          orbit_sums(tile, elements, side, centre, count, a, bb, sums);
+          acc_t total = 0;
+          JDRL_UNROLL
+          for (int j = 0; j < kChannelChunk; ++j) total += pixel_grad[j] * sums[j];
+          orbit_grad[orbit_index(a, bb)] += total;
+        }
+      }
+    }
+    if (!active) continue;
+    scalar_t* __restrict__ pixel_grad_weights = p.grad_weights + b * levels * plane + pixel;
+    pixel_grad_weights[0] = static_cast<scalar_t>(orbit_grad[0]);
+    JDRL_UNROLL
+    for (int r = 1; r < (kLevels > 0 ? kLevels : levels); ++r) {
+      const int first = seed_offset(r);
+      const acc_t level_bias_value = bias[r];
+      // d/dw_r = sum_o k_r(o) orbit_grad(o)
+      acc_t grad_weight = 0;
+      JDRL_UNROLL
+      for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : r); ++a) {
+        if (a > r) break;
+        JDRL_UNROLL
+        for (int bb = 0; bb <= a; ++bb) {
+          acc_t z;
+          if (level_logit(seed, first, r, p.disk, orbit_polar<acc_t>(a, bb), &z)) {
+            grad_weight += exp2_of(z - level_bias_value) * orbit_grad[orbit_index(a, bb)];
+          }
+        }
+      }
+      pixel_grad_weights[static_cast<index_t>(r) * plane] = static_cast<scalar_t>(grad_weight);
+      // d/dz_r(o) = w_r k_r(o) (orbit_grad(o) - |o| d/dw_r), sent to the seeds a_l, a_{l+1} of the inside orbits
+      const acc_t level_weight = weight(r);
+      acc_t level_grad[kLevels > 0 ? kLevels : 1];
+      acc_t* __restrict__ level_grad_out = p.grad_seeds + seed_base + static_cast<index_t>(first) * plane;
+      if constexpr (kLevels > 0) {
+        JDRL_UNROLL
+        for (int s = 0; s < kLevels; ++s) level_grad[s] = acc_t(0);
+      } else {
+        for (int s = 0; s <= r; ++s) level_grad_out[static_cast<index_t>(s) * plane] = acc_t(0);
+      }
+      JDRL_UNROLL
+      for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : r); ++a) {
+        if (a > r) break;
+        JDRL_UNROLL
+        for (int bb = 0; bb <= a; ++bb) {
+          const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, bb);
+          if (polar.squared > r * r) continue;  // corner logits are constant
+          acc_t z;
+          level_logit(seed, first, r, p.disk, polar, &z);
+          const acc_t dz =
+              level_weight * exp2_of(z - level_bias_value) * (orbit_grad[orbit_index(a, bb)] - polar.size * grad_weight);
+          if constexpr (kLevels > 0) {
+            if (polar.frac == acc_t(0)) {  // a rim orbit reads a_l alone
+              level_grad[polar.lower] += dz;
+            } else {
+              level_grad[polar.lower] += (acc_t(1) - polar.frac) * dz;
+              level_grad[polar.upper] += polar.frac * dz;
+            }
+          } else {
+            acc_t& lower = level_grad_out[static_cast<index_t>(polar.lower) * plane];
+            if (polar.frac == acc_t(0)) {
+              lower += dz;
+            } else {
+              lower += (acc_t(1) - polar.frac) * dz;
+              level_grad_out[static_cast<index_t>(polar.upper) * plane] += polar.frac * dz;
+            }
+          }
+        }
+      }
+      if constexpr (kLevels > 0) {
+        JDRL_UNROLL
+        for (int s = 0; s < kLevels; ++s) {
+          if (s <= r) level_grad_out[static_cast<index_t>(s) * plane] = level_grad[s];
+        }
+      }
+    }
+  }
+}
+
+// Pass B: the image gradient at each pixel q, gathered from the neighbours' Wt.
+template <typename scalar_t, typename acc_t, typename index_t, int kLevels>
+__global__ void __launch_bounds__(kTile* kTile) image_backward_kernel(const Params<scalar_t, acc_t> p) {
+  const int levels = kLevels > 0 ? kLevels : p.levels;
+  const int radius = levels - 1;
+  const int orbits = orbit_count(levels);
+  const int side = kTile + 2 * radius, elements = side * side;
+  const int y0 = blockIdx.y * kTile, x0 = blockIdx.x * kTile;
+  const int y = y0 + threadIdx.y, x = x0 + threadIdx.x;
+  const bool active = y < p.height && x < p.width;
+  const index_t plane = static_cast<index_t>(p.height) * p.width;
+  const index_t pixel = static_cast<index_t>(y) * p.width + x;
+  int first_row, last_row, first_col, last_col;
+  folded_range(y, p.height, radius, p.replicate, &first_row, &last_row);
+  folded_range(x, p.width, radius, p.replicate, &first_col, &last_col);
+  acc_t* tile = cuda::dynamic_shared<acc_t>();
+  for (int64_t item = blockIdx.z; item < p.batch; item += gridDim.z) {
+    const index_t b = static_cast<index_t>(item);
+    const acc_t* __restrict__ item_orbit_weights = p.orbit_weights + b * orbits * plane;
+    for (int first = 0; first < p.channels; first += p.channel_chunk) {
+      const int count = p.channels - first < p.channel_chunk ? p.channels - first : p.channel_chunk;
+      __syncthreads();
+      // The gradient around the tile, 0 outside the image (no neighbour there).
+      load_tile<scalar_t, acc_t, index_t>(p.grad + (b * p.channels + first) * plane, plane, count, p.height, p.width,
+                                          y0, x0, radius, side, false, tile);
+      __syncthreads();
+      if (!active) continue;
+      acc_t acc[kChannelChunk];
+      JDRL_UNROLL
+      for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+      JDRL_UNROLL
+      for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
+        JDRL_UNROLL
+        for (int bb = 0; bb <= a; ++bb) {
+          const acc_t* __restrict__ wt = item_orbit_weights + static_cast<index_t>(orbit_index(a, bb)) * plane;
+          const int size = orbit_size(a, bb);
+          JDRL_UNROLL
+          for (int k = 0; k < 8; ++k) {
+            if (k >= size) break;
+            int dy, dx;
+            orbit_offset(a, bb, k, &dy, &dx);
+            for (int ey = first_row; ey <= last_row; ++ey) {
+              const int py = ey - dy;
+              if (py < 0 || py >= p.height) continue;
+              for (int ex = first_col; ex <= last_col; ++ex) {
+                const int px = ex - dx;
+                if (px < 0 || px >= p.width) continue;
+                const acc_t w = wt[static_cast<index_t>(py) * p.width + px];
+                const int t = (py - y0 + radius) * side + (px - x0 + radius);
+                JDRL_UNROLL
+                for (int j = 0; j < kChannelChunk; ++j) {
+                  if (j < count) acc[j] += w * tile[j * elements + t];
+                }
+              }
+            }
+          }
+        }
+      }
+      JDRL_UNROLL
+      for (int j = 0; j < kChannelChunk; ++j) {
+        if (j < count) p.out[(b * p.channels + first + j) * plane + pixel] = static_cast<scalar_t>(acc[j]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side, shared by the CUDA launcher (reblur_cuda.cu) and the emulation (csrc/emulation): the
+// allocations, the geometry, the choice of kernel. `launch(kernel, geometry, params)` runs one
+// kernel; the tensors are contiguous, on the launcher's device, in scalar_t.
+
+template <typename scalar_t, typename acc_t>
+Geometry geometry_for(const at::Tensor& image, const at::Tensor& seeds, int levels) {
+  const int64_t batch = image.size(0), height = image.size(2), width = image.size(3);
+  const int64_t per_pixel_planes = std::max<int64_t>({image.size(1), seeds.size(1), orbit_count(levels) + levels});
+  return geometry(batch, image.size(1), height, width, levels, batch * per_pixel_planes * height * width, sizeof(acc_t));
+}
+
+template <typename scalar_t, typename acc_t>
+Params<scalar_t, acc_t> params_for(const at::Tensor& image, const at::Tensor& seeds, const at::Tensor& weights,
+                                   const ReblurArgs& args, const Geometry& g) {
+  Params<scalar_t, acc_t> p{};
+  p.image = image.data_ptr<scalar_t>();
+  p.seeds = seeds.data_ptr<scalar_t>();
+  p.weights = weights.data_ptr<scalar_t>();
+  p.batch = image.size(0);
+  p.channels = static_cast<int>(image.size(1));
+  p.height = static_cast<int>(image.size(2));
+  p.width = static_cast<int>(image.size(3));
+  p.levels = args.levels;
+  p.channel_chunk = g.channel_chunk;
+  p.disk = args.disk;
+  p.replicate = args.replicate;
+  return p;
+}
+
+inline at::Tensor scratch_for(const Geometry& g, const at::Tensor& image, at::ScalarType accumulate_dtype) {
+  if (g.scratch_planes == 0) return at::Tensor();
+  return at::empty({image.size(0), g.scratch_planes, image.size(2), image.size(3)},
+                   image.options().dtype(accumulate_dtype));
+}
+
+template <typename scalar_t, typename acc_t, typename Launch>
+void run_forward(const at::Tensor& image, const at::Tensor& seeds, const at::Tensor& weights, const at::Tensor& out,
+                 const ReblurArgs& args, Launch&& launch) {
+  const Geometry g = geometry_for<scalar_t, acc_t>(image, seeds, args.levels);
+  const at::Tensor scratch = scratch_for(g, image, c10::CppTypeToScalarType<acc_t>::value);
+  Params<scalar_t, acc_t> p = params_for<scalar_t, acc_t>(image, seeds, weights, args, g);
+  p.out = out.data_ptr<scalar_t>();
+  p.scratch = scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr;
+  if (g.specialized) {
+    launch(&forward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g, p);
+  } else {
+    launch(&forward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
+  }
+}
+
+// Returns (grad_image, grad_seeds in acc_t, grad_weights); every element is written by the kernels.
+template <typename scalar_t, typename acc_t, typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(const at::Tensor& grad, const at::Tensor& image,
+                                                            const at::Tensor& seeds, const at::Tensor& weights,
+                                                            const ReblurArgs& args, Launch&& launch) {
+  const at::ScalarType accumulate_dtype = c10::CppTypeToScalarType<acc_t>::value;
+  at::Tensor grad_image = at::empty(image.sizes(), image.options());
+  at::Tensor grad_seeds = at::empty(seeds.sizes(), seeds.options().dtype(accumulate_dtype));
+  at::Tensor grad_weights = at::empty(weights.sizes(), weights.options());
+  at::Tensor orbit_weights = at::empty({image.size(0), orbit_count(args.levels), image.size(2), image.size(3)},
+                                       image.options().dtype(accumulate_dtype));
+  const Geometry g = geometry_for<scalar_t, acc_t>(image, seeds, args.levels);
+  const at::Tensor scratch = scratch_for(g, image, accumulate_dtype);
+  Params<scalar_t, acc_t> p = params_for<scalar_t, acc_t>(image, seeds, weights, args, g);
+  p.grad = grad.data_ptr<scalar_t>();
+  p.out = grad_image.data_ptr<scalar_t>();
+  p.orbit_weights = orbit_weights.data_ptr<acc_t>();
+  p.scratch = scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr;
+  p.grad_seeds = grad_seeds.data_ptr<acc_t>();
+  p.grad_weights = grad_weights.data_ptr<scalar_t>();
+  if (g.specialized) {
+    launch(&param_backward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g, p);
+    launch(&image_backward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g, p);
+  } else {
+    launch(&param_backward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
+    launch(&image_backward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
+  }
+  return {grad_image, grad_seeds, grad_weights};
+}
+
+}  // namespace reblur_kernels
+}  // namespace jdrl

@@ -1,0 +1,158 @@
+"""The CUDA kernels, run on the CPU by the host emulation, against the CPU kernels.
+
+No GPU runs in CI, so this is what checks the CUDA side there: ``torch.ops.jdrl_emulated.*``
+(csrc/emulation/emulated_ops.cpp) compiles the very ``__global__`` functions that the .cu files
+launch (the op folders' ``*_kernels.cuh``) with the host compiler, under
+csrc/common/cuda_host_emulation.h, and launches them with the grid, block and shared memory the
+CUDA launchers compute. The emulation runs a block's threads one at a time in a fixed order and
+fills shared memory with NaN before each block, so a missing ``__syncthreads()`` or a wrong halo
+load shows up here as a wrong value, every run.
+
+Compared: every op's output and every gradient (its backward op on a random output gradient), on
+odd and non-square sizes (1x1, and sizes that are not multiples of reblur's 16x16 tile), batch 2,
+channel counts on both sides of the 4-channel chunk, every radius 1..7, m in {1, 2, 5, 8} (8 is
+reblur's compile-time specialization, the others its generic kernels; m = 10 as well), both
+supports and both paddings, float32 and float64.
+
+Tolerances, relative to ``scale = max(1, max |expected|)``: float64 1e-10, float32 5e-5 (summation
+order and the exponential differ: the CUDA kernels use exp2 on log2(e)-scaled logits).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jdrl_ext
+
+emulated = torch.ops.jdrl_emulated
+cpu = torch.ops.jdrl_ext
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 5e-5}
+DTYPES = [torch.float32, torch.float64]
+
+
+def assert_scaled_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    actual = actual.to(torch.float64)
+    expected = expected.to(torch.float64)
+    finite = expected[torch.isfinite(expected)]
+    scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
+    torch.testing.assert_close(
+        actual, expected, rtol=tol, atol=tol * scale, equal_nan=True, msg=lambda message: f"{what}: {message}"
+    )
+
+
+def assert_op_matches(name: str, inputs: list[torch.Tensor], args: tuple, grad_names: list[str], what: str) -> None:
+    """Forward op and backward op of ``name``: emulated CUDA kernels against the CPU kernels."""
+    dtype = inputs[0].dtype
+    tol = TOLERANCE[dtype]
+    expected = getattr(cpu, name)(*inputs, **forward_kwargs(name, args))
+    got = getattr(emulated, name)(*inputs, **forward_kwargs(name, args))
+    assert_scaled_close(got, expected, tol, f"{name} {what} output")
+    grad = torch.randn(expected.shape, dtype=dtype, generator=torch.Generator().manual_seed(expected.numel()))
+    expected_grads = getattr(cpu, f"_{name}_backward")(grad, *inputs, *args)
+    got_grads = getattr(emulated, f"_{name}_backward")(grad, *inputs, *args)
+    if isinstance(expected_grads, torch.Tensor):
+        expected_grads, got_grads = (expected_grads,), (got_grads,)
+    assert len(got_grads) == len(grad_names)
+    for grad_name, got_grad, expected_grad in zip(grad_names, got_grads, expected_grads):
+        assert_scaled_close(got_grad, expected_grad, tol, f"{name} {what} {grad_name}")
+
+
+def forward_kwargs(name: str, args: tuple) -> dict:
+    if name == "reblur":
+        return {"support": args[0], "padding_mode": args[1]}
+    if name == "isotropic_kernels":
+        return {"support": args[0]}
+    return {"padding_mode": args[0]}
+
+
+def reblur_inputs(batch, channels, height, width, levels, dtype, generator):
+    image = torch.rand(batch, channels, height, width, dtype=dtype, generator=generator)
+    seeds = 2 * torch.randn(batch, jdrl_ext.seed_channels(levels), height, width, dtype=dtype, generator=generator)
+    weights = torch.softmax(torch.randn(batch, levels, height, width, dtype=dtype, generator=generator), dim=1)
+    return [image, seeds, weights]
+
+
+# (channels, (height, width)): 1x1, one partial tile, several tiles with partial edges; channel counts
+# 1, 4 (one full chunk), 5 and 9 (a chunk and a partial one).
+SHAPES = [(4, (1, 1)), (5, (5, 3)), (1, (17, 33)), (9, (7, 18))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("support", ["window", "disk"])
+@pytest.mark.parametrize("padding_mode", ["replicate", "zeros"])
+@pytest.mark.parametrize("levels", [1, 2, 5, 8])
+def test_reblur_emulated_matches_cpu(dtype, support, padding_mode, levels):
+    generator = torch.Generator().manual_seed(levels)
+    for channels, shape in SHAPES:
+        inputs = reblur_inputs(2, channels, *shape, levels, dtype, generator)
+        assert_op_matches(
+            "reblur",
+            inputs,
+            (support, padding_mode),
+            ["grad image", "grad seeds", "grad weights"],
+            f"m {levels} C {channels} size {shape} {dtype}",
+        )
+
+
+def test_reblur_emulated_large_radius_and_specials():
+    """m = 10 (generic kernels, 34x34 tile), 3 tiles per row; NaN and infinite seeds and weights propagate as
+    on the CPU; channels_last inputs; an empty batch."""
+    generator = torch.Generator().manual_seed(10)
+    inputs = reblur_inputs(1, 3, 9, 40, 10, torch.float64, generator)
+    assert_op_matches("reblur", inputs, ("disk", "replicate"), ["grad image", "grad seeds", "grad weights"], "m 10")
+    for levels in (8, 5):
+        image, seeds, weights = reblur_inputs(2, 3, 18, 17, levels, torch.float32, generator)
+        seeds[0, -1, 3, 4] = float("nan")
+        seeds[1, 0, 10, 9] = float("inf")
+        weights[0, 0, 15, 15] = float("nan")
+        image[1, 2, 0, 0] = float("inf")
+        assert_op_matches(
+            "reblur",
+            [image, seeds.contiguous(memory_format=torch.channels_last), weights],
+            ("window", "zeros"),
+            ["grad image", "grad seeds", "grad weights"],
+            f"m {levels} with NaN and inf",
+        )
+    empty = reblur_inputs(0, 3, 5, 4, 8, torch.float32, generator)
+    assert emulated.reblur(*empty).shape == (0, 3, 5, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding_mode", ["replicate", "zeros"])
+@pytest.mark.parametrize("radius", range(1, 8))
+def test_sv_conv_emulated_matches_cpu(dtype, padding_mode, radius):
+    generator = torch.Generator().manual_seed(radius)
+    taps = (2 * radius + 1) ** 2
+    for channels, shape in SHAPES:
+        image = torch.rand(2, channels, *shape, dtype=dtype, generator=generator)
+        kernels = torch.randn(2, taps, *shape, dtype=dtype, generator=generator)
+        assert_op_matches(
+            "sv_conv", [image, kernels], (padding_mode,), ["grad image", "grad kernels"], f"R {radius} C {channels} {shape}"
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("support", ["window", "disk"])
+def test_isotropic_kernels_emulated_matches_cpu(dtype, support):
+    generator = torch.Generator().manual_seed(7)
+    for radius in range(1, 8):
+        for _, shape in SHAPES:
+            seeds = 3 * torch.randn(2, radius + 1, *shape, dtype=dtype, generator=generator)
+            assert_op_matches("isotropic_kernels", [seeds], (support,), ["grad seeds"], f"R {radius} {shape}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+def test_flow_warp_emulated_matches_cpu(dtype, padding_mode):
+    generator = torch.Generator().manual_seed(4)
+    for channels, shape in SHAPES:
+        image = torch.rand(2, channels, *shape, dtype=dtype, generator=generator)
+        flow = 3 * torch.randn(2, 2, *shape, dtype=dtype, generator=generator)
+        flow[:, :, ::3] *= 10  # some samples far outside the image
+        flow[:, :, 1::5] = flow[:, :, 1::5].round()  # some samples exactly on pixels
+        flow[0, 0, 0, 0] = float("nan")
+        assert_op_matches("flow_warp", [image, flow], (padding_mode,), ["grad image", "grad flow"], f"C {channels} {shape}")
