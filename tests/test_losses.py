@@ -367,6 +367,39 @@ def test_reblur_pretraining_reaches_every_reblurring_parameter_and_no_deblurring
         JDRLLoss(LossConfig(deblur_loss="l1", flow_warmup_epochs=2, pseudo_supervision=False), None)
 
 
+def test_anchored_r_learns_only_from_the_aligned_target_and_l_r_trains_f_alone():
+    from jdrl.flow import DISFlow
+    from jdrl.models import build_deblur_net
+
+    torch.manual_seed(0)
+    net = build_deblur_net("jdrl", "tiny", 8)
+    config = LossConfig(flow_warmup_epochs=1, reblur_anchor=True)
+    loss = JDRLLoss(config, DISFlow(), levels=8)
+    blurry, sharp = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
+    output = net(blurry)
+    out = loss(blurry, sharp, output.sharp, output.defocus_map, epoch=1)
+    assert set(out.terms) == {"deblur", "reblur_fit", "reblur", "pseudo"}
+    r_params, f_params = list(loss.reblur_net.parameters()), list(net.parameters())
+    # L_R and L_P: a gradient for F, none for R.
+    for name in ("reblur", "pseudo"):
+        grads = torch.autograd.grad(out.terms[name], r_params + f_params, retain_graph=True, allow_unused=True)
+        assert all(g is None for g in grads[: len(r_params)]), name
+        assert any(g is not None and g.abs().sum() > 0 for g in grads[len(r_params):]), name
+    # The fit on the aligned target: every R parameter, no F parameter.
+    grads = torch.autograd.grad(out.terms["reblur_fit"], r_params + f_params, allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[: len(r_params)])
+    assert all(g is None for g in grads[len(r_params):])
+    # Without the anchor, L_R trains R as in Eq. 2.
+    plain = JDRLLoss(LossConfig(flow_warmup_epochs=1), DISFlow(), levels=8)
+    output = net(blurry)
+    out = plain(blurry, sharp, output.sharp, output.defocus_map, epoch=1)
+    assert "reblur_fit" not in out.terms
+    grads = torch.autograd.grad(out.terms["reblur"], list(plain.reblur_net.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    with pytest.raises(ValueError, match="reblur_anchor"):
+        JDRLLoss(LossConfig(deblur_loss="l1", reblur_anchor=True, reblur_pretrain=False, pseudo_supervision=False), None)
+
+
 def test_pseudo_supervision_needs_a_defocus_map():
     loss = JDRLLoss(LossConfig(), ConstantFlow([0.0] * 4), levels=2, reblur_net=FixedReblur())
     with pytest.raises(ValueError, match="pseudo_supervision"):

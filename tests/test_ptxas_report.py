@@ -113,3 +113,18 @@ def test_main_exit_status(tmp_path, capsys):
 def test_duplicate_blocks_count_once():
     functions = ptxas_report.unique(ptxas_report.parse_ptxas((SAMPLE + SAMPLE).splitlines()))
     assert len(functions) == 4
+
+
+def test_known_spills_are_reported_not_failed(tmp_path, capsys):
+    (tmp_path / "spills.log").write_text(SAMPLE)
+    functions = ptxas_report.unique(ptxas_report.parse_ptxas(SAMPLE.splitlines()))
+    ptxas_report.name_functions(functions)
+    spilling = [f.name for f in functions if f.spills]
+    assert spilling, "the sample must hold a spilling kernel"
+    known = tmp_path / "known.txt"
+    known.write_text("# comment line\n" + "\n".join(f"{name}  # why" for name in spilling) + "\n")
+    assert ptxas_report.main([str(tmp_path / "spills.log"), "--known-spills", str(known)]) == 0
+    assert "known spill(s)" in capsys.readouterr().out
+    # Another kernel's name in the list does not excuse the spill.
+    known.write_text("flow_warp_forward_kernel\n")
+    assert ptxas_report.main([str(tmp_path / "spills.log"), "--known-spills", str(known)]) == 1

@@ -230,6 +230,7 @@ class LossConfig:
     reblur_space: str = "linear"
     reblur_transfer: str = "srgb"
     reblur_pretrain: bool = True
+    reblur_anchor: bool = False
     pseudo_supervision: bool = True
     weighted_pseudo_map: bool = True
     alpha: float = 0.5
@@ -344,6 +345,11 @@ class JDRLLoss(nn.Module):
                 "JDRLLoss: loss.reblur_pretrain aligns the sharp target with a flow_estimator; give one or set "
                 "loss.reblur_pretrain=false"
             )
+        if self.reblur_net is not None and config.reblur_anchor and flow_estimator is None:
+            raise ValueError(
+                "JDRLLoss: loss.reblur_anchor aligns the sharp target with a flow_estimator; give one or set "
+                "loss.reblur_anchor=false"
+            )
 
     def reblur_active(self, epoch: int) -> bool:
         """Whether ``L_R`` (and ``L_P``) are part of the loss at 0-based ``epoch``."""
@@ -449,15 +455,23 @@ class JDRLLoss(nn.Module):
         terms = {"deblur": deblur}
         total = deblur
         reblurred = None
-        if self.pretrain_active(epoch):
+        anchored = self.reblur_net is not None and cfg.reblur_anchor and self.reblur_active(epoch)
+        if self.pretrain_active(epoch) or anchored:
             # R learns the blur from the flow-aligned sharp target while F warms up: no ground truth,
             # and no gradient reaches F (neither input comes from it).
             target, mask = aligned if aligned is not None else self._aligned_to_blurry(sharp, blurry)
             out = self.reblur_net(target, blurry)
-            terms["reblur_pretrain"] = charbonnier(out.reblurred - blurry, mask, cfg.eps)
-            total = total + cfg.alpha * terms["reblur_pretrain"]
+            name = "reblur_fit" if anchored else "reblur_pretrain"
+            terms[name] = charbonnier(out.reblurred - blurry, mask, cfg.eps)
+            total = total + cfg.alpha * terms[name]
         if self.reblur_net is not None and self.reblur_active(epoch):
-            out = self.reblur_net(sharp_est, blurry)
+            if anchored:
+                # R's parameters learn from the aligned target above only; here they are constants,
+                # so L_R and L_P train F alone.
+                fixed = {name: p.detach() for name, p in self.reblur_net.named_parameters()}
+                out = torch.func.functional_call(self.reblur_net, fixed, (sharp_est, blurry))
+            else:
+                out = self.reblur_net(sharp_est, blurry)
             reblurred = out.reblurred
             terms["reblur"] = charbonnier(reblurred - blurry, eps=cfg.eps)
             total = total + cfg.alpha * terms["reblur"]
