@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from jdrl.atomic import atomic_write
+from jdrl.errors import JdrlError
 
 __all__ = [
     "CheckpointError",
@@ -38,7 +39,7 @@ __all__ = [
 REQUIRED_KEYS = ("model", "config")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(JdrlError, RuntimeError):
     """A checkpoint file is missing, unreadable or lacks what is asked of it; the message names it."""
 
 

@@ -23,6 +23,7 @@ import yaml
 
 from jdrl.atomic import atomic_write
 from jdrl.losses import LossConfig
+from jdrl.errors import UsageError
 
 __all__ = [
     "ConfigError",
@@ -45,7 +46,7 @@ PRESETS = ("paper", "small", "tiny")
 VAL_METRICS = ("psnr", "ssim", "psnr_unaligned", "ssim_unaligned")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config file, key or value is wrong; the message names it."""
 
 

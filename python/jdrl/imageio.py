@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from jdrl.atomic import atomic_write
+from jdrl.errors import JdrlError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -34,7 +35,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 WRITABLE_BIT_DEPTHS = {".png": (8, 16), ".tif": (8, 16), ".tiff": (8, 16), ".jpg": (8,), ".jpeg": (8,), ".bmp": (8,)}
 
 
-class ImageReadError(OSError):
+class ImageReadError(JdrlError, OSError):
     """A file exists but cannot be decoded as an image (corrupt, truncated, or not an image)."""
 
 

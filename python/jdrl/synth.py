@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 
 from jdrl.atomic import atomic_write
+from jdrl.errors import UsageError
 
 __all__ = [
     "BUNDLED_PHOTOS",
@@ -111,7 +112,7 @@ _STREAM_ORDER, _STREAM_CONTENT, _STREAM_MISALIGN = 0, 1, 2
 _SPLIT_CODE = {"train": 0, "test": 1}
 
 
-class SynthError(ValueError):
+class SynthError(UsageError, ValueError):
     """A bad argument or unusable source for the synthetic data; the message names it."""
 
 

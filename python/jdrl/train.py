@@ -42,11 +42,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from jdrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from jdrl.config import Config, ConfigError, load_config, save_config_yaml
 from jdrl.losses import JDRLLoss, LossOutput
+from jdrl.errors import JdrlError
 
 __all__ = ["NonFiniteLossError", "TrainResult", "train", "register", "run"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(JdrlError, RuntimeError):
     """The loss became NaN or infinite; the message names the step, the epoch and every term."""
 
     def __init__(self, step: int, epoch: int, terms: dict[str, float], last_checkpoint: Path | None) -> None:
@@ -606,7 +607,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``jdrl train``: 0 on success, 1 on a config or data error or a non-finite loss."""
-    from jdrl.ablation import flush_denormals
+    from jdrl.process_env import flush_denormals
     from jdrl.checkpoint import CheckpointError
     from jdrl.data import DatasetError
 
