@@ -520,8 +520,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tile < 0 or args.overlap < 0:
         raise UsageError(f"--tile and --overlap must be >= 0, got {args.tile} and {args.overlap}")
-    if args.tile and args.overlap >= args.tile:
-        raise UsageError(f"--overlap ({args.overlap}) must be smaller than --tile ({args.tile})")
+    if args.tile and (args.tile - args.overlap) // 32 < 1:
+        raise UsageError(
+            f"--tile {args.tile} minus --overlap {args.overlap} must be at least 32 (tiles start on a 32-pixel grid)"
+        )
     device = resolve_device(args.device)
     files, problems = _collect_inputs(args.inputs)
     out = _writable_folder(Path(args.out))
@@ -538,7 +540,7 @@ def run(args: argparse.Namespace) -> int:
         began = time.perf_counter()
         try:
             note = _deblur_file(net, path, out, args, device)
-        except (JdrlError, OSError, ValueError) as error:
+        except (JdrlError, OSError) as error:  # this input's problem: report it, go on with the rest
             failed += 1
             print(f"jdrl deblur: skipped {path}: {error_line(error)[0]}", file=sys.stderr)
             continue
