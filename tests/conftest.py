@@ -25,7 +25,8 @@ def _is_root(entry: str) -> bool:
         return False
 
 
-def _use_the_installed_build() -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    """Runs before any test module is imported."""
     if any((ROOT / "jdrl_ext").glob("_C.*")):
         return  # built in place: the source folder is a working package
     others = [entry for entry in sys.path if not _is_root(entry)]
@@ -37,5 +38,3 @@ def _use_the_installed_build() -> None:
         )
     sys.path[:] = others
 
-
-_use_the_installed_build()
