@@ -201,7 +201,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_PREFIX = b"Exif\x00\x00"
 
 
-def _png_chunks(data: bytes):
+def _png_chunks(data: bytes | memoryview):
     """``(type, payload)`` of each chunk of a PNG file (stops quietly at a truncated chunk)."""
     position = len(_PNG_SIGNATURE)
     while position + 8 <= len(data):
@@ -209,24 +209,25 @@ def _png_chunks(data: bytes):
         payload = data[position + 8 : position + 8 + length]
         if len(payload) < length:
             return
-        yield kind, payload
+        yield bytes(kind), payload
         position += 12 + length
 
 
-def _png_info(data: bytes) -> tuple[bool, ImageMetadata]:
+def _png_info(data: bytes | memoryview) -> tuple[bool, ImageMetadata]:
     """``(is gray, metadata)`` of a PNG file from its chunks (no pixel decoding)."""
     gray, metadata = False, ImageMetadata()
     for kind, payload in _png_chunks(data):
         if kind == b"IHDR" and len(payload) >= 10:
             gray = payload[9] in (0, 4)  # colour types 0 (gray) and 4 (gray + alpha)
         elif kind == b"iCCP":
+            payload = bytes(payload)
             name_end = payload.find(b"\x00")
             try:
                 metadata.icc_profile = zlib.decompress(payload[name_end + 2 :])
             except zlib.error:
                 pass  # a damaged profile is dropped, not fatal
         elif kind == b"eXIf":
-            metadata.exif = payload
+            metadata.exif = bytes(payload)
     return gray, metadata
 
 
@@ -259,8 +260,9 @@ def read_stored_image(path: str | os.PathLike) -> StoredImage:
     """The image at ``path`` as stored (see :class:`StoredImage`); errors as in :func:`read_image_array`."""
     path = os.fspath(path)
     encoded, decoded = _decode(path)
-    data = encoded.tobytes()
-    gray, metadata = _png_info(data) if data.startswith(_PNG_SIGNATURE) else _pillow_info(path)
+    is_png = encoded[: len(_PNG_SIGNATURE)].tobytes() == _PNG_SIGNATURE
+    gray, metadata = _png_info(encoded.data) if is_png else _pillow_info(path)
+    del encoded
     channels = decoded.shape[2]
     gray = gray or channels == 1
     if channels == 1:

@@ -146,6 +146,11 @@ class _FullMap:
         self.map[:, :, row_start : row_start + rows.shape[2]] = rows
 
 
+def _as_float(image: torch.Tensor) -> torch.Tensor:
+    """A float tensor in [0, 1]: floats as they are, uint8 divided by 255."""
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image
+
+
 def _normalized_weights(spans: list[tuple[int, int]], length: int, overlap: int) -> list[torch.Tensor]:
     """Each span's :func:`tile_weights` divided by the sum over all spans at each pixel.
 
@@ -176,6 +181,9 @@ def deblur_tiled(
 ) -> DeblurOutput:
     """Deblur ``image (B, 3, H, W)`` tile by tile; returns ``DeblurOutput(sharp, defocus_map)``.
 
+    ``image`` is float in [0, 1], or uint8 (read as value / 255 a tile at a time, so that a large
+    photo is never held as floats).
+
     ``net(tiles) -> DeblurOutput`` (a plain tensor output is taken as ``sharp``); it runs on
     ``image.device``, in whatever train/eval mode it is in (call ``net.eval()`` first), without
     gradients. ``tile=None`` (or 0) runs the whole image at once. ``defocus_map`` is
@@ -187,10 +195,14 @@ def deblur_tiled(
     defocus map (S = 35 channels, 9x the image) is blended in a band one tile row high;
     ``defocus_sink(row_start, rows (B, S, h, W), height)`` receives each run of finished rows, top
     to bottom, so a caller can stream it (``StreamingDefocusPCA``) instead of holding it whole
-    (``keep_defocus_map``; the two may be combined).
+    (``keep_defocus_map``; the two may be combined). With a sink only, the band stores float16
+    (half the memory; the sums are computed in float32 and rounded once per tile, relative error
+    below 1e-3, invisible in the colour-mapped map); with ``keep_defocus_map`` it stores float32.
     """
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be (B, 3, H, W), got shape {tuple(image.shape)}")
+    if not (image.is_floating_point() or image.dtype == torch.uint8):
+        raise ValueError(f"image must be float or uint8, got {image.dtype}")
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
     if tile is not None and tile != 0 and overlap >= tile:
@@ -205,7 +217,7 @@ def deblur_tiled(
             sink(row_start, rows, height)
 
     if not tile or (height <= tile and width <= tile):
-        sharp, defocus_map = _split_output(net(image))
+        sharp, defocus_map = _split_output(net(_as_float(image)))
         if sinks and defocus_map is not None:
             emit(0, defocus_map.float().to(output_device))
         return DeblurOutput(sharp.float().to(output_device), full_map.map if full_map is not None else None)
@@ -225,15 +237,18 @@ def deblur_tiled(
                 row_end - row_start, column_end - column_start
             )
             torch.mul(row_weight[:, None], column_weight[None, :], out=weights)
-            sharp, defocus_map = _split_output(net(image[:, :, row_start:row_end, column_start:column_end]))
+            sharp, defocus_map = _split_output(net(_as_float(image[:, :, row_start:row_end, column_start:column_end])))
             sharp_out[:, :, row_start:row_end, column_start:column_end].addcmul_(
                 sharp.to(output_device, torch.float32), weights
             )
             if sinks and defocus_map is not None:
                 if band is None:
-                    band = torch.zeros(batch, defocus_map.shape[1], band_height, width, device=output_device)
-                band[:, :, : row_end - row_start, column_start:column_end].addcmul_(
-                    defocus_map.to(output_device, torch.float32), weights
+                    band_dtype = torch.float32 if keep_defocus_map else torch.float16
+                    band = torch.zeros(
+                        batch, defocus_map.shape[1], band_height, width, device=output_device, dtype=band_dtype
+                    )
+                band[:, :, : row_end - row_start, column_start:column_end].add_(
+                    defocus_map.to(output_device, torch.float32).mul_(weights)
                 )
             del sharp, defocus_map
         if band is not None:
@@ -277,13 +292,14 @@ class StreamingDefocusPCA:
             self.channels, self.width = channels, width
             self.total = torch.zeros(channels, dtype=torch.float64)
             self.second_moment = torch.zeros(channels, channels, dtype=torch.float64)
-        pixels = rows[0].reshape(channels, count * width).cpu()
-        for start in range(0, pixels.shape[1], self.chunk_pixels):
-            chunk = pixels[:, start : start + self.chunk_pixels].double()
+        rows_per_chunk = max(1, self.chunk_pixels // width)
+        for first in range(0, count, rows_per_chunk):  # a few rows at a time: no copy of the whole run
+            block = rows[0, :, first : first + rows_per_chunk].cpu()
+            chunk = block.reshape(channels, -1).double()
             self.total += chunk.sum(dim=1)
             self.second_moment += chunk @ chunk.T
-        # Pixel-major on disk, so that reading back a run of pixels is one contiguous read.
-        self.storage.write(pixels.T.contiguous().numpy().tobytes())
+            # Pixel-major float32 on disk, so that reading back a run of pixels is one contiguous read.
+            self.storage.write(memoryview(chunk.T.float().contiguous().numpy()))
         self.rows += count
 
     def scalar_map(self) -> torch.Tensor:
@@ -483,20 +499,23 @@ def _alpha_at(alpha: np.ndarray, bit_depth: int) -> np.ndarray:
 def _deblur_file(net: nn.Module, path: Path, out: Path, args: argparse.Namespace, device: torch.device) -> str:
     """Deblur one file into ``out``; returns a note for the progress line."""
     stored = read_stored_image(path)
+    input_bit_depth = stored.bit_depth
     color = torch.from_numpy(stored.color).permute(2, 0, 1)
     if stored.color.dtype == np.uint8:
-        image = color.float().div_(255.0)
+        image = color  # deblur_tiled converts a tile at a time
     elif stored.color.dtype == np.uint16:
         image = color.to(torch.int32).float().div_(65535.0)
     else:
         image = color.float().clamp_(0.0, 1.0)
     image = image.unsqueeze(0).to(device)
+    del color
+    stored.color = np.empty(0, dtype=stored.color.dtype)  # the pixels live on in `image` only
     defocus_pca = StreamingDefocusPCA() if args.defocus_map else None
     result = deblur_tiled(
         net, image, tile=args.tile, overlap=args.overlap, output_device="cpu", defocus_sink=defocus_pca
     )
     del image
-    bit_depth = args.bit_depth or (8 if stored.bit_depth == 8 else 16)
+    bit_depth = args.bit_depth or (8 if input_bit_depth == 8 else 16)
     sharp = result.sharp[0]
     if stored.gray:  # the net saw the gray channel three times; its three outputs nearly agree
         sharp = sharp.mean(dim=0, keepdim=True)
