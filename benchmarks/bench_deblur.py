@@ -8,6 +8,7 @@ before each run (the machine may be shared: wall time is noisy, RSS is not).
 
     python benchmarks/bench_deblur.py                         # 4096x2160, small preset, --defocus-map
     python benchmarks/bench_deblur.py --size 1024x768 --no-defocus-map --repeats 1
+    python benchmarks/bench_deblur.py --threads 1 --repeats 1   # one thread: fairer on a shared machine
 """
 
 from __future__ import annotations
@@ -79,13 +80,18 @@ def main() -> None:
     parser.add_argument("--preset", default="small", help="model preset (default small)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-defocus-map", action="store_true", help="do not pass --defocus-map")
+    parser.add_argument(
+        "--threads", type=int, help="OMP_NUM_THREADS for the command (default: unset, torch uses every core)"
+    )
     parser.add_argument("--extra", default="", help="more `jdrl deblur` arguments, e.g. '--tile 768'")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     height, width = parse_size(args.size)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "python"), str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    env.pop("OMP_NUM_THREADS", None)  # the command decides its threads, as for a user
+    env.pop("OMP_NUM_THREADS", None)  # by default the command decides its threads, as for a user
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     sys.path[:0] = [str(REPO_ROOT / "python"), str(REPO_ROOT)]
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
@@ -94,7 +100,8 @@ def main() -> None:
         command += ["--out", str(folder / "out")] + (["--defocus-map"] if not args.no_defocus_map else [])
         command += args.extra.split()
         runs = [run_once(command, env) for _ in range(args.repeats)]
-    print(f"jdrl deblur {width}x{height}, preset {args.preset}, commit {git_commit()}, {os.cpu_count()} CPUs")
+    threads = args.threads if args.threads is not None else "default"
+    print(f"jdrl deblur {width}x{height}, preset {args.preset}, commit {git_commit()}, {os.cpu_count()} CPUs, threads {threads}")
     print(f"command: {' '.join(command[2:])}")
     print("run  wall_s  peak_rss_MB  user_s  sys_s  minor_faults  load_before")
     for index, run in enumerate(runs):
