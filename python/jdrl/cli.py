@@ -118,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jdrl`` console script; returns the exit status (module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    # OpenCV's own warnings (e.g. libtiff's about odd tags) would break the one-line error reports.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     command = _chosen_command(argv)
     try:
         parser = build_parser(command)

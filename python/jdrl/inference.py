@@ -248,7 +248,7 @@ def deblur_tiled(
                         batch, defocus_map.shape[1], band_height, width, device=output_device, dtype=band_dtype
                     )
                 band[:, :, : row_end - row_start, column_start:column_end].add_(
-                    defocus_map.to(output_device, torch.float32).mul_(weights)
+                    torch.mul(defocus_map.to(output_device, torch.float32), weights)  # float32, rounded once
                 )
             del sharp, defocus_map
         if band is not None:
