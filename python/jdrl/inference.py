@@ -559,6 +559,13 @@ def run(args: argparse.Namespace) -> int:
         began = time.perf_counter()
         try:
             note = _deblur_file(net, path, out, args, device)
+        except KeyboardInterrupt:
+            print(
+                f"jdrl deblur: interrupted after {succeeded} images; every output written is complete: "
+                "run the same command with --skip-existing to continue",
+                file=sys.stderr,
+            )
+            return 130
         except (JdrlError, OSError) as error:  # this input's problem: report it, go on with the rest
             failed += 1
             print(f"jdrl deblur: skipped {path}: {error_line(error)[0]}", file=sys.stderr)
