@@ -3,7 +3,8 @@
 A CppExtension is built where torch has no CUDA; a CUDAExtension where torch has CUDA and nvcc is
 found, or wherever FORCE_CUDA=1 (a build host without a GPU). TORCH_CUDA_ARCH_LIST is respected by
 torch's build helpers. Install with `pip install --no-build-isolation .` so that the torch already
-installed is the one compiled against.
+installed is the one compiled against. The project's metadata (name, version, dependencies, the
+`jdrl` script) is in pyproject.toml; this file only describes the packages and the extension.
 """
 
 from __future__ import annotations
@@ -55,15 +56,8 @@ def extension():
 
 
 setup(
-    name="jdrl_ext",
-    version="0.1.0",
-    description="Reblurring-guided defocus deblurring from misaligned pairs: fused C++/CUDA ops and the training framework",
     packages=find_packages(include=["jdrl_ext", "jdrl_ext.*"]) + find_packages("python"),
     package_dir={"jdrl": "python/jdrl"},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.10",
-    install_requires=["numpy", "pyyaml", "tqdm", "pillow", "opencv-python-headless", "scikit-image"],
-    extras_require={"test": ["pytest"], "tensorboard": ["tensorboard"], "bench": ["matplotlib"]},
-    entry_points={"console_scripts": ["jdrl = jdrl.cli:main"]},
 )

@@ -12,6 +12,22 @@ try:
 except ImportError as error:  # the compiled library is missing: say how to build it
     if "_C" not in str(error):
         raise
+    import importlib.metadata as _metadata
+    import os as _os
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    try:
+        _installed = _metadata.distribution("jdrl_ext").locate_file("jdrl_ext")
+    except _metadata.PackageNotFoundError:
+        _installed = None
+    if _installed is not None and _os.path.abspath(str(_installed)) != _here:
+        # `python -m pytest` (or python) started in the repository root: its source folder comes
+        # first on sys.path and hides the installed build.
+        raise ImportError(
+            f"imported jdrl_ext from the source folder {_here}, which has no compiled _C and hides the installed "
+            "jdrl_ext: run from another folder, use `pytest tests` instead of `python -m pytest tests`, or build "
+            "in place with `python setup.py build_ext --inplace`."
+        ) from error
     raise ImportError(
         "jdrl_ext's compiled operators (jdrl_ext._C) are not built. Install with "
         "`pip install --no-build-isolation .` or build in place with `python setup.py build_ext --inplace`."

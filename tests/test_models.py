@@ -203,7 +203,7 @@ def test_checkpoint_format_version_round_trip_and_unchanged_unet(tmp_path):
     load_deblur_net(tmp_path / "unet.pt")
     # A newer format than this code knows is refused, not misread.
     torch.save({"model": {}, "config": config, "format_version": CHECKPOINT_FORMAT_VERSION + 1}, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match="newer jdrl"):
+    with pytest.raises(CheckpointError, match="newer than this jdrl reads"):
         load_checkpoint(tmp_path / "future.pt")
 
 

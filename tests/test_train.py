@@ -282,7 +282,7 @@ def test_cli_train_and_resume_auto(pairs, tmp_path, capsys):
     assert main([*args, "--set", "train.epochs=1"]) == 0
     assert main([*args, "--set", "train.epochs=2", "--resume", "auto"]) == 0
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
-    assert main([*args, "--set", "train.epohcs=2"]) == 1
+    assert main([*args, "--set", "train.epohcs=2"]) == 2  # a usage error
     assert "train.epohcs" in capsys.readouterr().err
 
 

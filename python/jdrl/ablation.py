@@ -55,6 +55,8 @@ from torch import nn
 
 from jdrl.atomic import atomic_write
 from jdrl.losses import VARIANTS
+from jdrl.process_env import flush_denormals, set_threads  # re-exported: demo and benchmarks import them here
+from jdrl.errors import UsageError
 
 __all__ = [
     "METRIC_KEYS",
@@ -124,7 +126,7 @@ SMALL_SCALE_DATA: dict[str, Any] = {"max_radius": 7.0, "scale": (0.3, 0.6)}
 PAPER_WARMUP_SHARE = 15 / 200
 
 
-class AblationError(ValueError):
+class AblationError(UsageError, ValueError):
     """A bad argument or an unusable data folder; the message names it."""
 
 
@@ -171,33 +173,6 @@ def warmup_share_of(epochs: int) -> int:
     """The paper's share of warm-up epochs (15 of 200), at least 1, and shorter than the run: the
     reblurring loss joins after the warm-up, so a one-epoch run has none (or R would never train)."""
     return min(max(1, round(epochs * PAPER_WARMUP_SHARE)), max(0, epochs - 1))
-
-
-def set_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads in torch and OpenCV (DIS flow); None leaves the defaults."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise AblationError(f"threads must be >= 1, got {threads}")
-    import cv2
-
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-
-
-def flush_denormals() -> None:
-    """Flush subnormal floats to zero in this process (CPU), as the commands of this module do.
-
-    Unbounded (``loss.seed_bound=0``), the reblurring net's kernel seeds grow to 1e3-1e4 within a
-    few hundred steps at these learning rates and its softmaxes saturate; their ``exp`` then
-    underflows into subnormal numbers, which x86 CPUs process many times slower. Bounded seeds
-    keep the kernels' exponents above -2 * bound, but the weight softmax can still saturate.
-    Measured on a saturated (unbounded) ReblurNet at 128 px, one thread: ``jdrl_ext.reblur``
-    forward + backward 0.116 s without flushing, 0.046 s with it (0.042 s with unsaturated seeds);
-    ReblurNet forward + backward 0.83 s vs 0.53 s. Values below ~1e-38 become 0, which changes no
-    result that matters.
-    """
-    torch.set_flush_denormal(True)
 
 
 def same_network_overrides(name: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from jdrl.atomic import atomic_write
+from jdrl.errors import JdrlError
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 REQUIRED_KEYS = ("model", "config")
+# torch.save writes a zip archive; anything else is not one of our checkpoints.
+_ZIP_MAGIC = b"PK\x03\x04"
+_FIX = "give a .pt file written by `jdrl train` (e.g. OUT_DIR/best.pt or last.pt)"
 
 # The layout of what a checkpoint holds, raised whenever saved weights stop fitting the nets:
 #   1 (no "format_version" key): the jdrl net's fusion squeezed [I_B, B_hat] to 3 channels with a
@@ -47,7 +51,7 @@ CHECKPOINT_FORMAT_VERSION = 2
 LEGACY_FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(JdrlError, RuntimeError):
     """A checkpoint file is missing, unreadable or lacks what is asked of it; the message names it."""
 
 
@@ -69,8 +73,8 @@ def _check_format_version(path: Path, state: dict[str, Any]) -> None:
     version = state.get("format_version", LEGACY_FORMAT_VERSION)
     if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has format_version {version!r}; this jdrl reads up to "
-            f"{CHECKPOINT_FORMAT_VERSION}: it was written by a newer jdrl, use that one"
+            f"checkpoint {str(path)!r} has format version {version!r}, newer than this jdrl reads "
+            f"({CHECKPOINT_FORMAT_VERSION}); upgrade jdrl_ext or use a checkpoint written by this version"
         )
     if version >= CHECKPOINT_FORMAT_VERSION:
         return
@@ -91,17 +95,29 @@ def _check_format_version(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder; {_FIX}")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; {_FIX}")
+    try:
+        with open(path, "rb") as stream:
+            magic = stream.read(len(_ZIP_MAGIC))
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be opened ({error.strerror})") from error
+    if magic != _ZIP_MAGIC:
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint (not a file written by torch.save); {_FIX}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a corrupt file
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {error}") from error
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or truncated ({first_line}); {_FIX}"
+        ) from error
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a dict")
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a dict; {_FIX}")
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}; was it written by `jdrl train`?")
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}; {_FIX}")
     _check_format_version(path, state)
     return state
 
@@ -119,17 +135,42 @@ def load_deblur_net(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"checkpoint {str(path)!r}: config['model'] must hold arch, preset and levels, got {model_config!r}"
         )
-    net = build_deblur_net(
-        arch=model_config["arch"], preset=model_config["preset"], levels=int(model_config["levels"])
-    )
     try:
-        net.load_state_dict(state["model"])
-    except RuntimeError as error:
+        net = build_deblur_net(
+            arch=model_config["arch"], preset=model_config["preset"], levels=int(model_config["levels"])
+        )
+    except (ValueError, TypeError) as error:
         raise CheckpointError(
-            f"checkpoint {str(path)!r}: weights do not fit the {model_config['arch']}/{model_config['preset']} "
-            f"net: {error}"
+            f"checkpoint {str(path)!r} names a network this jdrl cannot build ({error}); "
+            "was it written by another version?"
         ) from error
+    incompatible = _incompatible_weights(net, state["model"])
+    if incompatible:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: its weights do not fit the {model_config['arch']}/{model_config['preset']} "
+            f"net its config names ({incompatible}); was it written by another version of jdrl?"
+        )
+    net.load_state_dict(state["model"])
     return net.to(map_location).eval()
+
+
+def _incompatible_weights(net: nn.Module, weights: Any) -> str:
+    """Empty when ``weights`` fit ``net`` exactly, else a short description of what differs."""
+    if not isinstance(weights, dict):
+        return f"the weights are a {type(weights).__name__}, not a state dict"
+    expected = net.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    reshaped = [
+        name
+        for name, tensor in expected.items()
+        if name in weights and (not isinstance(weights[name], torch.Tensor) or weights[name].shape != tensor.shape)
+    ]
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)):
+        if names:
+            parts.append(f"{len(names)} {label}, e.g. {names[0]!r}")
+    return "; ".join(parts)
 
 
 def rng_state() -> dict[str, Any]:

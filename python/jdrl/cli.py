@@ -4,16 +4,23 @@ Each subcommand module exposes ``register(subparsers) -> None`` (adds its parser
 ``set_defaults(func=run)``) and ``run(args) -> int``. ``jdrl --help`` lists every subcommand from
 the table below without importing any of them, so help stays fast and works even where a
 subcommand's own dependencies (e.g. the compiled ops) are missing.
+
+Errors: :func:`main` reports what a command raises as one line on stderr, ``jdrl COMMAND: error:
+...``, and returns 2 for usage errors (:class:`jdrl.errors.UsageError`, e.g. an unknown ``--set``
+key; argparse's own errors also exit 2), 1 for failures at run time (a missing or corrupt file, a
+full disk, ...) and 130 after Ctrl-C. ``--debug`` (anywhere on the command line) or
+``JDRL_DEBUG=1`` lets the exception propagate with its traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+__all__ = ["SUBCOMMANDS", "build_parser", "error_line", "main"]
 
 # name -> (module, one-line help). The order is the order `jdrl --help` shows.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +51,11 @@ def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
         epilog="Run `jdrl COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (also JDRL_DEBUG=1); may appear anywhere on the command line",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     return parser, subparsers
 
@@ -73,16 +85,60 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _debug_requested(argv: list[str]) -> bool:
+    """True when ``--debug`` is on the command line (removed from ``argv``) or ``JDRL_DEBUG`` is set."""
+    debug = "--debug" in argv
+    while "--debug" in argv:
+        argv.remove("--debug")
+    return debug or os.environ.get("JDRL_DEBUG", "").strip() not in ("", "0")
+
+
+def error_line(error: BaseException) -> tuple[str, int]:
+    """``(one-line message, exit status)`` for an exception that ended a command."""
+    from jdrl.errors import JdrlError, describe_os_error
+
+    if isinstance(error, JdrlError):
+        text, status = str(error), error.exit_code
+    elif isinstance(error, OSError) and error.strerror is not None:
+        text, status = describe_os_error(error), 1
+    elif isinstance(error, (ValueError, ImportError)):  # bad input the library code names, a missing build
+        text, status = str(error), 2 if isinstance(error, ValueError) else 1
+    elif isinstance(error, MemoryError):
+        text, status = "out of memory (for `jdrl deblur`, a smaller --tile needs less)", 1
+    else:
+        text = (
+            f"unexpected {type(error).__name__}: {error}; rerun with --debug (or JDRL_DEBUG=1) for the "
+            "traceback and report it"
+        )
+        status = 1
+    return " ".join(text.split()), status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``jdrl`` console script; returns the exit status."""
+    """Entry point of the ``jdrl`` console script; returns the exit status (module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    # OpenCV's own warnings (e.g. libtiff's about odd tags) would break the one-line error reports.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     command = _chosen_command(argv)
-    parser = build_parser(command)
-    args = parser.parse_args(argv)
-    if command is None or not hasattr(args, "func"):
-        parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+    try:
+        parser = build_parser(command)
+        args = parser.parse_args(argv)
+        if command is None or not hasattr(args, "func"):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"jdrl {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns any failure into one line
+        if debug:
+            raise
+        text, status = error_line(error)
+        print(f"jdrl {command or ''}: error: {text}".replace("jdrl : ", "jdrl: "), file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":  # `python -m jdrl.cli ...`, e.g. under torchrun

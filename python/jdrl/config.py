@@ -23,6 +23,7 @@ import yaml
 
 from jdrl.atomic import atomic_write
 from jdrl.losses import LossConfig
+from jdrl.errors import UsageError
 
 __all__ = [
     "REBLUR_LR_CAP",
@@ -48,7 +49,7 @@ VAL_METRICS = ("psnr", "ssim", "psnr_unaligned", "ssim_unaligned")
 REBLUR_LR_CAP = 1e-4
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config file, key or value is wrong; the message names it."""
 
 

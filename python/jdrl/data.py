@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import Dataset
 
 from jdrl.imageio import ImageReadError, is_image_file, read_image, read_image_array
+from jdrl.errors import JdrlError
 
 __all__ = [
     "LAYOUTS",
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-class DatasetError(RuntimeError):
+class DatasetError(JdrlError, RuntimeError):
     """A dataset on disk is not usable as given; the message names the file(s) or folder(s)."""
 
 

@@ -37,7 +37,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -45,10 +48,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from jdrl.imageio import is_image_file, read_image, write_image, write_image_array
+from jdrl.errors import JdrlError, UsageError
+from jdrl.imageio import IMAGE_EXTENSIONS, is_image_file, read_stored_image, write_image_array, write_png
 from jdrl.models import DeblurOutput
 
 __all__ = [
+    "StreamingDefocusPCA",
     "colorize_defocus",
     "deblur_tiled",
     "defocus_map_to_scalar",
@@ -128,6 +133,40 @@ def _split_output(output) -> tuple[torch.Tensor, torch.Tensor | None]:
     return sharp, defocus_map
 
 
+class _FullMap:
+    """The defocus-map sink of ``keep_defocus_map``: finished rows copied into one ``(B, S, H, W)`` map."""
+
+    def __init__(self) -> None:
+        self.map: torch.Tensor | None = None
+
+    def __call__(self, row_start: int, rows: torch.Tensor, height: int) -> None:
+        if self.map is None:
+            batch, channels, _, width = rows.shape
+            self.map = torch.empty(batch, channels, height, width, dtype=torch.float32, device=rows.device)
+        self.map[:, :, row_start : row_start + rows.shape[2]] = rows
+
+
+def _as_float(image: torch.Tensor) -> torch.Tensor:
+    """A float tensor in [0, 1]: floats as they are, uint8 divided by 255."""
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image
+
+
+def _normalized_weights(spans: list[tuple[int, int]], length: int, overlap: int) -> list[torch.Tensor]:
+    """Each span's :func:`tile_weights` divided by the sum over all spans at each pixel.
+
+    The tiles form a full grid, so the 2-D weight sum at (y, x) is the product of the row sum at y
+    and the column sum at x: normalizing each axis makes every pixel's weights sum to 1, each tile
+    adds its finished share in place, and no whole-image weight buffer is needed.
+    """
+    weights = [tile_weights(span, length, overlap).double() for span in spans]
+    total = torch.zeros(length, dtype=torch.float64)
+    for (start, end), weight in zip(spans, weights):
+        total[start:end] += weight
+    if not bool((total > 0).all()):  # a bug in the tiling, never the caller's fault
+        raise RuntimeError(f"tiling left pixels uncovered along an axis of {length}, overlap={overlap}")
+    return [(weight / total[start:end]).float() for (start, end), weight in zip(spans, weights)]
+
+
 @torch.no_grad()
 def deblur_tiled(
     net: nn.Module,
@@ -138,8 +177,12 @@ def deblur_tiled(
     align: int = 32,
     keep_defocus_map: bool = False,
     output_device: str | torch.device | None = None,
+    defocus_sink: Callable[[int, torch.Tensor, int], None] | None = None,
 ) -> DeblurOutput:
     """Deblur ``image (B, 3, H, W)`` tile by tile; returns ``DeblurOutput(sharp, defocus_map)``.
+
+    ``image`` is float in [0, 1], or uint8 (read as value / 255 a tile at a time, so that a large
+    photo is never held as floats).
 
     ``net(tiles) -> DeblurOutput`` (a plain tensor output is taken as ``sharp``); it runs on
     ``image.device``, in whatever train/eval mode it is in (call ``net.eval()`` first), without
@@ -147,43 +190,140 @@ def deblur_tiled(
     ``(B, S, H, W)`` when ``keep_defocus_map`` and the network returns one, else ``None``. The
     results are float32 on ``output_device`` (default: ``image.device``; "cpu" keeps a GPU's
     memory for the network). Blending and tolerance: see the module docstring.
+
+    Memory: the sharp image is one output buffer that each tile adds its share to in place. The
+    defocus map (S = 35 channels, 9x the image) is blended in a band one tile row high;
+    ``defocus_sink(row_start, rows (B, S, h, W), height)`` receives each run of finished rows, top
+    to bottom, so a caller can stream it (``StreamingDefocusPCA``) instead of holding it whole
+    (``keep_defocus_map``; the two may be combined). With a sink only, the band stores float16
+    (half the memory; the sums are computed in float32 and rounded once per tile, relative error
+    below 1e-3, invisible in the colour-mapped map); with ``keep_defocus_map`` it stores float32.
     """
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be (B, 3, H, W), got shape {tuple(image.shape)}")
+    if not (image.is_floating_point() or image.dtype == torch.uint8):
+        raise ValueError(f"image must be float or uint8, got {image.dtype}")
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
     if tile is not None and tile != 0 and overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
     output_device = torch.device(output_device) if output_device is not None else image.device
     batch, _, height, width = image.shape
+    full_map = _FullMap() if keep_defocus_map else None
+    sinks = [sink for sink in (full_map, defocus_sink) if sink is not None]
+
+    def emit(row_start: int, rows: torch.Tensor) -> None:
+        for sink in sinks:
+            sink(row_start, rows, height)
+
     if not tile or (height <= tile and width <= tile):
-        sharp, defocus_map = _split_output(net(image))
-        defocus_map = defocus_map.float().to(output_device) if keep_defocus_map and defocus_map is not None else None
-        return DeblurOutput(sharp.float().to(output_device), defocus_map)
+        sharp, defocus_map = _split_output(net(_as_float(image)))
+        if sinks and defocus_map is not None:
+            emit(0, defocus_map.float().to(output_device))
+        return DeblurOutput(sharp.float().to(output_device), full_map.map if full_map is not None else None)
 
     rows = tile_spans(height, tile, overlap, align)
     columns = tile_spans(width, tile, overlap, align)
-    sharp_sum = torch.zeros(batch, 3, height, width, device=output_device)
-    weight_sum = torch.zeros(1, 1, height, width, device=output_device)
-    defocus_sum = None
-    for row in rows:
-        row_weights = tile_weights(row, height, overlap)
-        for column in columns:
-            weights = (row_weights[:, None] * tile_weights(column, width, overlap)[None, :]).to(output_device)
-            patch = image[:, :, row[0] : row[1], column[0] : column[1]]
-            sharp, defocus_map = _split_output(net(patch))
-            rows_slice, columns_slice = slice(*row), slice(*column)
-            sharp_sum[:, :, rows_slice, columns_slice] += weights * sharp.float().to(output_device)
-            weight_sum[:, :, rows_slice, columns_slice] += weights
-            if keep_defocus_map and defocus_map is not None:
-                if defocus_sum is None:
-                    defocus_sum = torch.zeros(batch, defocus_map.shape[1], height, width, device=output_device)
-                defocus_sum[:, :, rows_slice, columns_slice] += weights * defocus_map.float().to(output_device)
-    if not bool((weight_sum > 0).all()):  # a bug in the tiling, never the caller's fault
-        raise RuntimeError(f"tiling left pixels uncovered for {height}x{width}, tile={tile}, overlap={overlap}")
-    sharp = sharp_sum / weight_sum
-    defocus_map = defocus_sum / weight_sum if defocus_sum is not None else None
-    return DeblurOutput(sharp, defocus_map)
+    row_weights = _normalized_weights(rows, height, overlap)
+    column_weights = [weight.to(output_device) for weight in _normalized_weights(columns, width, overlap)]
+    sharp_out = torch.zeros(batch, 3, height, width, device=output_device)
+    band: torch.Tensor | None = None  # the defocus map of the rows of the current tile row
+    band_height = max(end - start for start, end in rows)
+    weight_buffer = torch.empty(band_height * max(end - start for start, end in columns), device=output_device)
+    for row_index, (row_start, row_end) in enumerate(rows):
+        row_weight = row_weights[row_index].to(output_device)
+        for (column_start, column_end), column_weight in zip(columns, column_weights):
+            weights = weight_buffer[: (row_end - row_start) * (column_end - column_start)].view(
+                row_end - row_start, column_end - column_start
+            )
+            torch.mul(row_weight[:, None], column_weight[None, :], out=weights)
+            sharp, defocus_map = _split_output(net(_as_float(image[:, :, row_start:row_end, column_start:column_end])))
+            sharp_out[:, :, row_start:row_end, column_start:column_end].addcmul_(
+                sharp.to(output_device, torch.float32), weights
+            )
+            if sinks and defocus_map is not None:
+                if band is None:
+                    band_dtype = torch.float32 if keep_defocus_map else torch.float16
+                    band = torch.zeros(
+                        batch, defocus_map.shape[1], band_height, width, device=output_device, dtype=band_dtype
+                    )
+                band[:, :, : row_end - row_start, column_start:column_end].add_(
+                    torch.mul(defocus_map.to(output_device, torch.float32), weights)  # float32, rounded once
+                )
+            del sharp, defocus_map
+        if band is not None:
+            # Rows above the next tile row's start have all their tiles: emit them, and move the
+            # overlap (started by this tile row, finished by the next) to the top of the band.
+            finished = (rows[row_index + 1][0] if row_index + 1 < len(rows) else row_end) - row_start
+            emit(row_start, band[:, :, :finished])
+            carried = row_end - row_start - finished
+            if carried > 0:
+                band[:, :, :carried] = band[:, :, finished : finished + carried].clone()
+            band[:, :, carried:].zero_()
+    return DeblurOutput(sharp_out, full_map.map if full_map is not None else None)
+
+
+class StreamingDefocusPCA:
+    """:func:`defocus_map_to_scalar` of a map that arrives in runs of rows (a ``deblur_tiled``
+    ``defocus_sink``), without holding the map in memory.
+
+    The statistics (sum and second moment, float64) accumulate as rows arrive; the rows go to an
+    unnamed temporary file (``TMPDIR``; 35 float32 channels, 1.2 GB for a 4096x2160 image), and
+    :meth:`scalar_map` reads them back in chunks to project onto the first principal component.
+    Equals ``defocus_map_to_scalar`` up to float rounding (tests/test_inference.py).
+    """
+
+    def __init__(self, chunk_pixels: int = 1 << 16) -> None:
+        self.chunk_pixels = chunk_pixels
+        self.storage = tempfile.TemporaryFile(prefix="jdrl-defocus-")
+        self.channels = 0
+        self.width = 0
+        self.rows = 0
+        self.total: torch.Tensor | None = None
+        self.second_moment: torch.Tensor | None = None
+
+    def __call__(self, row_start: int, rows: torch.Tensor, height: int) -> None:
+        if rows.shape[0] != 1:
+            raise ValueError(f"StreamingDefocusPCA takes one image, got a batch of {rows.shape[0]}")
+        if row_start != self.rows:
+            raise ValueError(f"rows must arrive in order: expected row {self.rows}, got {row_start}")
+        channels, count, width = rows.shape[1:]
+        if self.total is None:
+            self.channels, self.width = channels, width
+            self.total = torch.zeros(channels, dtype=torch.float64)
+            self.second_moment = torch.zeros(channels, channels, dtype=torch.float64)
+        rows_per_chunk = max(1, self.chunk_pixels // width)
+        for first in range(0, count, rows_per_chunk):  # a few rows at a time: no copy of the whole run
+            block = rows[0, :, first : first + rows_per_chunk].cpu()
+            chunk = block.reshape(channels, -1).double()
+            self.total += chunk.sum(dim=1)
+            self.second_moment += chunk @ chunk.T
+            # Pixel-major float32 on disk, so that reading back a run of pixels is one contiguous read.
+            self.storage.write(memoryview(chunk.T.float().contiguous().numpy()))
+        self.rows += count
+
+    def scalar_map(self) -> torch.Tensor:
+        """The ``(H, W)`` first-principal-component map, sign as in :func:`defocus_map_to_scalar`."""
+        if self.total is None:
+            raise ValueError("no defocus rows were received (does the network return a defocus map?)")
+        count = self.rows * self.width
+        mean = self.total / count
+        covariance = self.second_moment / count - torch.outer(mean, mean)
+        _, eigenvectors = torch.linalg.eigh(covariance)
+        component = eigenvectors[:, -1]  # eigh sorts eigenvalues in ascending order
+        projection = torch.empty(count, dtype=torch.float64)
+        norms = torch.empty(count, dtype=torch.float64)
+        self.storage.seek(0)
+        for start in range(0, count, self.chunk_pixels):
+            size = min(self.chunk_pixels, count - start)
+            raw = self.storage.read(size * self.channels * 4)
+            chunk = torch.from_numpy(np.frombuffer(raw, dtype=np.float32).reshape(size, self.channels)).double().T
+            projection[start : start + size] = component @ (chunk - mean[:, None])
+            norms[start : start + size] = chunk.norm(dim=0)
+        self.storage.close()
+        if float(((projection - projection.mean()) * (norms - norms.mean())).sum()) < 0:
+            projection = -projection
+        return projection.float().reshape(self.rows, self.width)
 
 
 def defocus_map_to_scalar(defocus_map: torch.Tensor, chunk_pixels: int = 1 << 20) -> torch.Tensor:
@@ -237,38 +377,59 @@ def colorize_defocus(
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def _collect_inputs(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found (not recursively) in named folders, in order."""
+def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Image files named directly or found (not recursively) in named folders, in order, and one
+    message per entry that gave none (missing path, folder without images)."""
     files: list[Path] = []
+    problems: list[str] = []
     for entry in inputs:
         path = Path(entry)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
             if not found:
-                raise FileNotFoundError(f"no images in folder {path}")
+                problems.append(f"{path}: no images in this folder ({', '.join(IMAGE_EXTENSIONS)})")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"input not found: {path}")
+            problems.append(f"{path}: no such file or folder")
     stems: dict[str, Path] = {}
     for path in files:
         if path.stem in stems:
-            raise ValueError(
-                f"two inputs would write the same output name {path.stem!r}: {stems[path.stem]} and {path}"
+            raise UsageError(
+                f"two inputs would write the same output name {path.stem!r}.png: {stems[path.stem]} and {path}; "
+                "deblur them into different --out folders"
             )
         stems[path.stem] = path
-    return files
+    return files, problems
 
 
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available else CPU; ``"cuda"`` without CUDA is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: this torch has no CUDA device available")
+        raise UsageError(f"--device {name}: this torch has no CUDA device available; use --device cpu")
     return device
+
+
+def _writable_folder(folder: Path) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it (errors name it)."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder}: this is a file, not a folder; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise JdrlError(
+            f"--out {folder}: cannot write in this folder ({error.strerror or error}); choose a writable folder"
+        ) from error
+    return folder
 
 
 def register(subparsers) -> None:
@@ -276,7 +437,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "deblur",
         help="deblur images with a trained checkpoint (tiled, for any size)",
-        description=__doc__,
+        description=__doc__ + _CLI_NOTES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
@@ -294,57 +455,182 @@ def register(subparsers) -> None:
         "blur radius in pixels, jdrl.defocus.predicted_map_radius, with a colour bar)",
     )
     parser.add_argument(
-        "--bit-depth", type=int, choices=(8, 16), default=8, help="bits per sample of the PNGs (default 8)"
+        "--bit-depth",
+        type=int,
+        choices=(8, 16),
+        default=None,
+        help="bits per sample of the output PNGs (default: the input's; 16 for float TIFFs)",
+    )
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose outputs are already in --out (to resume an interrupted folder run)",
     )
     parser.set_defaults(func=run)
 
 
+_CLI_NOTES = """
+jdrl deblur writes <name>.png per input into --out (and <name>_defocus.png, <name>_radius.png
+with --defocus-map):
+same bit depth as the input (8 or 16; --bit-depth to choose), grayscale stays grayscale, an alpha
+channel is carried through unchanged, and the ICC profile and EXIF (orientation) are kept. An input
+that cannot be read is reported and skipped; the last line says how many succeeded and failed, and
+the exit status is 1 if any failed. Outputs are written atomically: after an interruption,
+--skip-existing continues where the run stopped.
+"""
+
+
+def _to_samples(image: torch.Tensor, bit_depth: int) -> np.ndarray:
+    """``(C, H, W)`` floats -> ``(H, W, C)`` uint8/uint16, clipped and rounded (in place on ``image``)."""
+    peak = 255.0 if bit_depth == 8 else 65535.0
+    if not bool(torch.isfinite(image).all()):
+        raise JdrlError("the network produced non-finite values (NaN or inf); is the checkpoint damaged?")
+    samples = image.clamp_(0.0, 1.0).mul_(peak).round_().to(torch.uint8 if bit_depth == 8 else torch.int32)
+    array = samples.permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(array if bit_depth == 8 else array.astype(np.uint16))
+
+
+def _alpha_at(alpha: np.ndarray, bit_depth: int) -> np.ndarray:
+    """The input's alpha channel, unchanged when the output keeps its bit depth, else rescaled."""
+    if alpha.dtype == np.uint8:
+        return alpha if bit_depth == 8 else alpha.astype(np.uint16) * 257
+    if alpha.dtype == np.uint16:
+        return alpha if bit_depth == 16 else np.rint(alpha / 257.0).astype(np.uint8)
+    peak = 255.0 if bit_depth == 8 else 65535.0  # float TIFF
+    return np.rint(np.clip(alpha, 0.0, 1.0) * peak).astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
 def _radius_settings(checkpoint: str):
-    """The checkpoint's loss settings (seed bound, kernel support), or None for a defocus map
-    trained on raw seeds, which holds no weights to make a radius of."""
+    """The checkpoint's loss settings (seed bound, kernel support) for ``<name>_radius.png``, or
+    None where the map holds no radius: a map trained on raw seeds (no weights in it) or unbounded
+    seeds (the split needs the whole map's largest value, which a streamed map never has)."""
     from jdrl.checkpoint import load_checkpoint
     from jdrl.defocus import checkpoint_loss_config
 
     config = checkpoint_loss_config(load_checkpoint(checkpoint))
-    return config if config.weighted_pseudo_map else None
+    return config if config.weighted_pseudo_map and config.seed_bound > 0 else None
 
 
-def _write_radius(path: Path, defocus_map: torch.Tensor, config) -> None:
-    """``<name>_radius.png``: F_B's map as a radius in pixels with a colour bar (jdrl.defocus)."""
-    from jdrl.defocus import levels_for_seed_channels, predicted_map_radius, radius_picture
+class StreamingDefocusRadius:
+    """F_B's map as a blur radius in pixels (:func:`jdrl.defocus.predicted_map_radius`, per pixel),
+    filled band by band as a ``deblur_tiled`` ``defocus_sink``: only the ``(H, W)`` radius is kept."""
 
-    levels = levels_for_seed_channels(defocus_map.shape[1])
-    radius = predicted_map_radius(defocus_map, levels, config.seed_bound, config.kernel_support)[0]
-    write_image_array(path, radius_picture(radius))
+    def __init__(self, seed_bound: float, support: str) -> None:
+        self.seed_bound = seed_bound
+        self.support = support
+        self.radius: torch.Tensor | None = None
+
+    def __call__(self, row_start: int, rows: torch.Tensor, height: int) -> None:
+        from jdrl.defocus import levels_for_seed_channels, predicted_map_radius
+
+        if self.radius is None:
+            self.radius = torch.empty(height, rows.shape[-1], dtype=torch.float32)
+        levels = levels_for_seed_channels(rows.shape[1])
+        band = predicted_map_radius(rows[:1], levels, self.seed_bound, self.support)[0]
+        self.radius[row_start : row_start + band.shape[0]] = band.cpu()
+
+
+def _deblur_file(
+    net: nn.Module, path: Path, out: Path, args: argparse.Namespace, device: torch.device, radius_config=None
+) -> str:
+    """Deblur one file into ``out``; returns a note for the progress line."""
+    stored = read_stored_image(path)
+    input_bit_depth = stored.bit_depth
+    color = torch.from_numpy(stored.color).permute(2, 0, 1)
+    if stored.color.dtype == np.uint8:
+        image = color  # deblur_tiled converts a tile at a time
+    elif stored.color.dtype == np.uint16:
+        image = color.to(torch.int32).float().div_(65535.0)
+    else:
+        image = color.float().clamp_(0.0, 1.0)
+    image = image.unsqueeze(0).to(device)
+    del color
+    stored.color = np.empty(0, dtype=stored.color.dtype)  # the pixels live on in `image` only
+    defocus_pca = StreamingDefocusPCA() if args.defocus_map else None
+    defocus_radius = (
+        StreamingDefocusRadius(radius_config.seed_bound, radius_config.kernel_support)
+        if args.defocus_map and radius_config is not None
+        else None
+    )
+    sinks = [sink for sink in (defocus_pca, defocus_radius) if sink is not None]
+
+    def defocus_sink(row_start: int, rows: torch.Tensor, height: int) -> None:
+        for sink in sinks:
+            sink(row_start, rows, height)
+
+    result = deblur_tiled(
+        net, image, tile=args.tile, overlap=args.overlap, output_device="cpu",
+        defocus_sink=defocus_sink if sinks else None,
+    )
+    del image
+    bit_depth = args.bit_depth or (8 if input_bit_depth == 8 else 16)
+    sharp = result.sharp[0]
+    if stored.gray:  # the net saw the gray channel three times; its three outputs nearly agree
+        sharp = sharp.mean(dim=0, keepdim=True)
+    pixels = _to_samples(sharp, bit_depth)
+    if stored.alpha is not None:
+        pixels = np.concatenate([pixels, _alpha_at(stored.alpha, bit_depth)], axis=2)
+    write_png(out / f"{path.stem}.png", pixels, stored.metadata)
+    if defocus_pca is None:
+        return ""
+    if defocus_pca.total is None:
+        return " (this network has no defocus map)"
+    write_image_array(out / f"{path.stem}_defocus.png", colorize_defocus(defocus_pca.scalar_map()))
+    if defocus_radius is not None and defocus_radius.radius is not None:
+        from jdrl.defocus import radius_picture
+
+        write_image_array(out / f"{path.stem}_radius.png", radius_picture(defocus_radius.radius))
+    return ""
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``deblur`` from parsed arguments; returns the exit code."""
+    """Run ``deblur`` from parsed arguments; 0 when every input was deblurred, else 1."""
     from jdrl.checkpoint import load_deblur_net
+    from jdrl.cli import error_line
+    from jdrl.process_env import keep_freed_memory
 
+    if args.tile < 0 or args.overlap < 0:
+        raise UsageError(f"--tile and --overlap must be >= 0, got {args.tile} and {args.overlap}")
+    if args.tile and (args.tile - args.overlap) // 32 < 1:
+        raise UsageError(
+            f"--tile {args.tile} minus --overlap {args.overlap} must be at least 32 (tiles start on a 32-pixel grid)"
+        )
     device = resolve_device(args.device)
-    files = _collect_inputs(args.inputs)
+    files, problems = _collect_inputs(args.inputs)
+    out = _writable_folder(Path(args.out))
     net = load_deblur_net(args.checkpoint, map_location="cpu").to(device).eval()
     radius_config = _radius_settings(args.checkpoint) if args.defocus_map else None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()
+    for problem in problems:
+        print(f"jdrl deblur: skipped {problem}", file=sys.stderr)
+    succeeded, failed, skipped = 0, len(problems), 0
     for path in files:
-        began = time.perf_counter()
-        image = read_image(path).unsqueeze(0).to(device)
-        result = deblur_tiled(
-            net, image, tile=args.tile, overlap=args.overlap, keep_defocus_map=args.defocus_map, output_device="cpu"
-        )
-        write_image(out / f"{path.stem}.png", result.sharp[0], bit_depth=args.bit_depth)
-        note = ""
+        targets = [out / f"{path.stem}.png"]
         if args.defocus_map:
-            if result.defocus_map is None:
-                note = " (this network has no defocus map)"
-            else:
-                write_image_array(
-                    out / f"{path.stem}_defocus.png", colorize_defocus(defocus_map_to_scalar(result.defocus_map))
-                )
-                if radius_config is not None:
-                    _write_radius(out / f"{path.stem}_radius.png", result.defocus_map, radius_config)
-        height, width = image.shape[-2:]
-        print(f"{path} ({width}x{height}) -> {out / (path.stem + '.png')} in {time.perf_counter() - began:.1f} s{note}")
-    return 0
+            targets.append(out / f"{path.stem}_defocus.png")
+            if radius_config is not None:
+                targets.append(out / f"{path.stem}_radius.png")
+        if args.skip_existing and all(target.exists() for target in targets):
+            skipped += 1
+            continue
+        began = time.perf_counter()
+        try:
+            note = _deblur_file(net, path, out, args, device, radius_config)
+        except KeyboardInterrupt:
+            print(
+                f"jdrl deblur: interrupted after {succeeded} images; every output written is complete: "
+                "run the same command with --skip-existing to continue",
+                file=sys.stderr,
+            )
+            return 130
+        except (JdrlError, OSError) as error:  # this input's problem: report it, go on with the rest
+            failed += 1
+            print(f"jdrl deblur: skipped {path}: {error_line(error)[0]}", file=sys.stderr)
+            continue
+        succeeded += 1
+        print(f"{path} -> {targets[0]} in {time.perf_counter() - began:.1f} s{note}", flush=True)
+    summary = f"deblurred {succeeded}, failed {failed}"
+    if args.skip_existing:
+        summary += f", skipped {skipped} already done"
+    print(f"{summary}; outputs in {out}")
+    return 1 if failed else 0

@@ -72,6 +72,7 @@ import cv2
 import numpy as np
 
 from jdrl.atomic import atomic_write
+from jdrl.errors import UsageError
 
 __all__ = [
     "BUNDLED_PHOTOS",
@@ -150,7 +151,7 @@ _STREAM_ORDER, _STREAM_CONTENT, _STREAM_MISALIGN, _STREAM_LAYERS = 0, 1, 2, 3
 _SPLIT_CODE = {"train": 0, "test": 1}
 
 
-class SynthError(ValueError):
+class SynthError(UsageError, ValueError):
     """A bad argument or unusable source for the synthetic data; the message names it."""
 
 

@@ -42,11 +42,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from jdrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from jdrl.config import Config, ConfigError, load_config, save_config_yaml
 from jdrl.losses import JDRLLoss, LossOutput
+from jdrl.errors import JdrlError
 
 __all__ = ["NonFiniteLossError", "TrainResult", "train", "register", "run"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(JdrlError, RuntimeError):
     """The loss became NaN or infinite; the message names the step, the epoch and every term."""
 
     def __init__(self, step: int, epoch: int, terms: dict[str, float], last_checkpoint: Path | None) -> None:
@@ -613,21 +614,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``jdrl train``: 0 on success, 1 on a config or data error or a non-finite loss."""
-    from jdrl.ablation import flush_denormals
-    from jdrl.checkpoint import CheckpointError
-    from jdrl.data import DatasetError
+    """``jdrl train``: 0 on success. Errors propagate to ``jdrl.cli.main`` (one line, exit 1 or 2);
+    Ctrl-C stops at the last completed epoch's checkpoint, which ``--resume auto`` continues."""
+    from jdrl.process_env import flush_denormals
 
     # Saturated softmaxes in the reblurring net underflow into subnormal floats, which x86 CPUs
     # process many times slower (see flush_denormals); a command may change this process-wide
     # setting, a library call (train()) leaves it to the caller.
     flush_denormals()
+    config = load_config(args.config, args.overrides)
     try:
-        config = load_config(args.config, args.overrides)
         result = train(config, resume=args.resume)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, NonFiniteLossError) as error:
-        print(f"jdrl train: error: {error}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        # Checkpoints are written atomically after each epoch, so the last one on disk is whole;
+        # the epoch in progress is lost and `--resume auto` repeats it.
+        last_path = Path(config.train.out_dir) / "last.pt"
+        kept = (
+            f"the last checkpoint {str(last_path)!r} is intact; continue with the same command and --resume auto"
+            if last_path.exists()
+            else "no epoch had completed, so no checkpoint was written"
+        )
+        print(f"jdrl train: interrupted; {kept}", file=sys.stderr)
+        return 130
     if result.last_checkpoint is not None:
         final = result.epoch_losses[-1] if result.epoch_losses else {}
         total = final.get("total", math.nan)
