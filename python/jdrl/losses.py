@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 import jdrl_ext
+from jdrl.models.reblur_net import ReblurOutput
 
 if TYPE_CHECKING:
     from jdrl.flow import FlowEstimator
@@ -202,6 +203,15 @@ class LossConfig:
             trained on the aligned ground truth (Spearman 0.36 vs 0.35 after 150 steps;
             ``benchmarks/RESULTS.md``, "The reblurring net alone"). In short joint runs (160
             steps) it is not yet shown to help: R's map does not survive the joint phase there.
+        reblur_anchor: our departure from the paper, off by default. After the warm-up too, R
+            learns only from the flow-aligned target (the ``reblur_pretrain`` term, kept for every
+            epoch), and the blur it predicts from that pair, ``R(warp(I_S -> I_B), I_B)``, with its
+            seeds and weights held constant, is what ``L_R`` applies to ``I_hat`` and what ``L_P``
+            supervises F_B with: both then train F alone. As in Eq. 2, R reads the blur from the
+            difference between its two inputs; while ``I_hat`` is still nearly ``I_B``, ``R(I_hat,
+            I_B)`` finds little blur anywhere, the identity is its best answer and ``L_R`` pulls
+            ``I_hat`` back to the input (issue 9). Anchored, the blur model comes from the pair that
+            shows the blur, and ``L_R`` asks F for an image that this blur turns into ``I_B``.
         pseudo_supervision: add ``beta * L_P`` (Eq. 2); False gives Eq. 1.
         weighted_pseudo_map: Eq. 13 (weights times seeds); False supervises with the raw seeds as
             the authors' code does.
@@ -464,12 +474,12 @@ class JDRLLoss(nn.Module):
             name = "reblur_fit" if anchored else "reblur_pretrain"
             terms[name] = charbonnier(out.reblurred - blurry, mask, cfg.eps)
             total = total + cfg.alpha * terms[name]
+            fitted = out
         if self.reblur_net is not None and self.reblur_active(epoch):
             if anchored:
-                # R's parameters learn from the aligned target above only; here they are constants,
-                # so L_R and L_P train F alone.
-                fixed = {name: p.detach() for name, p in self.reblur_net.named_parameters()}
-                out = torch.func.functional_call(self.reblur_net, fixed, (sharp_est, blurry))
+                # The blur R read from the aligned pair above, as constants: L_R and L_P train F alone.
+                seeds, weights = fitted.seeds.detach(), fitted.weights.detach()
+                out = ReblurOutput(self.reblur_net.blur(sharp_est, seeds, weights), seeds, weights, None)
             else:
                 out = self.reblur_net(sharp_est, blurry)
             reblurred = out.reblurred

@@ -143,14 +143,19 @@ class ReblurNet(nn.Module):
             weights = torch.softmax(level_logits, dim=1)
         else:
             weights = sharp_est.new_full((batch, self.levels, height, width), 1.0 / self.levels)
+        return ReblurOutput(self.blur(sharp_est, seeds, weights), seeds, weights, level_logits)
+
+    def blur(self, image: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Eq. 11 with given ``seeds (B, S(m), H, W)`` and ``weights (B, m, H, W)``, in this net's
+        colour space (``space``/``transfer``), its kernel support and padding."""
+        import jdrl_ext
+
         if self.space == "linear":
             from jdrl.colorspace import linear_to_srgb, srgb_to_linear
 
             linear = jdrl_ext.reblur(
-                srgb_to_linear(sharp_est, self.transfer), seeds, weights, support=self.support,
+                srgb_to_linear(image, self.transfer), seeds, weights, support=self.support,
                 padding_mode=self.padding_mode,
             )
-            reblurred = linear_to_srgb(linear, self.transfer)
-        else:
-            reblurred = jdrl_ext.reblur(sharp_est, seeds, weights, support=self.support, padding_mode=self.padding_mode)
-        return ReblurOutput(reblurred, seeds, weights, level_logits)
+            return linear_to_srgb(linear, self.transfer)
+        return jdrl_ext.reblur(image, seeds, weights, support=self.support, padding_mode=self.padding_mode)
