@@ -232,3 +232,26 @@ def test_level_logits_stay_bounded_at_a_high_learning_rate():
     unguarded = _logit_spread_after_training(None, steps=40)
     assert guarded <= 2 * bound
     assert unguarded > 5 * bound  # the same run without the guard: the guard is what holds it
+
+
+def test_anchored_reblur_net_is_scored_on_the_flow_aligned_sharp_image():
+    from jdrl.defocus import defocus_radii
+    from jdrl.losses import LossConfig, build_reblur_net
+
+    torch.manual_seed(0)
+    config = LossConfig(reblur_anchor=True)
+    net = build_reblur_net(config, 4).eval()
+    blurry, sharp, estimate = torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 20)
+    one_px_right = lambda reference, moving: torch.cat(  # noqa: E731 - a constant flow estimator
+        [torch.ones_like(reference[:, :1]), torch.zeros_like(reference[:, :1])], dim=1
+    )
+    radii = defocus_radii(blurry, estimate, None, (net, config), sharp, one_px_right)
+    with torch.no_grad():
+        out = net(jdrl_ext.flow_warp(sharp, one_px_right(blurry, sharp)), blurry)
+    assert torch.equal(radii["reblur"], implied_radius(out.seeds, out.weights, net.support)[0])
+    # Not R on the estimate, as an R trained on Eq. 2 is scored.
+    with torch.no_grad():
+        on_estimate = net(estimate, blurry)
+    assert not torch.allclose(radii["reblur"], implied_radius(on_estimate.seeds, on_estimate.weights, net.support)[0])
+    with pytest.raises(ValueError, match="reblur_anchor"):
+        defocus_radii(blurry, estimate, None, (net, config))

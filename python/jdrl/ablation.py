@@ -316,8 +316,10 @@ def evaluate_synthetic(
             if output.defocus_map is not None:
                 defocus_map = output.defocus_map.float().cpu()[0]
             if with_radius:
-                # R sees the raw estimate, as in training.
-                radii = defocus_radii(blurry, pred, None if defocus_map is None else defocus_map[None], reblur)
+                # R sees what it saw in training: the raw estimate, or (anchored) the aligned gt.
+                radii = defocus_radii(
+                    blurry, pred, None if defocus_map is None else defocus_map[None], reblur, sharp, flow_estimator
+                )
                 for source, radius in radii.items():
                     maps.setdefault(source, []).append(radius)
                 maps["true"].append(np.load(split_root / "radius" / f"{name}.npy"))

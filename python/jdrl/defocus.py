@@ -374,12 +374,16 @@ def defocus_radii(
     sharp_est: torch.Tensor,
     defocus_map: torch.Tensor | None,
     reblur: tuple[nn.Module, Any] | None,
+    sharp: torch.Tensor | None = None,
+    flow_estimator: Any = None,
 ) -> dict[str, torch.Tensor]:
     """The radius maps ``(H, W)`` of one image that a trained pair of nets gives.
 
     ``blurry``, ``sharp_est``: ``(1, 3, H, W)``; ``defocus_map``: F_B's ``(1, S, H, W)`` or None;
     ``reblur``: :func:`load_reblur_net`'s ``(R, LossConfig)`` or None. Keys: ``"reblur"`` (R's
-    implied radius, R run on ``(sharp_est, blurry)`` as in training) and ``"predicted_map"``
+    implied radius, R run on its inputs of training: ``(sharp_est, blurry)``, or for an anchored R
+    (``loss.reblur_anchor``) the misaligned ``sharp (1, 3, H, W)`` warped onto ``blurry`` by
+    ``flow_estimator``) and ``"predicted_map"``
     (:func:`predicted_map_radius` of F_B's map, with R's seed bound and support; only for maps
     trained on Eq. 13's weighted pseudo map).
     """
@@ -390,7 +394,14 @@ def defocus_radii(
     if reblur is not None:
         net = reblur[0]
         device = next(net.parameters()).device
-        out = net(sharp_est.to(device).float(), blurry.to(device).float())
+        r_input = sharp_est
+        if getattr(config, "reblur_anchor", False):
+            if sharp is None or flow_estimator is None:
+                raise ValueError("an anchored reblurring net (loss.reblur_anchor) needs sharp and flow_estimator")
+            import jdrl_ext
+
+            r_input = jdrl_ext.flow_warp(sharp, flow_estimator(blurry, sharp).to(sharp.dtype), padding_mode=config.warp_padding)
+        out = net(r_input.to(device).float(), blurry.to(device).float())
         radii["reblur"] = implied_radius(out.seeds, out.weights, net.support)[0].cpu()
     if defocus_map is not None and config.weighted_pseudo_map:
         levels = levels_for_seed_channels(defocus_map.shape[1])

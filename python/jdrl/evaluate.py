@@ -67,14 +67,14 @@ def _radius_files(pair: ImagePair) -> tuple[Path, Path] | None:
     return (radius, aligned) if radius.is_file() and aligned.is_file() else None
 
 
-def _collect_radii(defocus: dict[str, list], pair: ImagePair, blurry, output, reblur) -> None:
+def _collect_radii(defocus: dict[str, list], pair: ImagePair, blurry, output, reblur, sharp, flow_estimator) -> None:
     """Append this pair's predicted radius maps, its true one and its aligned sharp image."""
     import numpy as np
 
     from jdrl.defocus import defocus_radii
 
     radius_path, aligned_path = _radius_files(pair)
-    for source, radius in defocus_radii(blurry, output.sharp, output.defocus_map, reblur).items():
+    for source, radius in defocus_radii(blurry, output.sharp, output.defocus_map, reblur, sharp, flow_estimator).items():
         defocus.setdefault(source, []).append(radius)
     defocus["true"].append(np.load(radius_path))
     defocus["sharp"].append(read_image(aligned_path))
@@ -153,7 +153,7 @@ def evaluate(
                 net, blurry, tile=tile, overlap=overlap, output_device="cpu", keep_defocus_map=with_radius
             )
             if with_radius:
-                _collect_radii(defocus, pair, blurry.cpu(), output, reblur)
+                _collect_radii(defocus, pair, blurry.cpu(), output, reblur, sharp, flow_estimator)
             pred = output.sharp.clamp(0, 1)
             if save_images:
                 write_image(out_dir / "images" / f"{pair.name}.png", pred[0])
