@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Registers and spills of every CUDA kernel, from the ``ptxas -v`` lines of a build log.
 
-    python .ci/ptxas_report.py BUILD_LOG [--max-reblur-registers 64] [--enforce-registers]
+    python .ci/ptxas_report.py BUILD_LOG [--max-reblur-registers 64] [--enforce-registers] [--known-spills FILE]
 
 Prints one row per kernel (demangled with c++filt and shortened) and architecture: registers per
-thread, stack frame, spill stores and spill loads. Exits 1 when any function spills (non-zero spill
-stores or loads: a spill is local memory traffic the kernels are designed not to have), when a
+thread, stack frame, spill stores and spill loads. Exits 1 when a function spills (non-zero spill
+stores or loads: a spill is local memory traffic the kernels are designed not to have) that the
+``--known-spills`` list does not name (names it lists that no longer spill are printed), when a
 reblur kernel uses more than ``--max-reblur-registers`` registers per thread while
 ``--enforce-registers`` is given (64 registers x 256 threads lets 4 blocks, 50% of an SM's 2048
 threads, be resident on sm_80/sm_90), or when the log has no ptxas lines at all (the flag did not
@@ -193,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"ptxas_report: {len(over)} reblur kernel(s) above {args.max_reblur_registers} registers per thread "
             "(reported, not enforced): " + ", ".join(f"{f.name} {f.registers}" for f in over)
+        )
+    stale = sorted(known_spills - {f.name for f in functions if f.spills})
+    if stale:
+        print(
+            f"ptxas_report: listed in {args.known_spills} but not spilling (remove them from the list): "
+            + ", ".join(stale)
         )
     known = [f for f in functions if f.spills and f.name in known_spills]
     if known:

@@ -270,3 +270,18 @@ def test_streamed_defocus_pca_equals_the_whole_map_and_uint8_input_equals_floats
     deblur_tiled(net, as_uint8, tile=48, overlap=16, defocus_sink=streamed)
     difference = (streamed.scalar_map() - expected).abs().max()
     assert difference < 2e-3 * float(expected.abs().max()), difference
+
+
+def test_streamed_defocus_radius_equals_the_radius_of_the_whole_map():
+    from jdrl.defocus import predicted_map_radius
+    from jdrl.inference import StreamingDefocusRadius
+
+    torch.manual_seed(0)
+    net = StandInNet().eval()  # 5 map channels: m = 3 levels
+    image = photo(61, 53).unsqueeze(0)
+    whole = deblur_tiled(net, image, tile=48, overlap=16, keep_defocus_map=True)
+    expected = predicted_map_radius(whole.defocus_map, 3, 6.0, "window")[0]
+    streamed = StreamingDefocusRadius(6.0, "window", rows_per_chunk=7)  # chunks that straddle the bands
+    deblur_tiled(net, image, tile=48, overlap=16, keep_defocus_map=True, defocus_sink=streamed)
+    assert streamed.radius.shape == expected.shape
+    assert torch.allclose(streamed.radius, expected, atol=1e-5), (streamed.radius - expected).abs().max()

@@ -338,7 +338,8 @@ def radius_picture(radius: np.ndarray | torch.Tensor, top: float | None = None, 
 
 def checkpoint_loss_config(state: dict[str, Any]):
     """The ``LossConfig`` a training checkpoint (``load_checkpoint``'s dict) was trained with; keys it
-    predates take the values of that time (no ``seed_bound`` / ``weight_logit_bound``: unbounded)."""
+    predates take the values of that time (no ``seed_bound`` / ``weight_logit_bound``: unbounded;
+    no ``reblur_space``: sRGB; no pretraining, no anchor)."""
     from jdrl.losses import LossConfig
 
     if state.get("config", {}).get("loss") is None:  # not written by jdrl train: the defaults
@@ -346,6 +347,9 @@ def checkpoint_loss_config(state: dict[str, Any]):
     saved = dict(state["config"]["loss"])
     saved.setdefault("seed_bound", 0.0)
     saved.setdefault("weight_logit_bound", 0.0)
+    saved.setdefault("reblur_space", "srgb")  # before linear light existed
+    saved.setdefault("reblur_pretrain", False)
+    saved.setdefault("reblur_anchor", False)
     known = set(LossConfig.__dataclass_fields__)
     return LossConfig(**{key: value for key, value in saved.items() if key in known})
 
@@ -385,7 +389,7 @@ def defocus_radii(
     (``loss.reblur_anchor``) the misaligned ``sharp (1, 3, H, W)`` warped onto ``blurry`` by
     ``flow_estimator``) and ``"predicted_map"``
     (:func:`predicted_map_radius` of F_B's map, with R's seed bound and support; only for maps
-    trained on Eq. 13's weighted pseudo map).
+    supervised by Eq. 13's weighted pseudo map: Eq. 2 with ``weighted_pseudo_map``).
     """
     from jdrl.losses import LossConfig
 
@@ -400,10 +404,11 @@ def defocus_radii(
                 raise ValueError("an anchored reblurring net (loss.reblur_anchor) needs sharp and flow_estimator")
             import jdrl_ext
 
-            r_input = jdrl_ext.flow_warp(sharp, flow_estimator(blurry, sharp).to(sharp.dtype), padding_mode=config.warp_padding)
+            flow = flow_estimator(blurry.clamp(0, 1), sharp.clamp(0, 1)).to(device=sharp.device, dtype=sharp.dtype)
+            r_input = jdrl_ext.flow_warp(sharp, flow, padding_mode=config.warp_padding)
         out = net(r_input.to(device).float(), blurry.to(device).float())
         radii["reblur"] = implied_radius(out.seeds, out.weights, net.support)[0].cpu()
-    if defocus_map is not None and config.weighted_pseudo_map:
+    if defocus_map is not None and config.pseudo_supervision and config.weighted_pseudo_map:
         levels = levels_for_seed_channels(defocus_map.shape[1])
         radii["predicted_map"] = predicted_map_radius(defocus_map, levels, config.seed_bound, config.kernel_support)[0].cpu()
     return radii

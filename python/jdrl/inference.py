@@ -502,22 +502,25 @@ def _alpha_at(alpha: np.ndarray, bit_depth: int) -> np.ndarray:
 
 def _radius_settings(checkpoint: str):
     """The checkpoint's loss settings (seed bound, kernel support) for ``<name>_radius.png``, or
-    None where the map holds no radius: a map trained on raw seeds (no weights in it) or unbounded
+    None where the map holds no radius: a map not supervised by Eq. 13 (Eq. 1, or raw seeds: no
+    weights in it) or unbounded
     seeds (the split needs the whole map's largest value, which a streamed map never has)."""
     from jdrl.checkpoint import load_checkpoint
     from jdrl.defocus import checkpoint_loss_config
 
     config = checkpoint_loss_config(load_checkpoint(checkpoint))
-    return config if config.weighted_pseudo_map and config.seed_bound > 0 else None
+    supervised = config.pseudo_supervision and config.weighted_pseudo_map  # else B_hat never learned B_P
+    return config if supervised and config.seed_bound > 0 else None
 
 
 class StreamingDefocusRadius:
     """F_B's map as a blur radius in pixels (:func:`jdrl.defocus.predicted_map_radius`, per pixel),
     filled band by band as a ``deblur_tiled`` ``defocus_sink``: only the ``(H, W)`` radius is kept."""
 
-    def __init__(self, seed_bound: float, support: str) -> None:
+    def __init__(self, seed_bound: float, support: str, rows_per_chunk: int = 32) -> None:
         self.seed_bound = seed_bound
         self.support = support
+        self.rows_per_chunk = rows_per_chunk
         self.radius: torch.Tensor | None = None
 
     def __call__(self, row_start: int, rows: torch.Tensor, height: int) -> None:
@@ -526,8 +529,12 @@ class StreamingDefocusRadius:
         if self.radius is None:
             self.radius = torch.empty(height, rows.shape[-1], dtype=torch.float32)
         levels = levels_for_seed_channels(rows.shape[1])
-        band = predicted_map_radius(rows[:1], levels, self.seed_bound, self.support)[0]
-        self.radius[row_start : row_start + band.shape[0]] = band.cpu()
+        # A few rows at a time: the split into weights and seeds makes float32 copies of all S
+        # channels, about 1 GB for a whole 448-row band of a 4096-wide image.
+        for first in range(0, rows.shape[2], self.rows_per_chunk):
+            chunk = rows[:1, :, first : first + self.rows_per_chunk]
+            radius = predicted_map_radius(chunk, levels, self.seed_bound, self.support)[0]
+            self.radius[row_start + first : row_start + first + radius.shape[0]] = radius.cpu()
 
 
 def _deblur_file(
@@ -599,14 +606,15 @@ def run(args: argparse.Namespace) -> int:
     files, problems = _collect_inputs(args.inputs)
     out = _writable_folder(Path(args.out))
     net = load_deblur_net(args.checkpoint, map_location="cpu").to(device).eval()
-    radius_config = _radius_settings(args.checkpoint) if args.defocus_map else None
+    has_defocus_map = hasattr(net, "defocus_map_net")  # the jdrl net; the UNet has none
+    radius_config = _radius_settings(args.checkpoint) if args.defocus_map and has_defocus_map else None
     keep_freed_memory()
     for problem in problems:
         print(f"jdrl deblur: skipped {problem}", file=sys.stderr)
     succeeded, failed, skipped = 0, len(problems), 0
     for path in files:
         targets = [out / f"{path.stem}.png"]
-        if args.defocus_map:
+        if args.defocus_map and has_defocus_map:
             targets.append(out / f"{path.stem}_defocus.png")
             if radius_config is not None:
                 targets.append(out / f"{path.stem}_radius.png")

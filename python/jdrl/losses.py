@@ -360,6 +360,11 @@ class JDRLLoss(nn.Module):
                 "JDRLLoss: loss.reblur_anchor aligns the sharp target with a flow_estimator; give one or set "
                 "loss.reblur_anchor=false"
             )
+        if self.reblur_net is not None and config.reblur_anchor and not hasattr(self.reblur_net, "blur"):
+            raise ValueError(
+                "JDRLLoss: loss.reblur_anchor needs a reblurring net with a blur(image, seeds, weights) method "
+                "(as jdrl.models.ReblurNet has); set loss.reblur_anchor=false"
+            )
 
     def reblur_active(self, epoch: int) -> bool:
         """Whether ``L_R`` (and ``L_P``) are part of the loss at 0-based ``epoch``."""
@@ -466,6 +471,7 @@ class JDRLLoss(nn.Module):
         total = deblur
         reblurred = None
         anchored = self.reblur_net is not None and cfg.reblur_anchor and self.reblur_active(epoch)
+        fitted = None  # with the anchor: R's output on the aligned pair (set below, used by L_R and L_P)
         if self.pretrain_active(epoch) or anchored:
             # R learns the blur from the flow-aligned sharp target while F warms up: no ground truth,
             # and no gradient reaches F (neither input comes from it).
