@@ -387,7 +387,8 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
     data_root, val_root = out_dir / "data", out_dir / "val"
     _log(
         f"making {settings.n_train} training + {settings.n_test} test pairs of {settings.size} px in {data_root} "
-        f"(gt shifted {settings.shift:g} px, zoomed {100 * settings.zoom:g}%), and {settings.n_val} validation "
+        f"(gt shifted {settings.shift:g} px, zoomed {100 * settings.zoom:g}%, with jdrl synth's default parallax, "
+        f"occluders, non-rigid warp and colour change), and {settings.n_val} validation "
         f"pairs in {val_root}"
     )
     synth_options = {
