@@ -314,10 +314,13 @@ class StreamingDefocusPCA:
         projection = torch.empty(count, dtype=torch.float64)
         norms = torch.empty(count, dtype=torch.float64)
         self.storage.seek(0)
+        buffer = np.empty(self.chunk_pixels * self.channels, dtype=np.float32)  # one writable buffer, reused
         for start in range(0, count, self.chunk_pixels):
             size = min(self.chunk_pixels, count - start)
-            raw = self.storage.read(size * self.channels * 4)
-            chunk = torch.from_numpy(np.frombuffer(raw, dtype=np.float32).reshape(size, self.channels)).double().T
+            values = buffer[: size * self.channels]
+            if self.storage.readinto(memoryview(values).cast("B")) != values.nbytes:
+                raise OSError("the defocus map's temporary file was cut short (is TMPDIR full?)")
+            chunk = torch.from_numpy(values.reshape(size, self.channels)).double().T
             projection[start : start + size] = component @ (chunk - mean[:, None])
             norms[start : start + size] = chunk.norm(dim=0)
         self.storage.close()
