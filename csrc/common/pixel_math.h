@@ -16,10 +16,14 @@
 #endif
 
 // Full unrolling of a loop with compile-time bounds (keeps small per-thread arrays in registers).
+// JDRL_NO_UNROLL keeps a loop rolled (a loop whose unrolled copies the compiler would interleave,
+// holding too many values in registers at once).
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define JDRL_UNROLL _Pragma("unroll")
+#define JDRL_NO_UNROLL _Pragma("unroll 1")
 #else
 #define JDRL_UNROLL
+#define JDRL_NO_UNROLL
 #endif
 
 namespace jdrl {
@@ -92,22 +96,37 @@ struct OrbitPolar {
   acc_t size;   // number of offsets in the orbit (1, 4 or 8)
 };
 
+// floor(sqrt(n)) for 0 <= n < 2^30, on integers, bit by bit: a loop of fixed length with no exit
+// that depends on n, so that for a compile-time n the compiler folds it to a constant (it did not
+// fold a search from the float estimate: its while loops ran on the GPU at every use).
+JDRL_HD int floor_sqrt(int n) {
+  int root = 0;
+  JDRL_UNROLL
+  for (int bit = 1 << 15; bit > 0; bit >>= 1) {
+    const int trial = root + bit;
+    if (static_cast<int64_t>(trial) * trial <= n) root = trial;
+  }
+  return root;
+}
+
 // The polar position of orbit (a, b): what the table holds, computed by itself so that the CUDA
-// kernels can build an entry where they need it (with a and b known at compile time, a constant).
+// kernels can build an entry where they need it (with a and b known at compile time, a constant:
+// the integer fields from integer arithmetic alone, so that a register array indexed by them
+// stays in registers).
 template <typename acc_t>
 JDRL_HD OrbitPolar<acc_t> orbit_polar(int a, int b) {
   const int squared = a * a + b * b;
   const acc_t rho = math_sqrt(static_cast<acc_t>(squared));  // exact for perfect squares
-  int lower = static_cast<int>(rho);
-  // floor(sqrt) decided on integers, in case rounding put rho on the wrong side of an integer.
-  while (lower * lower > squared) --lower;
-  while ((lower + 1) * (lower + 1) <= squared) ++lower;
+  const int lower = floor_sqrt(squared);  // decided on integers: rounding may put rho on either side of one
+  const bool on_integer = lower * lower == squared;
   OrbitPolar<acc_t> entry;
   entry.squared = squared;
   entry.lower = lower;
-  entry.frac = lower * lower == squared ? acc_t(0) : rho - static_cast<acc_t>(lower);
-  // Where the orbit is inside a level's disk (rho <= r) and f > 0, l + 1 <= r holds by itself.
-  entry.upper = entry.frac == acc_t(0) ? lower : lower + 1;
+  entry.frac = on_integer ? acc_t(0) : rho - static_cast<acc_t>(lower);
+  // Where the orbit is inside a level's disk (rho <= r) and is not on an integer radius,
+  // l + 1 <= r holds by itself. (f == 0 off an integer radius, only for rho over ~2900 in float,
+  // reads a_l alone wherever f == 0 is tested.)
+  entry.upper = on_integer ? lower : lower + 1;
   entry.size = static_cast<acc_t>(orbit_size(a, b));
   return entry;
 }

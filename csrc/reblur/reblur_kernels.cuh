@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "common/cuda_kernel_support.cuh"
 #include "common/pixel_math.h"
@@ -44,6 +45,10 @@ namespace jdrl {
 namespace reblur_kernels {
 
 constexpr int kTile = 16;                // a block is kTile x kTile threads
+constexpr int kThreads = kTile * kTile;
+// Blocks of kThreads that a streaming multiprocessor should hold at once: 4 x 256 threads = 50% of
+// its 2048, which caps the kernels at 64 registers per thread (65536 / (4 x 256)).
+constexpr int kMinBlocks = 4;
 constexpr int kChannelChunk = 4;         // at most this many channels in shared memory at once
 constexpr int kSpecializedLevels = 8;    // m of the compile-time specialization
 constexpr unsigned int kMaxGridZ = 65535;
@@ -73,9 +78,17 @@ struct Params {
 struct Geometry {
   dim3 grid, block;
   int channel_chunk;
-  size_t shared_bytes;  // over cuda::kDefaultSharedBytes, the launcher opts in to more
+  size_t shared_bytes;  // the image tile; over cuda::kDefaultSharedBytes, the launcher opts in to more
   bool specialized;     // m = 8 and every tensor indexable with 32 bits
   int scratch_planes;   // per pixel, for the generic kernels (0 for the specialized ones)
+  size_t slot_bytes;    // specialized forward and parameter backward: their per-pixel slots, before the tile
+  // The geometry of a kernel that keeps per-pixel slots in shared memory (forward_kernel,
+  // param_backward_kernel): the slots come first, the tile after them.
+  Geometry with_slots() const {
+    Geometry g = *this;
+    g.shared_bytes += slot_bytes;
+    return g;
+  }
 };
 
 inline int tile_side(int levels) { return kTile + 2 * (levels - 1); }
@@ -99,6 +112,7 @@ inline Geometry geometry(int64_t batch, int64_t channels, int64_t height, int64_
   g.shared_bytes = static_cast<size_t>(chunk * tile_bytes);
   g.specialized = levels == kSpecializedLevels && largest_numel < std::numeric_limits<int32_t>::max();
   g.scratch_planes = g.specialized ? 0 : orbit_count(levels) + levels;
+  g.slot_bytes = g.specialized ? static_cast<size_t>(orbit_count(kSpecializedLevels)) * kThreads * accumulate_bytes : 0;
   return g;
 }
 
@@ -121,6 +135,28 @@ struct PixelArray<acc_t, 0> {
 
 constexpr int array_size(int levels_or_zero, int size) { return levels_or_zero > 0 ? size : 0; }
 
+// A per-pixel array of the specialized kernels in the block's shared memory: the thread's values
+// kThreads apart (consecutive threads, consecutive words: no bank conflicts). The 36 orbit values
+// of m = 8 do not fit in registers next to the rest (36 floats plus the loop state went over 64
+// registers; 36 doubles alone are 72), and the shared memory a block then uses (36 KB of float
+// slots and a 14 KB float tile) still lets 4 blocks reside, as 64 registers do.
+template <typename acc_t>
+struct SlotArray {
+  acc_t* base;  // the thread's first slot
+  __device__ __forceinline__ acc_t& operator[](int i) const { return base[i * kThreads]; }
+};
+
+// The thread's slots in the block's slot area (`shared`, kSlots x kThreads values).
+template <typename acc_t>
+__device__ __forceinline__ SlotArray<acc_t> thread_slots(acc_t* shared) {
+  return {shared + threadIdx.y * kTile + threadIdx.x};
+}
+
+// The radial kernel's per-pixel array: shared-memory slots in the specialized kernels, a strided view
+// of global memory (PixelArray<acc_t, 0>) in the generic ones.
+template <typename acc_t, int kLevels>
+using OrbitArray = std::conditional_t<(kLevels > 0), SlotArray<acc_t>, PixelArray<acc_t, 0>>;
+
 // The hardware's base-2 exponential and logarithm in float32 (exp2f, log2f); exact ones in float64.
 JDRL_HD float log2_of(float x) { return log2f(x); }
 JDRL_HD double log2_of(double x) { return log2(x); }
@@ -140,15 +176,61 @@ struct PixelSeeds {
   }
 };
 
-// Logit of orbit `polar` at level `radius` in log2 units (`first`: the level's first seed), and
-// whether the orbit takes part in the level's softmax (a corner under "disk" does not).
-template <typename acc_t, typename Seeds>
-__device__ __forceinline__ bool level_logit(const Seeds& seed, int first, int radius, bool disk,
-                                            const OrbitPolar<acc_t>& polar, acc_t* logit) {
+// The seeds of level `radius` of one pixel, s = 0..radius (its first seed is seed_offset(radius)):
+// in the specialized kernels, read once into registers (s is a compile-time constant wherever the
+// level's orbits are unrolled); in the generic ones, read from the pixel's seeds where needed.
+//
+// Each pass over a level's orbits computes their logits anew from the seeds: `forget()`, an empty
+// asm statement that claims to change the seed registers, keeps the compiler from reusing the
+// logits (and exponentials) of the previous pass instead, which would hold up to 36 more registers.
+template <typename acc_t, int kLevels>
+struct LevelSeedRegisters {
+  acc_t values[kLevels];
+  __device__ __forceinline__ acc_t operator()(int s) const { return values[s]; }
+  __device__ __forceinline__ void forget() {
+#if defined(__CUDA_ARCH__)
+    JDRL_UNROLL
+    for (int s = 0; s < kLevels; ++s) {
+      if constexpr (sizeof(acc_t) == 8) {
+        asm volatile("" : "+d"(values[s]));
+      } else {
+        asm volatile("" : "+f"(values[s]));
+      }
+    }
+#endif
+  }
+};
+
+template <typename Seeds>
+struct LevelSeedView {
+  const Seeds& seed;
+  int first;
+  __device__ __forceinline__ auto operator()(int s) const { return seed(first + s); }
+  __device__ __forceinline__ void forget() {}
+};
+
+template <typename acc_t, int kLevels, typename Seeds>
+__device__ __forceinline__ auto level_seeds(const Seeds& seed, int radius) {
+  const int first = seed_offset(radius);
+  if constexpr (kLevels > 0) {
+    LevelSeedRegisters<acc_t, kLevels> level;
+    JDRL_UNROLL
+    for (int s = 0; s < kLevels; ++s) level.values[s] = s <= radius ? seed(first + s) : acc_t(0);
+    return level;
+  } else {
+    return LevelSeedView<Seeds>{seed, first};
+  }
+}
+
+// Logit of orbit `polar` at level `radius` in log2 units (`level`: the level's seeds), and whether
+// the orbit takes part in the level's softmax (a corner under "disk" does not).
+template <typename acc_t, typename Level>
+__device__ __forceinline__ bool level_logit(const Level& level, int radius, bool disk, const OrbitPolar<acc_t>& polar,
+                                            acc_t* logit) {
   if (polar.squared <= radius * radius) {
-    const acc_t lower = seed(first + polar.lower);
+    const acc_t lower = level(polar.lower);
     // f == 0 reads a_l alone (0 * inf would be NaN)
-    *logit = polar.frac == acc_t(0) ? lower : (acc_t(1) - polar.frac) * lower + polar.frac * seed(first + polar.upper);
+    *logit = polar.frac == acc_t(0) ? lower : (acc_t(1) - polar.frac) * lower + polar.frac * level(polar.upper);
     return true;
   }
   *logit = acc_t(0);  // window support: the corners keep logit 0
@@ -157,19 +239,19 @@ __device__ __forceinline__ bool level_logit(const Seeds& seed, int first, int ra
 
 // bias = max + log2(sum of the level's exponentials): k(o) = exp2(z(o) - bias). A NaN or infinite
 // logit makes the bias NaN (NaN - NaN, inf - inf), so the level's kernel is NaN, as on the CPU.
-template <typename acc_t, int kLevels, typename Seeds>
-__device__ __forceinline__ acc_t level_bias(const Seeds& seed, int radius, bool disk) {
-  const int first = seed_offset(radius);
-  acc_t max_logit = seed(first);
+template <typename acc_t, int kLevels, typename Level>
+__device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk) {
+  acc_t max_logit = level(0);
   JDRL_UNROLL
   for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
     if (a > radius) break;
     JDRL_UNROLL
     for (int b = 0; b <= a; ++b) {
       acc_t z;
-      if (level_logit(seed, first, radius, disk, orbit_polar<acc_t>(a, b), &z)) max_logit = nan_max(max_logit, z);
+      if (level_logit(level, radius, disk, orbit_polar<acc_t>(a, b), &z)) max_logit = nan_max(max_logit, z);
     }
   }
+  level.forget();
   acc_t sum = 0;
   JDRL_UNROLL
   for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
@@ -178,13 +260,20 @@ __device__ __forceinline__ acc_t level_bias(const Seeds& seed, int radius, bool 
     for (int b = 0; b <= a; ++b) {
       const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, b);
       acc_t z;
-      if (level_logit(seed, first, radius, disk, polar, &z)) sum += polar.size * exp2_of(z - max_logit);
+      if (level_logit(level, radius, disk, polar, &z)) sum += polar.size * exp2_of(z - max_logit);
     }
   }
+  level.forget();
   return max_logit + log2_of(sum);
 }
 
-// Wt(o) of one pixel into `wt`, and each level's bias into bias[r] (r >= 1).
+// Where radial_kernel need not keep the level biases (the specialized kernels recompute a level's
+// bias where they need it again).
+struct NoBiases {};
+
+// Wt(o) of one pixel into `wt`, and each level's bias into bias[r] (r >= 1) unless `bias` is NoBiases.
+// The level loop stays rolled: unrolled, the compiler hoisted the loads of all 35 seeds to the top,
+// and they did not fit in 64 registers.
 template <typename acc_t, int kLevels, typename Seeds, typename Weights, typename WtArray, typename BiasArray>
 __device__ __forceinline__ void radial_kernel(const Seeds& seed, const Weights& weight, int levels, bool disk,
                                               WtArray& wt, BiasArray& bias) {
@@ -192,19 +281,19 @@ __device__ __forceinline__ void radial_kernel(const Seeds& seed, const Weights& 
   JDRL_UNROLL
   for (int o = 0; o < (kLevels > 0 ? orbit_count(kLevels) : orbits); ++o) wt[o] = acc_t(0);
   wt[0] = weight(0);
-  JDRL_UNROLL
-  for (int radius = 1; radius < (kLevels > 0 ? kLevels : levels); ++radius) {
-    const acc_t level_bias_value = level_bias<acc_t, kLevels>(seed, radius, disk);
-    bias[radius] = level_bias_value;
+  JDRL_NO_UNROLL
+  for (int radius = 1; radius < levels; ++radius) {
+    auto level = level_seeds<acc_t, kLevels>(seed, radius);
+    const acc_t level_bias_value = level_bias<acc_t, kLevels>(level, radius, disk);
+    if constexpr (!std::is_same_v<BiasArray, NoBiases>) bias[radius] = level_bias_value;
     const acc_t level_weight = weight(radius);
-    const int first = seed_offset(radius);
     JDRL_UNROLL
     for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
       if (a > radius) break;
       JDRL_UNROLL
       for (int b = 0; b <= a; ++b) {
         acc_t z;
-        if (level_logit(seed, first, radius, disk, orbit_polar<acc_t>(a, b), &z)) {
+        if (level_logit(level, radius, disk, orbit_polar<acc_t>(a, b), &z)) {
           wt[orbit_index(a, b)] += level_weight * exp2_of(z - level_bias_value);
         }
       }
@@ -263,7 +352,7 @@ __device__ __forceinline__ void orbit_sums(const acc_t* __restrict__ tile, int e
 // The kernels. kLevels = 8 with 32-bit indices, or 0 (any m) with 64-bit indices.
 
 template <typename scalar_t, typename acc_t, typename index_t, int kLevels>
-__global__ void __launch_bounds__(kTile* kTile) forward_kernel(const Params<scalar_t, acc_t> p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const Params<scalar_t, acc_t> p) {
   const int levels = kLevels > 0 ? kLevels : p.levels;
   const int radius = levels - 1;
   const int side = kTile + 2 * radius, elements = side * side;
@@ -273,21 +362,22 @@ __global__ void __launch_bounds__(kTile* kTile) forward_kernel(const Params<scal
   const index_t plane = static_cast<index_t>(p.height) * p.width;
   const index_t pixel = static_cast<index_t>(y) * p.width + x;
   const int centre = (threadIdx.y + radius) * side + threadIdx.x + radius;
-  acc_t* tile = cuda::dynamic_shared<acc_t>();
+  constexpr int kOrbits = array_size(kLevels, kLevels * (kLevels + 1) / 2);
+  acc_t* const slots = cuda::dynamic_shared<acc_t>();  // kOrbits x kThreads values, then the tile
+  acc_t* const tile = slots + kOrbits * kThreads;
   for (int64_t item = blockIdx.z; item < p.batch; item += gridDim.z) {
     const index_t b = static_cast<index_t>(item);
     const PixelSeeds<scalar_t, acc_t, index_t> seed{p.seeds + b * seed_channels(levels) * plane + pixel, plane};
     const scalar_t* __restrict__ pixel_weights = p.weights + b * levels * plane + pixel;
     const auto weight = [&](int r) { return static_cast<acc_t>(pixel_weights[static_cast<index_t>(r) * plane]); };
-    constexpr int kOrbits = array_size(kLevels, kLevels * (kLevels + 1) / 2);
-    PixelArray<acc_t, kOrbits> wt;
-    PixelArray<acc_t, array_size(kLevels, kLevels)> bias;
-    if constexpr (kLevels == 0) {
-      const index_t scratch_base = b * (orbit_count(levels) + levels) * plane + pixel;
-      wt = {p.scratch + scratch_base, static_cast<int64_t>(plane)};
-      bias = {p.scratch + scratch_base + orbit_count(levels) * plane, static_cast<int64_t>(plane)};
+    OrbitArray<acc_t, kLevels> wt;
+    if constexpr (kLevels > 0) {
+      wt = thread_slots(slots);
+    } else {
+      wt = {p.scratch + b * (orbit_count(levels) + levels) * plane + pixel, static_cast<int64_t>(plane)};
     }
-    if (active) radial_kernel<acc_t, kLevels>(seed, weight, levels, p.disk, wt, bias);
+    NoBiases no_biases;
+    if (active) radial_kernel<acc_t, kLevels>(seed, weight, levels, p.disk, wt, no_biases);
     for (int first = 0; first < p.channels; first += p.channel_chunk) {
       const int count = p.channels - first < p.channel_chunk ? p.channels - first : p.channel_chunk;
       __syncthreads();  // every thread is done with the previous chunk's tile
@@ -319,7 +409,7 @@ __global__ void __launch_bounds__(kTile* kTile) forward_kernel(const Params<scal
 
 // Pass A: Wt of each pixel into orbit_weights, the seed and weight gradients.
 template <typename scalar_t, typename acc_t, typename index_t, int kLevels>
-__global__ void __launch_bounds__(kTile* kTile) param_backward_kernel(const Params<scalar_t, acc_t> p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(const Params<scalar_t, acc_t> p) {
   const int levels = kLevels > 0 ? kLevels : p.levels;
   const int radius = levels - 1;
   const int orbits = orbit_count(levels);
@@ -330,27 +420,33 @@ __global__ void __launch_bounds__(kTile* kTile) param_backward_kernel(const Para
   const index_t plane = static_cast<index_t>(p.height) * p.width;
   const index_t pixel = static_cast<index_t>(y) * p.width + x;
   const int centre = (threadIdx.y + radius) * side + threadIdx.x + radius;
-  acc_t* tile = cuda::dynamic_shared<acc_t>();
+  constexpr int kOrbits = array_size(kLevels, kLevels * (kLevels + 1) / 2);
+  acc_t* const slots = cuda::dynamic_shared<acc_t>();  // kOrbits x kThreads values, then the tile
+  acc_t* const tile = slots + kOrbits * kThreads;
   for (int64_t item = blockIdx.z; item < p.batch; item += gridDim.z) {
     const index_t b = static_cast<index_t>(item);
     const index_t seed_base = b * seed_channels(levels) * plane + pixel;
     const PixelSeeds<scalar_t, acc_t, index_t> seed{p.seeds + seed_base, plane};
     const scalar_t* __restrict__ pixel_weights = p.weights + b * levels * plane + pixel;
     const auto weight = [&](int r) { return static_cast<acc_t>(pixel_weights[static_cast<index_t>(r) * plane]); };
-    constexpr int kOrbits = array_size(kLevels, kLevels * (kLevels + 1) / 2);
-    PixelArray<acc_t, array_size(kLevels, kLevels)> bias;
-    PixelArray<acc_t, kOrbits> orbit_grad;
+    PixelArray<acc_t, 0> bias;  // generic kernels: each level's bias, kept for the softmax backward
+    // The specialized kernel's slots hold Wt first (copied out to orbit_weights), then orbit_grad.
+    OrbitArray<acc_t, kLevels> orbit_grad;
     acc_t* __restrict__ pixel_orbit_weights = p.orbit_weights + b * orbits * plane + pixel;
-    if constexpr (kLevels == 0) {
+    if constexpr (kLevels > 0) {
+      orbit_grad = thread_slots(slots);
+    } else {
       const index_t scratch_base = b * (orbits + levels) * plane + pixel;
       orbit_grad = {p.scratch + scratch_base, static_cast<int64_t>(plane)};
       bias = {p.scratch + scratch_base + orbits * plane, static_cast<int64_t>(plane)};
     }
     if (active) {
       if constexpr (kLevels > 0) {
-        PixelArray<acc_t, kOrbits> wt;
-        radial_kernel<acc_t, kLevels>(seed, weight, levels, p.disk, wt, bias);
-        JDRL_UNROLL
+        const SlotArray<acc_t> wt = orbit_grad;
+        NoBiases no_biases;
+        radial_kernel<acc_t, kLevels>(seed, weight, levels, p.disk, wt, no_biases);
+        // rolled: unrolled, the 36 shared loads were all issued before the stores, 36 live registers
+        JDRL_NO_UNROLL
         for (int o = 0; o < kOrbits; ++o) pixel_orbit_weights[static_cast<index_t>(o) * plane] = wt[o];
       } else {
         PixelArray<acc_t, 0> wt{pixel_orbit_weights, static_cast<int64_t>(plane)};
@@ -390,53 +486,83 @@ __global__ void __launch_bounds__(kTile* kTile) param_backward_kernel(const Para
     if (!active) continue;
     scalar_t* __restrict__ pixel_grad_weights = p.grad_weights + b * levels * plane + pixel;
     pixel_grad_weights[0] = static_cast<scalar_t>(orbit_grad[0]);
-    JDRL_UNROLL
-    for (int r = 1; r < (kLevels > 0 ? kLevels : levels); ++r) {
+    JDRL_NO_UNROLL
+    for (int r = 1; r < levels; ++r) {
       const int first = seed_offset(r);
-      const acc_t level_bias_value = bias[r];
-      // d/dw_r = sum_o k_r(o) orbit_grad(o)
-      acc_t grad_weight = 0;
-      JDRL_UNROLL
-      for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : r); ++a) {
-        if (a > r) break;
+      auto level = level_seeds<acc_t, kLevels>(seed, r);
+      acc_t level_bias_value;
+      if constexpr (kLevels > 0) {
+        // recomputed: a rolled loop cannot keep the level biases in registers
+        level_bias_value = level_bias<acc_t, kLevels>(level, r, p.disk);
+      } else {
+        level_bias_value = bias[r];
+      }
+      acc_t* __restrict__ level_grad_out = p.grad_seeds + seed_base + static_cast<index_t>(first) * plane;
+      const acc_t level_weight = weight(r);
+      if constexpr (kLevels > 0) {
+        // One pass over the level's orbits: with c(o, s) the share of seed s in the logit of orbit o
+        // ((1 - f, f) at (l, l + 1), or 1 at l), d/da_s = sum_o c(o, s) d/dz_r(o)
+        //   = w_r (sum_o c(o, s) k_r(o) orbit_grad(o) - d/dw_r sum_o c(o, s) |o| k_r(o)),
+        // so each k_r(o) is computed once and no orbit's value waits for d/dw_r (the two-pass form
+        // kept the level's 36 exponentials and orbit gradients live in registers between its passes).
+        acc_t grad_weight = 0;
+        acc_t weighted[kLevels], sized[kLevels];  // the two sums over o above, per seed s
         JDRL_UNROLL
-        for (int bb = 0; bb <= a; ++bb) {
-          acc_t z;
-          if (level_logit(seed, first, r, p.disk, orbit_polar<acc_t>(a, bb), &z)) {
-            grad_weight += exp2_of(z - level_bias_value) * orbit_grad[orbit_index(a, bb)];
+        for (int t = 0; t < kLevels; ++t) weighted[t] = sized[t] = acc_t(0);
+        JDRL_UNROLL
+        for (int a = 0; a < kLevels; ++a) {
+          if (a > r) break;
+          JDRL_UNROLL
+          for (int bb = 0; bb <= a; ++bb) {
+            const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, bb);
+            acc_t z;
+            if (!level_logit(level, r, p.disk, polar, &z)) continue;
+            const acc_t k = exp2_of(z - level_bias_value);
+            const acc_t kg = k * orbit_grad[orbit_index(a, bb)];
+            grad_weight += kg;  // d/dw_r = sum_o k_r(o) orbit_grad(o)
+            if (polar.squared > r * r) continue;  // corner logits are constant
+            const acc_t ks = polar.size * k;
+            if (polar.frac == acc_t(0)) {  // a rim orbit reads a_l alone
+              weighted[polar.lower] += kg;
+              sized[polar.lower] += ks;
+            } else {
+              weighted[polar.lower] += (acc_t(1) - polar.frac) * kg;
+              sized[polar.lower] += (acc_t(1) - polar.frac) * ks;
+              weighted[polar.upper] += polar.frac * kg;
+              sized[polar.upper] += polar.frac * ks;
+            }
           }
         }
-      }
-      pixel_grad_weights[static_cast<index_t>(r) * plane] = static_cast<scalar_t>(grad_weight);
-      // d/dz_r(o) = w_r k_r(o) (orbit_grad(o) - |o| d/dw_r), sent to the seeds a_l, a_{l+1} of the inside orbits
-      const acc_t level_weight = weight(r);
-      acc_t level_grad[kLevels > 0 ? kLevels : 1];
-      acc_t* __restrict__ level_grad_out = p.grad_seeds + seed_base + static_cast<index_t>(first) * plane;
-      if constexpr (kLevels > 0) {
+        pixel_grad_weights[static_cast<index_t>(r) * plane] = static_cast<scalar_t>(grad_weight);
         JDRL_UNROLL
-        for (int s = 0; s < kLevels; ++s) level_grad[s] = acc_t(0);
+        for (int t = 0; t < kLevels; ++t) {
+          if (t <= r) {
+            level_grad_out[static_cast<index_t>(t) * plane] = level_weight * (weighted[t] - grad_weight * sized[t]);
+          }
+        }
       } else {
-        for (int s = 0; s <= r; ++s) level_grad_out[static_cast<index_t>(s) * plane] = acc_t(0);
-      }
-      JDRL_UNROLL
-      for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : r); ++a) {
-        if (a > r) break;
-        JDRL_UNROLL
-        for (int bb = 0; bb <= a; ++bb) {
-          const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, bb);
-          if (polar.squared > r * r) continue;  // corner logits are constant
-          acc_t z;
-          level_logit(seed, first, r, p.disk, polar, &z);
-          const acc_t dz =
-              level_weight * exp2_of(z - level_bias_value) * (orbit_grad[orbit_index(a, bb)] - polar.size * grad_weight);
-          if constexpr (kLevels > 0) {
-            if (polar.frac == acc_t(0)) {  // a rim orbit reads a_l alone
-              level_grad[polar.lower] += dz;
-            } else {
-              level_grad[polar.lower] += (acc_t(1) - polar.frac) * dz;
-              level_grad[polar.upper] += polar.frac * dz;
+        // d/dw_r = sum_o k_r(o) orbit_grad(o)
+        acc_t grad_weight = 0;
+        for (int a = 0; a <= r; ++a) {
+          for (int bb = 0; bb <= a; ++bb) {
+            acc_t z;
+            if (level_logit(level, r, p.disk, orbit_polar<acc_t>(a, bb), &z)) {
+              grad_weight += exp2_of(z - level_bias_value) * orbit_grad[orbit_index(a, bb)];
             }
-          } else {
+          }
+        }
+        pixel_grad_weights[static_cast<index_t>(r) * plane] = static_cast<scalar_t>(grad_weight);
+        // d/dz_r(o) = w_r k_r(o) (orbit_grad(o) - |o| d/dw_r), sent to the seeds a_l, a_{l+1} of the inside orbits
+        for (int t = 0; t <= r; ++t) level_grad_out[static_cast<index_t>(t) * plane] = acc_t(0);
+        for (int a = 0; a <= r; ++a) {
+          JDRL_UNROLL
+          for (int bb = 0; bb <= a; ++bb) {
+            const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, bb);
+            if (polar.squared > r * r) continue;  // corner logits are constant
+            acc_t z;
+            level_logit(level, r, p.disk, polar, &z);
+            const acc_t dz = level_weight * exp2_of(z - level_bias_value) *
+                             (orbit_grad[orbit_index(a, bb)] - polar.size * grad_weight);
             acc_t& lower = level_grad_out[static_cast<index_t>(polar.lower) * plane];
             if (polar.frac == acc_t(0)) {
               lower += dz;
@@ -447,19 +573,13 @@ __global__ void __launch_bounds__(kTile* kTile) param_backward_kernel(const Para
           }
         }
       }
-      if constexpr (kLevels > 0) {
-        JDRL_UNROLL
-        for (int s = 0; s < kLevels; ++s) {
-          if (s <= r) level_grad_out[static_cast<index_t>(s) * plane] = level_grad[s];
-        }
-      }
     }
   }
 }
 
 // Pass B: the image gradient at each pixel q, gathered from the neighbours' Wt.
 template <typename scalar_t, typename acc_t, typename index_t, int kLevels>
-__global__ void __launch_bounds__(kTile* kTile) image_backward_kernel(const Params<scalar_t, acc_t> p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(const Params<scalar_t, acc_t> p) {
   const int levels = kLevels > 0 ? kLevels : p.levels;
   const int radius = levels - 1;
   const int orbits = orbit_count(levels);
@@ -568,7 +688,7 @@ void run_forward(const at::Tensor& image, const at::Tensor& seeds, const at::Ten
   p.out = out.data_ptr<scalar_t>();
   p.scratch = scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr;
   if (g.specialized) {
-    launch(&forward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g, p);
+    launch(&forward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g.with_slots(), p);
   } else {
     launch(&forward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
   }
@@ -595,7 +715,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(const at::Tensor& gr
   p.grad_seeds = grad_seeds.data_ptr<acc_t>();
   p.grad_weights = grad_weights.data_ptr<scalar_t>();
   if (g.specialized) {
-    launch(&param_backward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g, p);
+    launch(&param_backward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g.with_slots(), p);
     launch(&image_backward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g, p);
   } else {
     launch(&param_backward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
