@@ -11,7 +11,7 @@
 # build time and a table of every kernel's registers and spills (nvcc runs with -Xptxas -v, appended
 # to NVCC_APPEND_FLAGS; .ci/ptxas_report.py reads the log), and fails when a kernel spills that
 # .ci/known_spills.txt does not list or, with
-# the register gate on (REBLUR_REGISTER_GATE below), when a reblur kernel needs more than
+# the register gate on (REBLUR_REGISTER_GATE below; on by default), when a reblur kernel needs more than
 # REBLUR_MAX_REGISTERS registers per thread. CUDA_HOME (default: /usr/local/cuda, else the toolkit of the nvcc on PATH),
 # TORCH_CUDA_ARCH_LIST (default 9.0) and MAX_JOBS (default 2) are respected.
 set -euo pipefail
@@ -72,8 +72,9 @@ EOF
 export CPATH="${extra_includes}${CPATH:+:$CPATH}"
 
 # The register gate of the reblur kernels: 64 registers x 256 threads a block lets 4 blocks (50% of an
-# SM's 2048 threads) be resident. "enforce" fails the check above the limit, "report" only prints it.
-REBLUR_REGISTER_GATE="${REBLUR_REGISTER_GATE:-report}"
+# SM's 2048 threads) be resident. "enforce" (the default) fails the check above the limit, "report"
+# only prints it.
+REBLUR_REGISTER_GATE="${REBLUR_REGISTER_GATE:-enforce}"
 REBLUR_MAX_REGISTERS="${REBLUR_MAX_REGISTERS:-64}"
 case "$REBLUR_REGISTER_GATE" in
   enforce | report) ;;

@@ -9,7 +9,8 @@ and direction (forward; backward = the op's backward op, given the output gradie
 - ``today`` and ``tiled``: the DRAM bytes the kernels move by their own design, from the traffic
   tables below: ``today`` models csrc/*/*_cuda.cu as they are (one thread per pixel, global
   per-thread scratch, neighbours read from global memory); ``tiled`` models the redesign of issue
-  10 (shared-memory tile + halo, per-pixel values in registers, gradients stored once);
+  10 (shared-memory tile + halo, per-pixel values on chip: registers and shared-memory slots,
+  gradients stored once);
 - the expected time of each design on an H100 (3.35 TB/s) and an H200 (4.8 TB/s) if it ran at the
   card's DRAM bandwidth: a lower bound that holds only when the kernel is memory-bound;
 - ``on-chip``: the approximate bytes per pixel that today's design loads and stores through L1/L2

@@ -11,8 +11,8 @@ load shows up here as a wrong value, every run.
 Compared: every op's output and every gradient (its backward op on a random output gradient), on
 odd and non-square sizes (1x1, and sizes that are not multiples of reblur's 16x16 tile), batch 2,
 channel counts on both sides of the 4-channel chunk, every radius 1..7, m in {1, 2, 5, 8} (8 is
-reblur's compile-time specialization, the others its generic kernels; m = 10 as well), both
-supports and both paddings, float32 and float64.
+reblur's compile-time specialization in float32, the others, and float64 at every m, its generic
+kernels; m = 10 as well), both supports and both paddings, float32 and float64.
 
 Tolerances, relative to ``scale = max(1, max |expected|)``: float64 1e-10, float32 5e-5 (summation
 order and the exponential differ: the CUDA kernels use exp2 on log2(e)-scaled logits).

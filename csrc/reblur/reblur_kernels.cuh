@@ -10,16 +10,21 @@
 // The radial kernel of a pixel, Wt(o) = [o == 0] w_0 + sum_{r >= a(o)} w_r k_r(o), is built level
 // by level: per level r, one pass over its orbits for the maximum logit, one for the softmax sum
 // (bias_r = max + log2(sum), logits in log2 units: k_r(o) = exp2(z_r(o) - bias_r)), one adding
-// w_r k_r(o) to Wt. With m = 8 known at compile time (kLevels = 8, the common case) the 36 values
-// of Wt, the level biases and the level's seeds are registers and the orbits' polar positions are
-// constants; the generic kernels (kLevels = 0, any m, 64-bit indices) keep Wt and the biases in a
-// per-pixel global scratch instead.
+// w_r k_r(o) to Wt. With m = 8 known at compile time (kLevels = 8, the common case; float
+// accumulation only, see kSpecializes) the orbits' polar positions are constants, the level's 8
+// seeds are registers, and the 36 values of Wt are per-thread slots in shared memory (SlotArray; 36
+// floats next to the rest did not fit in 64 registers); the generic kernels (kLevels = 0, any m,
+// 64-bit indices, and float64) keep Wt and the biases in a per-pixel global scratch instead. The level loop stays
+// rolled. Every kernel is held to 64 registers per thread (__launch_bounds__(256, 4): 4 blocks, 50%
+// occupancy) without spills, which .ci/compile_cuda.sh checks.
 //
 // Backward, without atomics:
 //   pass A, per pixel p: Wt(p) (as in the forward, stored for pass B), orbit_grad(o) =
-//     sum_c grad[c, p] S_o[c, p] from the image tile, then per level the softmax backward:
+//     sum_c grad[c, p] S_o[c, p] from the image tile (the specialized kernel reuses Wt's slots),
+//     then per level the softmax backward:
 //       d/dw_r = sum_o k_r(o) orbit_grad(o),  d/dz_r(o) = w_r k_r(o) (orbit_grad(o) - |o| d/dw_r),
-//     each level's seed gradients summed in registers and stored once;
+//     each level's seed gradients summed in registers and stored once (the specialized kernel
+//     in one pass over the orbits, recomputing the level's bias; see param_backward_kernel);
 //   pass B, per pixel q: the image gradient, gathered from the neighbours p = e - d (e: the
 //     extended positions that the padding folds onto q) as grad[c, p] Wt_p(o(d)), with the
 //     gradient around the tile in shared memory.
@@ -51,6 +56,12 @@ constexpr int kThreads = kTile * kTile;
 constexpr int kMinBlocks = 4;
 constexpr int kChannelChunk = 4;         // at most this many channels in shared memory at once
 constexpr int kSpecializedLevels = 8;    // m of the compile-time specialization
+// The specialization is for float accumulation (float32, float16, bfloat16). float64 takes the
+// generic kernels at every m: in doubles, the specialized kernels' per-level registers (8 seeds and
+// 16 sums of the softmax backward, 48 registers) and the rest did not fit in 64 (ptxas, sm_90:
+// parameter backward 700 bytes spilled, forward 20).
+template <typename acc_t>
+constexpr bool kSpecializes = sizeof(acc_t) == sizeof(float);
 constexpr unsigned int kMaxGridZ = 65535;
 
 // Everything a reblur kernel reads and writes; a kernel uses the fields its pass needs.
@@ -79,7 +90,7 @@ struct Geometry {
   dim3 grid, block;
   int channel_chunk;
   size_t shared_bytes;  // the image tile; over cuda::kDefaultSharedBytes, the launcher opts in to more
-  bool specialized;     // m = 8 and every tensor indexable with 32 bits
+  bool specialized;     // m = 8, float accumulation and every tensor indexable with 32 bits
   int scratch_planes;   // per pixel, for the generic kernels (0 for the specialized ones)
   size_t slot_bytes;    // specialized forward and parameter backward: their per-pixel slots, before the tile
   // The geometry of a kernel that keeps per-pixel slots in shared memory (forward_kernel,
@@ -110,7 +121,8 @@ inline Geometry geometry(int64_t batch, int64_t channels, int64_t height, int64_
   g.block = dim3(kTile, kTile, 1);
   g.channel_chunk = chunk;
   g.shared_bytes = static_cast<size_t>(chunk * tile_bytes);
-  g.specialized = levels == kSpecializedLevels && largest_numel < std::numeric_limits<int32_t>::max();
+  g.specialized = levels == kSpecializedLevels && accumulate_bytes == sizeof(float) &&
+                  largest_numel < std::numeric_limits<int32_t>::max();
   g.scratch_planes = g.specialized ? 0 : orbit_count(levels) + levels;
   g.slot_bytes = g.specialized ? static_cast<size_t>(orbit_count(kSpecializedLevels)) * kThreads * accumulate_bytes : 0;
   return g;
@@ -138,8 +150,8 @@ constexpr int array_size(int levels_or_zero, int size) { return levels_or_zero >
 // A per-pixel array of the specialized kernels in the block's shared memory: the thread's values
 // kThreads apart (consecutive threads, consecutive words: no bank conflicts). The 36 orbit values
 // of m = 8 do not fit in registers next to the rest (36 floats plus the loop state went over 64
-// registers; 36 doubles alone are 72), and the shared memory a block then uses (36 KB of float
-// slots and a 14 KB float tile) still lets 4 blocks reside, as 64 registers do.
+// registers), and the shared memory a block then uses (36 KB of slots and a 14 KB tile, 50 KB, over
+// the 48 KB default: the launcher opts in) still lets 4 blocks reside, as 64 registers do.
 template <typename acc_t>
 struct SlotArray {
   acc_t* base;  // the thread's first slot
@@ -687,11 +699,13 @@ void run_forward(const at::Tensor& image, const at::Tensor& seeds, const at::Ten
   Params<scalar_t, acc_t> p = params_for<scalar_t, acc_t>(image, seeds, weights, args, g);
   p.out = out.data_ptr<scalar_t>();
   p.scratch = scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr;
-  if (g.specialized) {
-    launch(&forward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g.with_slots(), p);
-  } else {
-    launch(&forward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
+  if constexpr (kSpecializes<acc_t>) {
+    if (g.specialized) {
+      launch(&forward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g.with_slots(), p);
+      return;
+    }
   }
+  launch(&forward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
 }
 
 // Returns (grad_image, grad_seeds in acc_t, grad_weights); every element is written by the kernels.
@@ -714,13 +728,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(const at::Tensor& gr
   p.scratch = scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr;
   p.grad_seeds = grad_seeds.data_ptr<acc_t>();
   p.grad_weights = grad_weights.data_ptr<scalar_t>();
-  if (g.specialized) {
-    launch(&param_backward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g.with_slots(), p);
-    launch(&image_backward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g, p);
-  } else {
-    launch(&param_backward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
-    launch(&image_backward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
+  if constexpr (kSpecializes<acc_t>) {
+    if (g.specialized) {
+      launch(&param_backward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g.with_slots(), p);
+      launch(&image_backward_kernel<scalar_t, acc_t, int32_t, kSpecializedLevels>, g, p);
+      return {grad_image, grad_seeds, grad_weights};
+    }
   }
+  launch(&param_backward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
+  launch(&image_backward_kernel<scalar_t, acc_t, int64_t, 0>, g, p);
   return {grad_image, grad_seeds, grad_weights};
 }
 
