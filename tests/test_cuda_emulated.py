@@ -12,7 +12,8 @@ Compared: every op's output and every gradient (its backward op on a random outp
 odd and non-square sizes (1x1, and sizes that are not multiples of reblur's 16x16 tile), batch 2,
 channel counts on both sides of the 4-channel chunk, every radius 1..7, m in {1, 2, 5, 8} (8 is
 reblur's compile-time specialization in float32, the others, and float64 at every m, its generic
-kernels; m = 10 as well), both supports and both paddings, float32 and float64.
+kernels; m = 10 as well), both supports and both paddings, float32 and float64; reblur also in
+float16 and bfloat16, against the CPU op in float32.
 
 Tolerances, relative to ``scale = max(1, max |expected|)``: float64 1e-10, float32 5e-5 (summation
 order and the exponential differ: the CUDA kernels use exp2 on log2(e)-scaled logits).
@@ -156,3 +157,31 @@ def test_flow_warp_emulated_matches_cpu(dtype, padding_mode):
         flow[:, :, 1::5] = flow[:, :, 1::5].round()  # some samples exactly on pixels
         flow[0, 0, 0, 0] = float("nan")
         assert_op_matches("flow_warp", [image, flow], (padding_mode,), ["grad image", "grad flow"], f"C {channels} {shape}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("levels", [5, 8])
+def test_reblur_emulated_half_precision_matches_cpu_float32(dtype, levels):
+    """float16/bfloat16 reblur (the m = 8 specialization and the generic kernels, accumulating in
+    float32 as on CUDA) against the CPU op in float32 on the same rounded inputs: what differs is
+    the rounding of each output and gradient to dtype (2^-11 for float16, 2^-8 for bfloat16,
+    relative), so the tolerance is a few of those."""
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype]  # measured: up to 4.2e-4 and 3.3e-3
+    generator = torch.Generator().manual_seed(100 + levels)
+    for (channels, shape), support, padding_mode in [
+        ((5, (5, 3)), "window", "replicate"),
+        ((9, (17, 18)), "disk", "zeros"),
+    ]:
+        inputs = [t.to(dtype) for t in reblur_inputs(2, channels, *shape, levels, torch.float32, generator)]
+        grad = torch.randn(2, channels, *shape, generator=generator).to(dtype)
+        args = (support, padding_mode)
+        what = f"m {levels} C {channels} size {shape} {dtype} {support} {padding_mode}"
+        expected = cpu.reblur(*[t.float() for t in inputs], support=support, padding_mode=padding_mode)
+        got = emulated.reblur(*inputs, support=support, padding_mode=padding_mode)
+        assert got.dtype == dtype
+        assert_scaled_close(got.float(), expected, tol, f"reblur {what} output")
+        expected_grads = cpu._reblur_backward(grad.float(), *[t.float() for t in inputs], *args)
+        got_grads = emulated._reblur_backward(grad, *inputs, *args)
+        for name, got_grad, expected_grad in zip(["grad image", "grad seeds", "grad weights"], got_grads, expected_grads):
+            assert got_grad.dtype == dtype, f"{what} {name}: dtype {got_grad.dtype}"
+            assert_scaled_close(got_grad.float(), expected_grad, tol, f"reblur {what} {name}")

@@ -1,10 +1,11 @@
 // The CUDA kernels of the four ops, run on the CPU by the host emulation of common/cuda_host_emulation.h,
-// as the test-only operators torch.ops.jdrl_emulated.* (CPU tensors, float32/float64): the same
-// __global__ functions (the op folders' *_kernels.cuh / *_device.cuh, which the .cu files include),
-// launched with the geometry the CUDA launchers compute, against the CPU kernels in
-// tests/test_cuda_emulated.py. Only the host glue differs from the .cu files: no device guard or
-// stream, and the launch is emulation::launch instead of <<<...>>>.
+// as the test-only operators torch.ops.jdrl_emulated.* (CPU tensors, float32/float64; reblur also
+// float16/bfloat16): the same __global__ functions (the op folders' *_kernels.cuh / *_device.cuh,
+// which the .cu files include), launched with the geometry the CUDA launchers compute, against the
+// CPU kernels in tests/test_cuda_emulated.py. Only the host glue differs from the .cu files: no
+// device guard or stream, and the launch is emulation::launch instead of <<<...>>>.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -46,19 +47,26 @@ struct EmulatedLaunch {
 
 at::ScalarType accumulate_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
 
-// ---- reblur
+// ---- reblur (also float16 and bfloat16, accumulated in float32, as on CUDA)
+
+void check_reblur_emulated_dtype(const at::Tensor& t, const char* name) {
+  const at::ScalarType dtype = t.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, name,
+                   ": the emulated reblur takes float32, float64, float16 or bfloat16, got ", dtype);
+}
 
 at::Tensor reblur_emulated(const at::Tensor& image_in, const at::Tensor& seeds_in, const at::Tensor& weights_in,
                            c10::string_view support, c10::string_view padding_mode) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
-  check_cpu_dtype(image_in, "image");
+  check_reblur_emulated_dtype(image_in, "image");
   const at::Tensor image = image_in.contiguous();
   const at::Tensor seeds = seeds_in.contiguous();
   const at::Tensor weights = weights_in.contiguous();
   at::Tensor out = at::empty(image.sizes(), image.options());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "reblur_emulated", [&] {
-    reblur_kernels::run_forward<scalar_t, scalar_t>(image, seeds, weights, out, args, EmulatedLaunch{});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "reblur_emulated", [&] {
+    reblur_kernels::run_forward<scalar_t, at::opmath_type<scalar_t>>(image, seeds, weights, out, args,
+                                                                     EmulatedLaunch{});
   });
   return out;
 }
@@ -70,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at
                                                                         c10::string_view support,
                                                                         c10::string_view padding_mode) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
-  check_cpu_dtype(image_in, "image");
+  check_reblur_emulated_dtype(image_in, "image");
   check_grad(grad_in, image_in, "grad");
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor image = image_in.contiguous();
@@ -81,10 +89,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at
             at::zeros(weights.sizes(), weights.options())};
   }
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
-  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "reblur_backward_emulated", [&] {
-    grads = reblur_kernels::run_backward<scalar_t, scalar_t>(grad, image, seeds, weights, args, EmulatedLaunch{});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "reblur_backward_emulated", [&] {
+    grads = reblur_kernels::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, image, seeds, weights, args,
+                                                                              EmulatedLaunch{});
   });
-  return grads;
+  // grad_seeds comes in the accumulation dtype; the CUDA op converts it the same way
+  return {std::get<0>(grads), std::get<1>(grads).to(seeds.scalar_type()), std::get<2>(grads)};
 }
 
 // ---- sv_conv
