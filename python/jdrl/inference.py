@@ -403,13 +403,15 @@ class StreamingDefocusPCA:
                 f"{self.channels} of {(self.height, self.width)}"
             )
         self.run_starts.add(top)
-        # Pixel-major float32, one image row of the block at a time at its place in the file.
-        pixels = block[0].permute(1, 2, 0).cpu().float().contiguous().numpy()  # (rows, columns, S)
+        # Pixel-major float32 at its place in the file, one image row of the block at a time
+        # through one small reused buffer: no block-sized temporary between the network's tiles.
+        row_buffer = torch.empty(columns, channels, dtype=torch.float32)
+        row_bytes = memoryview(row_buffer.numpy()).cast("B")
         descriptor = self.storage.fileno()
-        row_bytes = columns * channels * 4
         for row in range(rows):
+            row_buffer.copy_(block[0, :, row].T)
             offset = ((top + row) * self.width + left) * channels * 4
-            if os.pwrite(descriptor, memoryview(pixels[row]).cast("B"), offset) != row_bytes:
+            if os.pwrite(descriptor, row_bytes, offset) != len(row_bytes):
                 raise OSError("could not write the defocus map's temporary file (is TMPDIR full?)")
         self.received += rows * columns
 
