@@ -256,14 +256,19 @@ def test_streamed_defocus_pca_equals_the_whole_map_and_uint8_input_equals_floats
     expected = defocus_map_to_scalar(whole.defocus_map)
 
     received = []
-    exact = StreamingDefocusPCA(chunk_pixels=100)  # float32 band (keep_defocus_map): rounding only
-    kept = deblur_tiled(
-        net, as_uint8, tile=48, overlap=16, keep_defocus_map=True,
-        defocus_sink=lambda start, rows, height: (received.append((start, rows.shape[2])), exact(start, rows, height)),
-    )
+    exact = StreamingDefocusPCA(chunk_pixels=100)  # float32 sums (keep_defocus_map): rounding only
+
+    def record(top, left, block, size):
+        received.append((top, left, block.shape[2], block.shape[3]))
+        exact(top, left, block, size)
+
+    kept = deblur_tiled(net, as_uint8, tile=48, overlap=16, keep_defocus_map=True, defocus_sink=record)
     assert torch.equal(kept.sharp, whole.sharp)  # uint8 input = the same image as floats
-    assert [start for start, _ in received] == sorted(start for start, _ in received)
-    assert sum(count for _, count in received) == 97 and len(received) > 1  # every row once, in order
+    assert [(top, left) for top, left, _, _ in received] == sorted((top, left) for top, left, _, _ in received)
+    covered = torch.zeros(97, 83, dtype=torch.int32)
+    for top, left, rows, columns in received:
+        covered[top : top + rows, left : left + columns] += 1
+    assert bool((covered == 1).all()) and len(received) > 1  # every pixel once, in row-major block order
     assert (exact.scalar_map() - expected).abs().max() < 1e-4 * float(expected.abs().max())
 
     streamed = StreamingDefocusPCA(chunk_pixels=100)  # sink only: float16 band
@@ -285,3 +290,68 @@ def test_streamed_defocus_radius_equals_the_radius_of_the_whole_map():
     deblur_tiled(net, image, tile=48, overlap=16, keep_defocus_map=True, defocus_sink=streamed)
     assert streamed.radius.shape == expected.shape
     assert torch.allclose(streamed.radius, expected, atol=1e-5), (streamed.radius - expected).abs().max()
+
+
+def reference_blend(net, image, tile, overlap, map_dtype):
+    """The sums of one whole-image buffer per output, tile after tile in row-major order: what
+    deblur_tiled computed before it streamed finished blocks (its results must equal these to the bit)."""
+    from jdrl.inference import _normalized_weights
+
+    height, width = image.shape[2:]
+    rows, columns = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
+    row_weights, column_weights = _normalized_weights(rows, height, overlap), _normalized_weights(columns, width, overlap)
+    sharp_sum = torch.zeros(1, 3, height, width)
+    map_sum = None
+    for (row_start, row_end), row_weight in zip(rows, row_weights):
+        for (column_start, column_end), column_weight in zip(columns, column_weights):
+            weights = row_weight[:, None] * column_weight[None, :]
+            sharp, defocus_map = net(image[:, :, row_start:row_end, column_start:column_end])
+            sharp_sum[:, :, row_start:row_end, column_start:column_end].addcmul_(sharp, weights)
+            if map_sum is None:
+                map_sum = torch.zeros(1, defocus_map.shape[1], height, width, dtype=map_dtype)
+            map_sum[:, :, row_start:row_end, column_start:column_end].add_(torch.mul(defocus_map, weights))
+    return sharp_sum, map_sum
+
+
+@pytest.mark.parametrize("height, width", [(97, 83), (161, 40), (40, 161), (100, 200), (120, 121)])
+def test_streamed_blocks_equal_whole_image_sums_to_the_bit(height, width):
+    """Tiles in several rows and columns, one column, one row, a last tile that overlaps two."""
+    torch.manual_seed(0)
+    net = StandInNet().eval()
+    image = torch.rand(1, 3, height, width)
+    with torch.no_grad():
+        sharp_sum, map_sum = reference_blend(net, image, 48, 16, torch.float32)
+        _, half_sum = reference_blend(net, image, 48, 16, torch.float16)
+    kept = deblur_tiled(net, image, tile=48, overlap=16, keep_defocus_map=True)
+    assert torch.equal(kept.sharp, sharp_sum) and torch.equal(kept.defocus_map, map_sum)
+
+    half = torch.full_like(half_sum, float("nan"))
+    blocks = []
+
+    def into_half(top, left, block, size):
+        blocks.append(block.shape)
+        half[:, :, top : top + block.shape[2], left : left + block.shape[3]] = block
+
+    streamed = deblur_tiled(net, image, tile=48, overlap=16, defocus_sink=into_half, defocus_channels=5)
+    assert torch.equal(streamed.sharp, sharp_sum) and streamed.defocus_map is None
+    assert torch.equal(half, half_sum)  # float16 sums (a sink only): the same roundings as one float16 buffer
+    assert all(shape[2] * shape[3] < height * width for shape in blocks) or len(blocks) == 1
+
+
+@pytest.mark.parametrize("bit_depth, gray, alpha", [(8, False, False), (16, False, True), (8, True, True)])
+def test_sample_sink_equals_samples_of_the_whole_image(bit_depth, gray, alpha):
+    from jdrl.inference import _alpha_at, _SampleSink, _to_samples
+
+    torch.manual_seed(0)
+    net = StandInNet().eval()
+    image = torch.rand(1, 3, 97, 83)
+    whole = deblur_tiled(net, image, tile=48, overlap=16).sharp[0]
+    alpha_channel = np.arange(97 * 83, dtype=np.uint16).reshape(97, 83, 1) % 251 if alpha else None
+    if alpha_channel is not None and bit_depth == 8:
+        alpha_channel = alpha_channel.astype(np.uint8)
+    expected = _to_samples(whole.mean(dim=0, keepdim=True) if gray else whole.clone(), bit_depth)
+    if alpha_channel is not None:
+        expected = np.concatenate([expected, _alpha_at(alpha_channel, bit_depth)], axis=2)
+    sink = _SampleSink(97, 83, bit_depth, gray, alpha_channel)
+    assert deblur_tiled(net, image, tile=48, overlap=16, sharp_sink=sink).sharp is None
+    assert sink.pixels.dtype == expected.dtype and np.array_equal(sink.pixels, expected)

@@ -313,3 +313,29 @@ def test_reblur_net_arguments_are_checked():
         ReblurNet(padding_mode="reflect")
     with pytest.raises(ValueError, match="sharp_est and blurry"):
         ReblurNet(width=8)(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 17))
+
+
+@pytest.mark.parametrize("preset, size", [("tiny", (37, 53)), ("small", (64, 48))])
+def test_inference_forward_in_halves_equals_the_training_forward_to_the_bit(preset, size):
+    """Without gradients on the CPU the gated feed-forward runs its two branches one after the other
+    (less memory); it must give exactly what the autograd path gives."""
+    from jdrl.models.restormer import GatedFeedForward
+
+    torch.manual_seed(0)
+    net = build_deblur_net("jdrl", preset, 8).eval()
+    with torch.no_grad():  # random, not He-scaled, weights so that every value matters
+        for module in net.modules():
+            if isinstance(module, GatedFeedForward):
+                module.project_out.weight.normal_()
+    image = torch.rand(1, 3, *size)
+    called = []
+    original = GatedFeedForward._forward_in_halves
+    GatedFeedForward._forward_in_halves = lambda self, x: (called.append(1), original(self, x))[1]
+    try:
+        with torch.no_grad():
+            halves = net(image)
+    finally:
+        GatedFeedForward._forward_in_halves = original
+    whole = net(image)  # gradients enabled: the unsplit forward
+    assert called and torch.equal(halves.sharp, whole.sharp.detach())
+    assert torch.equal(halves.defocus_map, whole.defocus_map.detach())

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -133,17 +134,113 @@ def _split_output(output) -> tuple[torch.Tensor, torch.Tensor | None]:
     return sharp, defocus_map
 
 
-class _FullMap:
-    """The defocus-map sink of ``keep_defocus_map``: finished rows copied into one ``(B, S, H, W)`` map."""
+# A block sink: ``sink(top, left, block (B, C, h, w), (height, width))`` receives a finished block of
+# the image whose top-left pixel is (top, left); ``block`` is valid only during the call.
+BlockSink = Callable[[int, int, torch.Tensor, tuple[int, int]], None]
 
-    def __init__(self) -> None:
-        self.map: torch.Tensor | None = None
 
-    def __call__(self, row_start: int, rows: torch.Tensor, height: int) -> None:
-        if self.map is None:
-            batch, channels, _, width = rows.shape
-            self.map = torch.empty(batch, channels, height, width, dtype=torch.float32, device=rows.device)
-        self.map[:, :, row_start : row_start + rows.shape[2]] = rows
+class _WholeImage:
+    """A block sink that copies the finished blocks into one ``(B, C, H, W)`` float32 tensor."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.image: torch.Tensor | None = None
+
+    def __call__(self, top: int, left: int, block: torch.Tensor, size: tuple[int, int]) -> None:
+        if top == 0 and left == 0 and tuple(block.shape[2:]) == tuple(size):  # the whole image at once
+            self.image = block if block.dtype == torch.float32 and block.device == self.device else block.float().to(self.device)
+            return
+        if self.image is None:
+            self.image = torch.empty(block.shape[0], block.shape[1], *size, dtype=torch.float32, device=self.device)
+        self.image[:, :, top : top + block.shape[2], left : left + block.shape[3]] = block
+
+
+def _fan_out(sinks: list[BlockSink]) -> BlockSink | None:
+    """One sink that calls each of ``sinks`` in turn (None when there are none)."""
+    if not sinks:
+        return None
+
+    def emit(top: int, left: int, block: torch.Tensor, size: tuple[int, int]) -> None:
+        for sink in sinks:
+            sink(top, left, block, size)
+
+    return emit
+
+
+class _TileBlender:
+    """The weighted sum of overlapping tiles, visited in row-major order, without a whole-image buffer.
+
+    Tile ``(i, j)`` covers rows ``rows[i]`` and columns ``columns[j]``. Once it has been added, the
+    block from its top-left corner to the next tile row's and tile column's starts is final (no later
+    tile covers it) and goes to ``emit``; what later tiles still add to stays in two carries: the
+    rows below the next tile row's start (full width, a few tile overlaps high) and the columns
+    right of the next tile column's start (one tile high). Each pixel receives the same additions
+    in the same order as in one whole-image buffer, so the sums are the same to the bit.
+
+    Use: ``region = begin(i, j)`` (the tile's partial sums so far), add the tile's share to
+    ``region`` in place, then ``finish(i, j)``.
+    """
+
+    def __init__(
+        self,
+        rows: list[tuple[int, int]],
+        columns: list[tuple[int, int]],
+        batch: int,
+        channels: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        emit: BlockSink,
+    ) -> None:
+        self.rows, self.columns, self.emit = rows, columns, emit
+        self.size = (rows[-1][1], columns[-1][1])
+        tallest = max(end - start for start, end in rows)
+        widest = max(end - start for start, end in columns)
+        # A region lies in memory as it would in a whole image, so that elementwise kernels walk it
+        # the same way: rows apart (a spare column) when tiles are narrower than the image; rows
+        # adjacent but channel planes apart (a spare row) when one tile spans the width.
+        if len(columns) > 1:
+            self.work = torch.empty(batch, channels, tallest, widest + 1, dtype=dtype, device=device)
+        else:
+            self.work = torch.empty(batch, channels, tallest + 1, widest, dtype=dtype, device=device)
+        carried_rows = max([end - following[0] for (_, end), following in zip(rows, rows[1:])], default=0)
+        carried_columns = max([end - following[0] for (_, end), following in zip(columns, columns[1:])], default=0)
+        # The rows still open below the current tile row: read by the tile row being added and
+        # written for the next one in the same buffer (a column is written only after it was read).
+        self.row_carry = torch.zeros(batch, channels, carried_rows, self.size[1], dtype=dtype, device=device)
+        self.column_carry = torch.empty(batch, channels, tallest, carried_columns, dtype=dtype, device=device)
+
+    def _finished(self, i: int, j: int) -> tuple[int, int]:
+        """Rows and columns of tile (i, j), from its top-left corner, that no later tile covers."""
+        (row_start, _), (column_start, _) = self.rows[i], self.columns[j]
+        next_row = self.rows[i + 1][0] if i + 1 < len(self.rows) else self.size[0]
+        next_column = self.columns[j + 1][0] if j + 1 < len(self.columns) else self.size[1]
+        return next_row - row_start, next_column - column_start
+
+    def begin(self, i: int, j: int) -> torch.Tensor:
+        """Tile (i, j)'s region ``(B, C, h, w)`` holding what earlier tiles added to its pixels."""
+        (row_start, row_end), (column_start, column_end) = self.rows[i], self.columns[j]
+        region = self.work[:, :, : row_end - row_start, : column_end - column_start]
+        region.zero_()
+        from_left = self.columns[j - 1][1] - column_start if j > 0 else 0  # tile (i, j-1) also covered these
+        from_above = self.rows[i - 1][1] - row_start if i > 0 else 0  # tile row i-1 also covered these
+        if from_left > 0:
+            region[:, :, :, :from_left] = self.column_carry[:, :, : row_end - row_start, :from_left]
+        if from_above > 0:
+            region[:, :, :from_above, from_left:] = self.row_carry[:, :, :from_above, column_start + from_left : column_end]
+        return region
+
+    def finish(self, i: int, j: int) -> None:
+        """Emit tile (i, j)'s finished block and keep the rest of its region for later tiles."""
+        (row_start, row_end), (column_start, column_end) = self.rows[i], self.columns[j]
+        region = self.work[:, :, : row_end - row_start, : column_end - column_start]
+        finished_rows, finished_columns = self._finished(i, j)
+        self.emit(row_start, column_start, region[:, :, :finished_rows, :finished_columns], self.size)
+        if finished_columns < region.shape[3]:
+            self.column_carry[:, :, : region.shape[2], : region.shape[3] - finished_columns] = region[:, :, :, finished_columns:]
+        if finished_rows < region.shape[2]:
+            self.row_carry[:, :, : region.shape[2] - finished_rows, column_start : column_start + finished_columns] = region[
+                :, :, finished_rows:, :finished_columns
+            ]
 
 
 def _as_float(image: torch.Tensor) -> torch.Tensor:
@@ -177,7 +274,9 @@ def deblur_tiled(
     align: int = 32,
     keep_defocus_map: bool = False,
     output_device: str | torch.device | None = None,
-    defocus_sink: Callable[[int, torch.Tensor, int], None] | None = None,
+    defocus_sink: BlockSink | None = None,
+    sharp_sink: BlockSink | None = None,
+    defocus_channels: int | None = None,
 ) -> DeblurOutput:
     """Deblur ``image (B, 3, H, W)`` tile by tile; returns ``DeblurOutput(sharp, defocus_map)``.
 
@@ -191,13 +290,20 @@ def deblur_tiled(
     results are float32 on ``output_device`` (default: ``image.device``; "cpu" keeps a GPU's
     memory for the network). Blending and tolerance: see the module docstring.
 
-    Memory: the sharp image is one output buffer that each tile adds its share to in place. The
-    defocus map (S = 35 channels, 9x the image) is blended in a band one tile row high;
-    ``defocus_sink(row_start, rows (B, S, h, W), height)`` receives each run of finished rows, top
-    to bottom, so a caller can stream it (``StreamingDefocusPCA``) instead of holding it whole
-    (``keep_defocus_map``; the two may be combined). With a sink only, the band stores float16
-    (half the memory; the sums are computed in float32 and rounded once per tile, relative error
-    below 1e-3, invisible in the colour-mapped map); with ``keep_defocus_map`` it stores float32.
+    Memory: no whole-image float buffer is needed. Each tile's weighted share is added to a
+    buffer one tile large; the block that no later tile covers then goes out, and only the
+    overlaps that later tiles still add to are carried (``_TileBlender``). The sinks
+    ``sharp_sink`` and ``defocus_sink``, ``sink(top, left, block (B, C, h, w), (H, W))``, receive
+    the finished blocks in tile order (row-major), each pixel once; a block is valid only during
+    the call. With ``sharp_sink`` the returned ``sharp`` is None (the caller keeps what it needs,
+    e.g. 8-bit samples); without it the blocks fill one float32 image. The defocus map (S = 35
+    channels, 9x the image) goes to ``defocus_sink`` (``StreamingDefocusPCA``,
+    ``StreamingDefocusRadius``) and/or into a whole map (``keep_defocus_map``). With a sink only,
+    its partial sums are stored as float16 (half the memory; each tile's share is computed in
+    float32 and rounded once, relative error below 1e-3, invisible in the colour-mapped map); with
+    ``keep_defocus_map`` as float32. ``defocus_channels`` (S, e.g. 35), when known, lets the
+    defocus buffers be allocated before the first tile runs instead of after it (less heap
+    fragmentation around the network's activations); None: allocated after the first tile.
     """
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be (B, 3, H, W), got shape {tuple(image.shape)}")
@@ -209,124 +315,152 @@ def deblur_tiled(
         raise ValueError(f"overlap ({overlap}) must be smaller than tile ({tile})")
     output_device = torch.device(output_device) if output_device is not None else image.device
     batch, _, height, width = image.shape
-    full_map = _FullMap() if keep_defocus_map else None
-    sinks = [sink for sink in (full_map, defocus_sink) if sink is not None]
+    whole_sharp = _WholeImage(output_device) if sharp_sink is None else None
+    emit_sharp = sharp_sink if sharp_sink is not None else whole_sharp
+    whole_map = _WholeImage(output_device) if keep_defocus_map else None
+    emit_map = _fan_out([sink for sink in (whole_map, defocus_sink) if sink is not None])
 
-    def emit(row_start: int, rows: torch.Tensor) -> None:
-        for sink in sinks:
-            sink(row_start, rows, height)
+    def result() -> DeblurOutput:
+        return DeblurOutput(
+            whole_sharp.image if whole_sharp is not None else None, whole_map.image if whole_map is not None else None
+        )
 
     if not tile or (height <= tile and width <= tile):
         sharp, defocus_map = _split_output(net(_as_float(image)))
-        if sinks and defocus_map is not None:
-            emit(0, defocus_map.float().to(output_device))
-        return DeblurOutput(sharp.float().to(output_device), full_map.map if full_map is not None else None)
+        emit_sharp(0, 0, sharp.float().to(output_device), (height, width))
+        if emit_map is not None and defocus_map is not None:
+            emit_map(0, 0, defocus_map.float().to(output_device), (height, width))
+        return result()
 
     rows = tile_spans(height, tile, overlap, align)
     columns = tile_spans(width, tile, overlap, align)
     row_weights = _normalized_weights(rows, height, overlap)
     column_weights = [weight.to(output_device) for weight in _normalized_weights(columns, width, overlap)]
-    sharp_out = torch.zeros(batch, 3, height, width, device=output_device)
-    band: torch.Tensor | None = None  # the defocus map of the rows of the current tile row
-    band_height = max(end - start for start, end in rows)
-    weight_buffer = torch.empty(band_height * max(end - start for start, end in columns), device=output_device)
-    for row_index, (row_start, row_end) in enumerate(rows):
-        row_weight = row_weights[row_index].to(output_device)
-        for (column_start, column_end), column_weight in zip(columns, column_weights):
+    sharp_blender = _TileBlender(rows, columns, batch, 3, torch.float32, output_device, emit_sharp)
+    map_dtype = torch.float32 if keep_defocus_map else torch.float16
+
+    def map_blender(channels: int) -> _TileBlender:
+        return _TileBlender(rows, columns, batch, channels, map_dtype, output_device, emit_map)
+
+    defocus_blender = map_blender(defocus_channels) if emit_map is not None and defocus_channels else None
+    weight_buffer = torch.empty(
+        max(end - start for start, end in rows) * max(end - start for start, end in columns), device=output_device
+    )
+    for i, (row_start, row_end) in enumerate(rows):
+        row_weight = row_weights[i].to(output_device)
+        for j, ((column_start, column_end), column_weight) in enumerate(zip(columns, column_weights)):
             weights = weight_buffer[: (row_end - row_start) * (column_end - column_start)].view(
                 row_end - row_start, column_end - column_start
             )
             torch.mul(row_weight[:, None], column_weight[None, :], out=weights)
             sharp, defocus_map = _split_output(net(_as_float(image[:, :, row_start:row_end, column_start:column_end])))
-            sharp_out[:, :, row_start:row_end, column_start:column_end].addcmul_(
-                sharp.to(output_device, torch.float32), weights
-            )
-            if sinks and defocus_map is not None:
-                if band is None:
-                    band_dtype = torch.float32 if keep_defocus_map else torch.float16
-                    band = torch.zeros(
-                        batch, defocus_map.shape[1], band_height, width, device=output_device, dtype=band_dtype
-                    )
-                band[:, :, : row_end - row_start, column_start:column_end].add_(
-                    torch.mul(defocus_map.to(output_device, torch.float32), weights)  # float32, rounded once
-                )
-            del sharp, defocus_map
-        if band is not None:
-            # Rows above the next tile row's start have all their tiles: emit them, and move the
-            # overlap (started by this tile row, finished by the next) to the top of the band.
-            finished = (rows[row_index + 1][0] if row_index + 1 < len(rows) else row_end) - row_start
-            emit(row_start, band[:, :, :finished])
-            carried = row_end - row_start - finished
-            if carried > 0:
-                band[:, :, :carried] = band[:, :, finished : finished + carried].clone()
-            band[:, :, carried:].zero_()
-    return DeblurOutput(sharp_out, full_map.map if full_map is not None else None)
+            sharp_blender.begin(i, j).addcmul_(sharp.to(output_device, torch.float32), weights)
+            sharp_blender.finish(i, j)
+            del sharp
+            if emit_map is not None and defocus_map is not None:
+                if defocus_blender is None:
+                    defocus_blender = map_blender(defocus_map.shape[1])
+                share = torch.mul(defocus_map.to(output_device, torch.float32), weights)  # float32, rounded once
+                defocus_map = None
+                defocus_blender.begin(i, j).add_(share)
+                del share
+                defocus_blender.finish(i, j)
+            del defocus_map
+    return result()
 
 
 class StreamingDefocusPCA:
-    """:func:`defocus_map_to_scalar` of a map that arrives in runs of rows (a ``deblur_tiled``
+    """:func:`defocus_map_to_scalar` of a map that arrives in blocks (a ``deblur_tiled``
     ``defocus_sink``), without holding the map in memory.
 
-    The statistics (sum and second moment, float64) accumulate as rows arrive; the rows go to an
-    unnamed temporary file (``TMPDIR``; 35 float32 channels, 1.2 GB for a 4096x2160 image), and
-    :meth:`scalar_map` reads them back in chunks to project onto the first principal component.
-    Equals ``defocus_map_to_scalar`` up to float rounding (tests/test_inference.py).
+    The blocks go to an unnamed temporary file (``TMPDIR``; 35 float32 channels, pixel-major in
+    image order, 1.2 GB for a 4096x2160 image). :meth:`scalar_map` then reads it back twice: once
+    for the statistics (sum and second moment, float64, in runs of rows that start at the blocks'
+    tops, ``chunk_pixels`` at a time), once to project onto the first principal component. Equals
+    ``defocus_map_to_scalar`` up to float rounding (tests/test_inference.py).
     """
 
     def __init__(self, chunk_pixels: int = 1 << 16) -> None:
         self.chunk_pixels = chunk_pixels
         self.storage = tempfile.TemporaryFile(prefix="jdrl-defocus-")
         self.channels = 0
+        self.height = 0
         self.width = 0
-        self.rows = 0
+        self.received = 0  # pixels written
+        self.run_starts: set[int] = set()
         self.total: torch.Tensor | None = None
         self.second_moment: torch.Tensor | None = None
 
-    def __call__(self, row_start: int, rows: torch.Tensor, height: int) -> None:
-        if rows.shape[0] != 1:
-            raise ValueError(f"StreamingDefocusPCA takes one image, got a batch of {rows.shape[0]}")
-        if row_start != self.rows:
-            raise ValueError(f"rows must arrive in order: expected row {self.rows}, got {row_start}")
-        channels, count, width = rows.shape[1:]
-        if self.total is None:
-            self.channels, self.width = channels, width
-            self.total = torch.zeros(channels, dtype=torch.float64)
-            self.second_moment = torch.zeros(channels, channels, dtype=torch.float64)
-        rows_per_chunk = max(1, self.chunk_pixels // width)
-        for first in range(0, count, rows_per_chunk):  # a few rows at a time: no copy of the whole run
-            block = rows[0, :, first : first + rows_per_chunk].cpu()
-            chunk = block.reshape(channels, -1).double()
-            self.total += chunk.sum(dim=1)
-            self.second_moment += chunk @ chunk.T
-            # Pixel-major float32 on disk, so that reading back a run of pixels is one contiguous read.
-            self.storage.write(memoryview(chunk.T.float().contiguous().numpy()))
-        self.rows += count
+    def __call__(self, top: int, left: int, block: torch.Tensor, size: tuple[int, int]) -> None:
+        if block.shape[0] != 1:
+            raise ValueError(f"StreamingDefocusPCA takes one image, got a batch of {block.shape[0]}")
+        channels, rows, columns = block.shape[1:]
+        if not self.channels:
+            self.channels, (self.height, self.width) = channels, size
+        if channels != self.channels or tuple(size) != (self.height, self.width):
+            raise ValueError(
+                f"blocks must come from one (S, H, W) map: got {channels} channels of {tuple(size)} after "
+                f"{self.channels} of {(self.height, self.width)}"
+            )
+        self.run_starts.add(top)
+        # Pixel-major float32 at its place in the file, one image row of the block at a time
+        # through one small reused buffer: no block-sized temporary between the network's tiles.
+        row_buffer = torch.empty(columns, channels, dtype=torch.float32)
+        row_bytes = memoryview(row_buffer.numpy()).cast("B")
+        descriptor = self.storage.fileno()
+        for row in range(rows):
+            row_buffer.copy_(block[0, :, row].T)
+            offset = ((top + row) * self.width + left) * channels * 4
+            if os.pwrite(descriptor, row_bytes, offset) != len(row_bytes):
+                raise OSError("could not write the defocus map's temporary file (is TMPDIR full?)")
+        self.received += rows * columns
+
+    def _read(self, buffer: np.ndarray, pixel_start: int, pixels: int) -> torch.Tensor:
+        """``pixels`` pixels from ``pixel_start`` as a ``(pixels, S)`` float32 view of ``buffer``."""
+        values = buffer[: pixels * self.channels]
+        offset = pixel_start * self.channels * 4
+        if os.preadv(self.storage.fileno(), [memoryview(values).cast("B")], offset) != values.nbytes:
+            raise OSError("the defocus map's temporary file was cut short (is TMPDIR full?)")
+        return torch.from_numpy(values.reshape(pixels, self.channels))
+
+    def _statistics(self, buffer: np.ndarray) -> None:
+        """Sum and second moment (float64) of every pixel, in the row runs the blocks started."""
+        self.total = torch.zeros(self.channels, dtype=torch.float64)
+        self.second_moment = torch.zeros(self.channels, self.channels, dtype=torch.float64)
+        rows_per_chunk = max(1, self.chunk_pixels // self.width)
+        starts = sorted(self.run_starts)
+        for run_start, run_end in zip(starts, starts[1:] + [self.height]):
+            for first in range(run_start, run_end, rows_per_chunk):
+                count = min(rows_per_chunk, run_end - first)
+                # Channel-major and contiguous, as the rows of a (S, h, W) map would be.
+                chunk = self._read(buffer, first * self.width, count * self.width).T.contiguous().double()
+                self.total += chunk.sum(dim=1)
+                self.second_moment += chunk @ chunk.T
 
     def scalar_map(self) -> torch.Tensor:
         """The ``(H, W)`` first-principal-component map, sign as in :func:`defocus_map_to_scalar`."""
-        if self.total is None:
-            raise ValueError("no defocus rows were received (does the network return a defocus map?)")
-        count = self.rows * self.width
+        if not self.channels:
+            raise ValueError("no defocus map was received (does the network return one?)")
+        count = self.height * self.width
+        if self.received != count:
+            raise ValueError(f"the defocus map's blocks covered {self.received} of its {count} pixels")
+        buffer = np.empty(max(self.chunk_pixels, self.width) * self.channels, dtype=np.float32)  # reused
+        self._statistics(buffer)
         mean = self.total / count
         covariance = self.second_moment / count - torch.outer(mean, mean)
         _, eigenvectors = torch.linalg.eigh(covariance)
         component = eigenvectors[:, -1]  # eigh sorts eigenvalues in ascending order
         projection = torch.empty(count, dtype=torch.float64)
         norms = torch.empty(count, dtype=torch.float64)
-        self.storage.seek(0)
-        buffer = np.empty(self.chunk_pixels * self.channels, dtype=np.float32)  # one writable buffer, reused
         for start in range(0, count, self.chunk_pixels):
             size = min(self.chunk_pixels, count - start)
-            values = buffer[: size * self.channels]
-            if self.storage.readinto(memoryview(values).cast("B")) != values.nbytes:
-                raise OSError("the defocus map's temporary file was cut short (is TMPDIR full?)")
-            chunk = torch.from_numpy(values.reshape(size, self.channels)).double().T
+            chunk = self._read(buffer, start, size).double().T
             projection[start : start + size] = component @ (chunk - mean[:, None])
             norms[start : start + size] = chunk.norm(dim=0)
         self.storage.close()
         if float(((projection - projection.mean()) * (norms - norms.mean())).sum()) < 0:
             projection = -projection
-        return projection.float().reshape(self.rows, self.width)
+        return projection.float().reshape(self.height, self.width)
 
 
 def defocus_map_to_scalar(defocus_map: torch.Tensor, chunk_pixels: int = 1 << 20) -> torch.Tensor:
@@ -518,32 +652,66 @@ def _radius_settings(checkpoint: str):
 
 class StreamingDefocusRadius:
     """F_B's map as a blur radius in pixels (:func:`jdrl.defocus.predicted_map_radius`, per pixel),
-    filled band by band as a ``deblur_tiled`` ``defocus_sink``: only the ``(H, W)`` radius is kept."""
+    filled block by block as a ``deblur_tiled`` ``defocus_sink``: only the ``(H, W)`` radius is kept.
 
-    def __init__(self, seed_bound: float, support: str, rows_per_chunk: int = 32) -> None:
+    ``size`` ``(H, W)``, when known, allocates the radius map at once (before the network runs),
+    else at the first block."""
+
+    def __init__(
+        self, seed_bound: float, support: str, rows_per_chunk: int = 32, size: tuple[int, int] | None = None
+    ) -> None:
         self.seed_bound = seed_bound
         self.support = support
         self.rows_per_chunk = rows_per_chunk
-        self.radius: torch.Tensor | None = None
+        self.radius: torch.Tensor | None = torch.empty(size, dtype=torch.float32) if size is not None else None
 
-    def __call__(self, row_start: int, rows: torch.Tensor, height: int) -> None:
+    def __call__(self, top: int, left: int, block: torch.Tensor, size: tuple[int, int]) -> None:
         from jdrl.defocus import levels_for_seed_channels, predicted_map_radius
 
         if self.radius is None:
-            self.radius = torch.empty(height, rows.shape[-1], dtype=torch.float32)
-        levels = levels_for_seed_channels(rows.shape[1])
+            self.radius = torch.empty(size, dtype=torch.float32)
+        if tuple(self.radius.shape) != tuple(size):
+            raise ValueError(f"blocks of a {tuple(size)} map, but the radius map is {tuple(self.radius.shape)}")
+        levels = levels_for_seed_channels(block.shape[1])
         # A few rows at a time: the split into weights and seeds makes float32 copies of all S
         # channels, about 1 GB for a whole 448-row band of a 4096-wide image.
-        for first in range(0, rows.shape[2], self.rows_per_chunk):
-            chunk = rows[:1, :, first : first + self.rows_per_chunk]
+        columns = block.shape[3]
+        for first in range(0, block.shape[2], self.rows_per_chunk):
+            chunk = block[:1, :, first : first + self.rows_per_chunk]
             radius = predicted_map_radius(chunk, levels, self.seed_bound, self.support)[0]
-            self.radius[row_start + first : row_start + first + radius.shape[0]] = radius.cpu()
+            self.radius[top + first : top + first + radius.shape[0], left : left + columns] = radius.cpu()
+
+
+class _SampleSink:
+    """A ``deblur_tiled`` ``sharp_sink`` that turns each finished block into the output file's
+    samples at once (8- or 16-bit, gray as the mean of the three channels, the input's alpha
+    beside them), so that no float copy of the whole image is held."""
+
+    def __init__(self, height: int, width: int, bit_depth: int, gray: bool, alpha: np.ndarray | None) -> None:
+        self.bit_depth, self.gray = bit_depth, gray
+        colour_channels = 1 if gray else 3
+        channels = colour_channels + (alpha.shape[2] if alpha is not None else 0)
+        dtype = np.uint8 if bit_depth == 8 else np.uint16
+        self.pixels = np.empty((height, width, channels), dtype=dtype)
+        if alpha is not None:
+            self.pixels[:, :, colour_channels:] = _alpha_at(alpha, bit_depth)
+
+    def __call__(self, top: int, left: int, block: torch.Tensor, size: tuple[int, int]) -> None:
+        sharp = block[0]
+        # A copy: _to_samples works in place, and the block belongs to the caller.
+        sharp = sharp.mean(dim=0, keepdim=True) if self.gray else sharp.clone()  # gray: the net saw it 3 times
+        samples = _to_samples(sharp, self.bit_depth)
+        self.pixels[top : top + samples.shape[0], left : left + samples.shape[1], : samples.shape[2]] = samples
 
 
 def _deblur_file(
     net: nn.Module, path: Path, out: Path, args: argparse.Namespace, device: torch.device, radius_config=None
 ) -> str:
-    """Deblur one file into ``out``; returns a note for the progress line."""
+    """Deblur one file into ``out``; returns a note for the progress line.
+
+    Every whole-image buffer (the input, the output samples, the radius map) is allocated before
+    the network runs, so that none lands between the network's freed activations and fragments the
+    heap that later tiles reuse."""
     stored = read_stored_image(path)
     input_bit_depth = stored.bit_depth
     color = torch.from_numpy(stored.color).permute(2, 0, 1)
@@ -556,34 +724,28 @@ def _deblur_file(
     image = image.unsqueeze(0).to(device)
     del color
     stored.color = np.empty(0, dtype=stored.color.dtype)  # the pixels live on in `image` only
+    height, width = image.shape[2:]
+    bit_depth = args.bit_depth or (8 if input_bit_depth == 8 else 16)
+    samples = _SampleSink(height, width, bit_depth, stored.gray, stored.alpha)
+    stored.alpha = None  # copied into the samples
     defocus_pca = StreamingDefocusPCA() if args.defocus_map else None
     defocus_radius = (
-        StreamingDefocusRadius(radius_config.seed_bound, radius_config.kernel_support)
+        StreamingDefocusRadius(radius_config.seed_bound, radius_config.kernel_support, size=(height, width))
         if args.defocus_map and radius_config is not None
         else None
     )
-    sinks = [sink for sink in (defocus_pca, defocus_radius) if sink is not None]
-
-    def defocus_sink(row_start: int, rows: torch.Tensor, height: int) -> None:
-        for sink in sinks:
-            sink(row_start, rows, height)
-
-    result = deblur_tiled(
-        net, image, tile=args.tile, overlap=args.overlap, output_device="cpu",
-        defocus_sink=defocus_sink if sinks else None,
+    defocus_sink = _fan_out([sink for sink in (defocus_pca, defocus_radius) if sink is not None])
+    map_net = getattr(net, "defocus_map_net", None)
+    deblur_tiled(
+        net, image, tile=args.tile, overlap=args.overlap, output_device="cpu", sharp_sink=samples,
+        defocus_sink=defocus_sink, defocus_channels=getattr(map_net, "out_channels", None),
     )
     del image
-    bit_depth = args.bit_depth or (8 if input_bit_depth == 8 else 16)
-    sharp = result.sharp[0]
-    if stored.gray:  # the net saw the gray channel three times; its three outputs nearly agree
-        sharp = sharp.mean(dim=0, keepdim=True)
-    pixels = _to_samples(sharp, bit_depth)
-    if stored.alpha is not None:
-        pixels = np.concatenate([pixels, _alpha_at(stored.alpha, bit_depth)], axis=2)
-    write_png(out / f"{path.stem}.png", pixels, stored.metadata)
+    write_png(out / f"{path.stem}.png", samples.pixels, stored.metadata)
+    del samples
     if defocus_pca is None:
         return ""
-    if defocus_pca.total is None:
+    if not defocus_pca.channels:
         return " (this network has no defocus map)"
     write_image_array(out / f"{path.stem}_defocus.png", colorize_defocus(defocus_pca.scalar_map()))
     if defocus_radius is not None and defocus_radius.radius is not None:

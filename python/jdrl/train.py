@@ -406,24 +406,16 @@ def train(config: Config, resume: str | os.PathLike | None = None) -> TrainResul
 
 
 def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distributed) -> TrainResult:
-    from tqdm import tqdm
+    """Build the run, restore ``resume``, wrap for DDP, open the log, then train (``_Trainer``)."""
+    trainer = _Trainer(config, distributed)
+    trainer.restore(resume)
+    trainer.wrap_for_distributed()
+    trainer.open_log(resume)
+    return trainer.fit()
 
-    from jdrl.flow import build_flow_estimator
-    from jdrl.models import build_deblur_net
 
-    device = distributed.device
-    out_dir = Path(config.train.out_dir)
-    if distributed.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    train_set, val_set = _build_datasets(config)
-
-    # One seed for the weights on every rank (DDP also broadcasts rank 0's at wrap time).
-    _seed_everything(config.train.seed)
-    net = build_deblur_net(config.model.arch, config.model.preset, config.model.levels).to(device)
-    flow_estimator = build_flow_estimator(config.flow.backend, config.flow.weights)
-    loss = JDRLLoss(config.loss, flow_estimator, levels=config.model.levels).to(device)
-    step_module = _TrainStep(net, loss, config.train.amp, device)
+def _build_optimizer(config: Config, net: nn.Module, loss: JDRLLoss, step_module: nn.Module) -> torch.optim.Optimizer:
+    """Adam over F and R: one parameter group, or a second for R when its rate differs."""
     reblur_parameters = list(loss.parameters())
     if config.optim.reblur_group_needed() and reblur_parameters:
         # Two groups only when R's rate differs or is asked for, so that checkpoints of one-group
@@ -434,148 +426,247 @@ def _train(config: Config, resume: str | os.PathLike | None, distributed: _Distr
         ]
     else:
         parameter_groups = [{"params": list(step_module.parameters())}]
-    optimizer = torch.optim.Adam(
-        parameter_groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps
+    return torch.optim.Adam(parameter_groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps)
+
+
+def _reblur_waits_for_warmup(config: Config, loss: JDRLLoss, start_epoch: int) -> bool:
+    """Whether R gets no gradient at ``start_epoch``: it joins after the flow warm-up
+    (``loss.reblur_after_warmup``) and does not pretrain during it (``loss.reblur_pretrain``)."""
+    return (
+        loss.reblur_net is not None
+        and config.loss.reblur_after_warmup
+        and not config.loss.reblur_pretrain
+        and start_epoch < config.loss.flow_warmup_epochs
     )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
 
-    result = TrainResult(out_dir=out_dir)
-    start_epoch, step, changed_loss = 0, 0, []
-    resume_path = _resolve_resume(resume, out_dir)
-    if resume_path is not None:
-        start_epoch, step, changed_loss = _restore(resume_path, config, net, loss, optimizer, scheduler, result)
 
-    model = step_module
-    if distributed.enabled:
+class _Trainer:
+    """One run of :func:`train`, with each part of the loop as a named step.
+
+    ``__init__`` builds the data, the nets (drawn right after seeding), the loss, the optimizer and
+    the scheduler; then :meth:`restore`, :meth:`wrap_for_distributed` and :meth:`open_log` prepare
+    the run, and :meth:`fit` trains: per epoch :meth:`train_epoch` (:meth:`train_step` per batch),
+    :meth:`end_epoch` (means, scheduler, log), :meth:`validate` (rank 0, best tracking) and
+    :meth:`save_checkpoints`. The order of these calls is the order of every draw from the RNGs,
+    so it fixes what a seed and a resumed run reproduce.
+    """
+
+    def __init__(self, config: Config, distributed: _Distributed) -> None:
+        from jdrl.flow import build_flow_estimator
+        from jdrl.models import build_deblur_net
+
+        self.config = config
+        self.distributed = distributed
+        self.device = distributed.device
+        self.out_dir = Path(config.train.out_dir)
+        if distributed.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
+        self.train_set, self.val_set = _build_datasets(config)
+
+        # One seed for the weights on every rank (DDP also broadcasts rank 0's at wrap time).
+        _seed_everything(config.train.seed)
+        self.net = build_deblur_net(config.model.arch, config.model.preset, config.model.levels).to(self.device)
+        self.flow_estimator = build_flow_estimator(config.flow.backend, config.flow.weights)
+        self.loss = JDRLLoss(config.loss, self.flow_estimator, levels=config.model.levels).to(self.device)
+        self.step_module = _TrainStep(self.net, self.loss, config.train.amp, self.device)
+        self.optimizer = _build_optimizer(config, self.net, self.loss, self.step_module)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma
+        )
+        self.result = TrainResult(out_dir=self.out_dir)
+        self.start_epoch, self.step = 0, 0
+        self.changed_loss: list[str] = []
+        self.resume_path: Path | None = None
+        self.model: nn.Module = self.step_module  # the DDP wrapper after wrap_for_distributed
+        self.sampler: DistributedSampler | None = None
+        self.logger: _Logger | None = None
+
+    def restore(self, resume: str | os.PathLike | None) -> None:
+        """Continue from ``resume`` (a path, ``"auto"`` or None): nets, optimizer, scheduler, RNGs."""
+        self.resume_path = _resolve_resume(resume, self.out_dir)
+        if self.resume_path is not None:
+            self.start_epoch, self.step, self.changed_loss = _restore(
+                self.resume_path, self.config, self.net, self.loss, self.optimizer, self.scheduler, self.result
+            )
+
+    def wrap_for_distributed(self) -> None:
+        """Under torchrun: DistributedDataParallel and a DistributedSampler; alone, nothing."""
+        distributed = self.distributed
+        if not distributed.enabled:
+            return
         # While the reblurring net waits for the flow warm-up it gets no gradient; DDP must then
         # be told to look for unused parameters (a small per-step cost, so only when needed).
-        waits_for_warmup = (
-            loss.reblur_net is not None
-            and config.loss.reblur_after_warmup
-            and not config.loss.reblur_pretrain
-            and start_epoch < config.loss.flow_warmup_epochs
+        self.model = nn.parallel.DistributedDataParallel(
+            self.step_module,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=_reblur_waits_for_warmup(self.config, self.loss, self.start_epoch),
         )
-        model = nn.parallel.DistributedDataParallel(
-            step_module,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=waits_for_warmup,
+        self.sampler = DistributedSampler(
+            self.train_set,
+            num_replicas=distributed.world_size,
+            rank=distributed.rank,
+            shuffle=True,
+            seed=self.config.train.seed,
         )
-    sampler = (
-        DistributedSampler(
-            train_set, num_replicas=distributed.world_size, rank=distributed.rank, shuffle=True, seed=config.train.seed
-        )
-        if distributed.enabled
-        else None
-    )
 
-    logger = _Logger(out_dir, distributed.is_main)
-    if distributed.is_main:
-        save_config_yaml(config, out_dir / "config.yaml")
+    def open_log(self, resume: str | os.PathLike | None) -> None:
+        """The logger; on rank 0 also ``config.yaml`` and the opening messages."""
+        config, loss = self.config, self.loss
+        self.logger = _Logger(self.out_dir, self.distributed.is_main)
+        if not self.distributed.is_main:
+            return
+        save_config_yaml(config, self.out_dir / "config.yaml")
         if loss.reblur_net is not None and config.optim.effective_reblur_lr() != config.optim.lr:
             how = "optim.reblur_lr" if config.optim.reblur_lr is not None else "optim.reblur_lr unset: min(optim.lr, 1e-4)"
-            logger.message(f"the reblurring net trains at lr {config.optim.effective_reblur_lr():g} ({how})")
-        if resume_path is not None:
-            logger.message(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
-            if changed_loss:
-                logger.message("the loss differs from the checkpoint's: " + "; ".join(changed_loss))
+            self.logger.message(f"the reblurring net trains at lr {config.optim.effective_reblur_lr():g} ({how})")
+        if self.resume_path is not None:
+            self.logger.message(f"resumed from {self.resume_path} at epoch {self.start_epoch}, step {self.step}")
+            if self.changed_loss:
+                self.logger.message("the loss differs from the checkpoint's: " + "; ".join(self.changed_loss))
         elif resume is not None:
-            logger.message(f"--resume {resume}: no {last_path} yet, starting fresh")
-    try:
-        for epoch in range(start_epoch, config.train.epochs):
-            train_set.set_epoch(epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            loader = DataLoader(
-                train_set,
-                batch_size=config.train.batch_size,
-                shuffle=sampler is None,
-                sampler=sampler,
-                num_workers=config.data.workers,
-                generator=_epoch_generator(config.train.seed, epoch),
-                worker_init_fn=_seed_worker,
-                pin_memory=device.type == "cuda",
-            )
-            steps_this_epoch = len(loader)
-            if config.train.max_steps_per_epoch is not None:
-                steps_this_epoch = min(steps_this_epoch, config.train.max_steps_per_epoch)
-            model.train()
-            sums: dict[str, float] = {}
-            started = time.perf_counter()
-            bar = tqdm(
-                total=steps_this_epoch,
-                desc=f"epoch {epoch + 1}/{config.train.epochs}",
-                disable=not distributed.is_main,
-                dynamic_ncols=True,
-                leave=False,
-            )
-            for batch_index, batch in enumerate(loader):
-                if batch_index >= steps_this_epoch:
-                    break
-                blurry = batch["blurry"].to(device, non_blocking=True)
-                sharp = batch["sharp"].to(device, non_blocking=True)
-                _, losses = model(blurry, sharp, epoch)
-                terms = {"total": losses.total, **losses.terms}
-                if not _finite_everywhere(losses.total, distributed):
-                    raise NonFiniteLossError(
-                        step + 1, epoch + 1, {k: float(v.detach()) for k, v in terms.items()}, last_path
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                losses.total.backward()
-                optimizer.step()
-                step += 1
-                values = {k: float(v.detach()) for k, v in {**terms, **losses.stats}.items()}
-                for name, value in values.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                sums["_count"] = sums.get("_count", 0.0) + 1
-                bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
-                bar.update(1)
-                if step % config.train.log_every == 0:
-                    logger.record("train", step, {**values, "lr": optimizer.param_groups[0]["lr"], "epoch": epoch + 1})
-            bar.close()
-            epoch_record = _reduce_means(sums, distributed)
-            epoch_record["epoch"] = epoch + 1
-            epoch_record["lr"] = optimizer.param_groups[0]["lr"]
-            epoch_record["seconds"] = time.perf_counter() - started
-            result.epoch_losses.append(epoch_record)
-            scheduler.step()
-            logger.record("epoch", step, epoch_record)
-            logger.message(
-                f"epoch {epoch + 1}/{config.train.epochs} step {step}: "
-                + ", ".join(f"{k}={v:.4f}" for k, v in epoch_record.items() if k not in ("epoch", "lr", "seconds"))
-            )
+            self.logger.message(f"--resume {resume}: no {self.last_path} yet, starting fresh")
 
-            is_last_epoch = epoch + 1 == config.train.epochs
-            improved = False
-            if val_set is not None and distributed.is_main and ((epoch + 1) % config.train.val_every == 0 or is_last_epoch):
-                metrics, samples = _validate(net, val_set, flow_estimator, device, config.train.amp)
-                metrics["epoch"] = epoch + 1
-                result.val_metrics.append(metrics)
-                logger.record("val", step, metrics)
-                logger.images(step, samples)
-                value = metrics[config.train.val_metric]
-                improved = result.best_metric is None or value > result.best_metric
-                if improved:
-                    result.best_metric, result.best_epoch = value, epoch + 1
-                logger.message(
-                    f"validation after epoch {epoch + 1}: "
-                    + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")
-                    + (" (best so far)" if improved else "")
+    def fit(self) -> TrainResult:
+        """Every remaining epoch: train, end it, validate, checkpoint; then the result."""
+        try:
+            for epoch in range(self.start_epoch, self.config.train.epochs):
+                sums, started = self.train_epoch(epoch)
+                self.end_epoch(epoch, sums, started)
+                improved = self.validate(epoch)
+                self.save_checkpoints(epoch, improved)
+                if self.distributed.enabled:
+                    dist.barrier()
+        finally:
+            self.logger.close()
+        result = self.result
+        result.steps = self.step
+        result.net = self.net.eval()
+        if self.distributed.is_main:
+            result.last_checkpoint = self.last_path if self.last_path.exists() else None
+            result.best_checkpoint = (
+                self.best_path if self.best_path.exists() and result.best_metric is not None else None
+            )
+        return result
+
+    def epoch_loader(self, epoch: int) -> DataLoader:
+        """This epoch's batches: crops and shuffle order are functions of (seed, epoch)."""
+        self.train_set.set_epoch(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.config.train.batch_size,
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
+            num_workers=self.config.data.workers,
+            generator=_epoch_generator(self.config.train.seed, epoch),
+            worker_init_fn=_seed_worker,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
+        """Train one epoch; -> (per-term sums over its steps, with their count in ``_count``; start time)."""
+        from tqdm import tqdm
+
+        config = self.config
+        loader = self.epoch_loader(epoch)
+        steps_this_epoch = len(loader)
+        if config.train.max_steps_per_epoch is not None:
+            steps_this_epoch = min(steps_this_epoch, config.train.max_steps_per_epoch)
+        self.model.train()
+        sums: dict[str, float] = {}
+        started = time.perf_counter()
+        bar = tqdm(
+            total=steps_this_epoch,
+            desc=f"epoch {epoch + 1}/{config.train.epochs}",
+            disable=not self.distributed.is_main,
+            dynamic_ncols=True,
+            leave=False,
+        )
+        for batch_index, batch in enumerate(loader):
+            if batch_index >= steps_this_epoch:
+                break
+            values = self.train_step(batch, epoch)
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value
+            sums["_count"] = sums.get("_count", 0.0) + 1
+            bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+            bar.update(1)
+            if self.step % config.train.log_every == 0:
+                self.logger.record(
+                    "train", self.step, {**values, "lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch + 1}
                 )
-            if distributed.is_main:
-                state = _checkpoint_state(config, net, loss, optimizer, scheduler, epoch + 1, step, result)
-                save_checkpoint(last_path, state)
-                if improved:
-                    save_checkpoint(best_path, state)
-            if distributed.enabled:
-                dist.barrier()
-    finally:
-        logger.close()
-    result.steps = step
-    result.net = net.eval()
-    if distributed.is_main:
-        result.last_checkpoint = last_path if last_path.exists() else None
-        result.best_checkpoint = best_path if best_path.exists() and result.best_metric is not None else None
-    return result
+        bar.close()
+        return sums, started
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
+        """One optimizer step on ``batch``; -> the loss terms and statistics as floats.
+
+        A non-finite loss on any rank raises :class:`NonFiniteLossError` before the update.
+        """
+        blurry = batch["blurry"].to(self.device, non_blocking=True)
+        sharp = batch["sharp"].to(self.device, non_blocking=True)
+        _, losses = self.model(blurry, sharp, epoch)
+        terms = {"total": losses.total, **losses.terms}
+        if not _finite_everywhere(losses.total, self.distributed):
+            raise NonFiniteLossError(
+                self.step + 1, epoch + 1, {k: float(v.detach()) for k, v in terms.items()}, self.last_path
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        self.optimizer.step()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in {**terms, **losses.stats}.items()}
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], started: float) -> None:
+        """The epoch's means (over steps and ranks) into the result and the log; the scheduler steps."""
+        epoch_record = _reduce_means(sums, self.distributed)
+        epoch_record["epoch"] = epoch + 1
+        epoch_record["lr"] = self.optimizer.param_groups[0]["lr"]
+        epoch_record["seconds"] = time.perf_counter() - started
+        self.result.epoch_losses.append(epoch_record)
+        self.scheduler.step()
+        self.logger.record("epoch", self.step, epoch_record)
+        self.logger.message(
+            f"epoch {epoch + 1}/{self.config.train.epochs} step {self.step}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in epoch_record.items() if k not in ("epoch", "lr", "seconds"))
+        )
+
+    def validate(self, epoch: int) -> bool:
+        """Validate on rank 0 every ``train.val_every`` epochs and after the last; -> whether
+        ``train.val_metric`` improved on the best so far (False when there was no validation)."""
+        config, result = self.config, self.result
+        is_last_epoch = epoch + 1 == config.train.epochs
+        due = (epoch + 1) % config.train.val_every == 0 or is_last_epoch
+        if self.val_set is None or not self.distributed.is_main or not due:
+            return False
+        metrics, samples = _validate(self.net, self.val_set, self.flow_estimator, self.device, config.train.amp)
+        metrics["epoch"] = epoch + 1
+        result.val_metrics.append(metrics)
+        self.logger.record("val", self.step, metrics)
+        self.logger.images(self.step, samples)
+        value = metrics[config.train.val_metric]
+        improved = result.best_metric is None or value > result.best_metric
+        if improved:
+            result.best_metric, result.best_epoch = value, epoch + 1
+        self.logger.message(
+            f"validation after epoch {epoch + 1}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")
+            + (" (best so far)" if improved else "")
+        )
+        return improved
+
+    def save_checkpoints(self, epoch: int, improved: bool) -> None:
+        """Rank 0 writes ``last.pt`` (atomically) after every epoch, and ``best.pt`` when improved."""
+        if not self.distributed.is_main:
+            return
+        state = _checkpoint_state(
+            self.config, self.net, self.loss, self.optimizer, self.scheduler, epoch + 1, self.step, self.result
+        )
+        save_checkpoint(self.last_path, state)
+        if improved:
+            save_checkpoint(self.best_path, state)
 
 
 def _reduce_means(sums: dict[str, float], distributed: _Distributed) -> dict[str, float]:

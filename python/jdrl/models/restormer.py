@@ -153,8 +153,33 @@ class GatedFeedForward(nn.Module):
         self.project_out = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+            return self._forward_in_halves(x)
         content, gate = self.local(self.expand(x)).chunk(2, dim=1)
         return self.project_out(F.gelu(gate) * content)
+
+    def _forward_in_halves(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` without gradients on the CPU, to the bit, holding 3 instead of 4 hidden-sized
+        tensors at its peak (the largest of the whole network at full resolution: at level 1 of
+        the small preset, 85 channels, 85 MB each for a 512x512 tile).
+
+        The two branches are computed one after the other (a 1x1 and a depthwise convolution
+        compute each output channel on its own, so halving them changes no value). GELU is
+        evaluated on the gate laid out as in the unsplit output, each pixel's ``hidden`` channels
+        followed by a gap, because the CPU kernel computes a row's tail elements with scalar code
+        whose last bit may differ from the vector code a gapless layout would run there.
+        """
+        hidden = self.project_out.in_channels
+        expand, local = self.expand.weight, self.local.weight
+        content = F.conv2d(F.conv2d(x, expand[:hidden]), local[:hidden], padding=1, groups=hidden)
+        gate = F.conv2d(F.conv2d(x, expand[hidden:]), local[hidden:], padding=1, groups=hidden)
+        batch, _, height, width = gate.shape
+        spaced = torch.empty(batch, height, width, hidden + 1, dtype=gate.dtype).permute(0, 3, 1, 2)[:, :hidden]
+        spaced.copy_(gate)
+        del gate
+        activated = F.gelu(spaced)
+        del spaced
+        return self.project_out(activated.mul_(content))  # multiplication is exact in either order
 
 
 class TransformerBlock(nn.Module):
