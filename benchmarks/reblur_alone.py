@@ -9,7 +9,10 @@ training pairs and on the test pairs it reports:
 - PSNR of R's reblurred image against the blurry one, and of the sharp input itself (identity R);
 - Spearman / Pearson between R's implied radius map (``jdrl.defocus.implied_radius``) and the true
   radius map, on textured pixels and on all (``jdrl.defocus.defocus_correlations``);
-- the level-logit spread (max - min of R_wpn's logits per pixel, averaged) and the mean |seed|.
+- the level-logit spread (max - min of R_wpn's logits per pixel, averaged) and the mean |seed|;
+- ``pseudo_map_spearman``: R's pseudo defocus map (Eq. 13, what F_B is trained to predict) read back
+  as a radius the way F_B's map is (``jdrl.defocus.predicted_map_radius``), against the true
+  radius: the best F_B's radius could score with this R.
 
 Example (one thread, about two minutes)::
 
@@ -49,22 +52,29 @@ def _pairs(root: Path, split: str, target: str, flow_estimator) -> list[dict[str
 
 
 @torch.no_grad()
-def measure(net, pairs, levels: int) -> dict[str, float]:
-    from jdrl.defocus import defocus_correlations, implied_radius
+def measure(net, pairs, levels: int, seed_bound: float) -> dict[str, float]:
+    from jdrl.defocus import defocus_correlations, implied_radius, predicted_map_radius
+    from jdrl.losses import pseudo_defocus_map
     from jdrl.metrics import psnr
 
     net.eval()
-    predicted, psnr_reblur, psnr_identity, spread, seeds = [], [], [], [], []
+    predicted, from_pseudo_map, psnr_reblur, psnr_identity, spread, seeds = [], [], [], [], [], []
     for pair in pairs:
         out = net(pair["sharp"], pair["blurry"])
         predicted.append(implied_radius(out.seeds, out.weights, net.support)[0])
+        # The ceiling of F_B's radius: R's own pseudo map (Eq. 13, what F_B regresses) read back as a
+        # radius the way F_B's map is (jdrl.defocus.predicted_map_radius).
+        pseudo_map = pseudo_defocus_map(out.seeds, out.weights, weighted=True)
+        from_pseudo_map.append(predicted_map_radius(pseudo_map, levels, seed_bound, net.support)[0])
         psnr_reblur.append(psnr(out.reblurred.clamp(0, 1), pair["blurry"]).item())
         psnr_identity.append(psnr(pair["sharp"], pair["blurry"]).item())
         if out.level_logits is not None:
             spread.append((out.level_logits.amax(dim=1) - out.level_logits.amin(dim=1)).mean().item())
         seeds.append(out.seeds.abs().mean().item())
     net.train()
-    correlations = defocus_correlations(predicted, [p["radius"] for p in pairs], [p["aligned"] for p in pairs], levels - 1)
+    true_radius, aligned = [p["radius"] for p in pairs], [p["aligned"] for p in pairs]
+    correlations = defocus_correlations(predicted, true_radius, aligned, levels - 1)
+    pseudo = defocus_correlations(from_pseudo_map, true_radius, aligned, levels - 1)
     return {
         "psnr_reblurred": float(np.mean(psnr_reblur)),
         "psnr_identity": float(np.mean(psnr_identity)),
@@ -72,6 +82,8 @@ def measure(net, pairs, levels: int) -> dict[str, float]:
         "logit_spread": float(np.mean(spread)) if spread else float("nan"),
         "mean_abs_seed": float(np.mean(seeds)),
         "mean_radius": float(np.mean([p.mean().item() for p in predicted])),
+        "pseudo_map_spearman": pseudo["spearman"],
+        "pseudo_map_spearman_all": pseudo["spearman_all"],
     }
 
 
@@ -85,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoom", type=float, default=0.01, help="misalignment zoom of gt (default 0.01)")
     parser.add_argument("--target", choices=("aligned", "warped"), default="aligned")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--seed-bound", type=float, default=6.0)
     parser.add_argument("--logit-bound", type=float, default=6.0, help="R_wpn logit bound (0: unbounded)")
     parser.add_argument("--space", choices=("srgb", "linear"), default="srgb")
@@ -95,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--name", default=None, help="result file name (default from the settings)")
+    parser.add_argument("--save", type=Path, default=None, help="write R's weights (state_dict) there")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -137,12 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "seconds": seconds,
-        "train": measure(net, train_pairs, args.levels),
-        "test": measure(net, test_pairs, args.levels),
+        "train": measure(net, train_pairs, args.levels, args.seed_bound),
+        "test": measure(net, test_pairs, args.levels, args.seed_bound),
         "history": history,
     }
     name = args.name or f"{args.target}_lr{args.lr:g}_lb{args.logit_bound:g}_{args.space}{'_' + args.transfer if args.space == 'linear' else ''}_s{args.steps}"
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.save is not None:
+        torch.save(net.state_dict(), args.save)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     for split in ("train", "test"):
         values = result[split]

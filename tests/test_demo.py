@@ -76,6 +76,22 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert (out / "runs" / name / "last.pt").is_file(), name
 
 
+def test_demo_set_overrides_reach_every_training(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--quick", "--out", str(out), "--threads", "1", "--device", "cpu", "--set", "loss.reblur_anchor=true"]
+    assert main(argv) == 0
+    for name in ("ours", "l1", "no_reblur"):
+        state = torch.load(out / "runs" / name / "last.pt", map_location="cpu", weights_only=False)
+        assert state["config"]["loss"]["reblur_anchor"] is True, name
+    assert "`loss.reblur_anchor=True`" in (out / "metrics.md").read_text()
+    assert json.loads((out / "metrics.json").read_text())["settings"]["overrides"] == {"loss.reblur_anchor": True}
+
+
+def test_demo_unknown_set_key_is_a_usage_error(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--device", "cpu", "--set", "loss.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
 def test_demo_rejects_a_bad_budget(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--minutes", "0"]) == 2
     assert "--minutes" in capsys.readouterr().err

@@ -138,3 +138,25 @@ def test_float8_fake_kernel_names_the_argument(dtype):
         flow = mode.from_tensor(torch.zeros(1, 2, 8, 8).to(dtype))
         with pytest.raises(TypeError, match=r"^image must be float16, bfloat16, float32 or float64"):
             ops.flow_warp(image, flow)
+
+
+@pytest.mark.parametrize("dtype", FLOAT8_DTYPES, ids=str)
+def test_float8_direct_op_calls_name_the_argument(dtype):
+    # torch.ops.jdrl_ext.* skip the Python checks: the C++ entry (shared by the CPU and CUDA kernels)
+    # names the argument itself.
+    image = torch.rand(1, 3, 8, 8)
+    seeds = torch.zeros(1, 35, 8, 8)
+    weights = torch.zeros(1, 8, 8, 8)
+    flow = torch.zeros(1, 2, 8, 8)
+    kernels = torch.zeros(1, 9, 8, 8)
+    calls = [
+        ("image", lambda: torch.ops.jdrl_ext.reblur(image.to(dtype), seeds, weights)),
+        ("seeds", lambda: torch.ops.jdrl_ext.reblur(image, seeds.to(dtype), weights)),
+        ("weights", lambda: torch.ops.jdrl_ext.reblur(image, seeds, weights.to(dtype))),
+        ("seeds", lambda: torch.ops.jdrl_ext.isotropic_kernels(seeds[:, :3].to(dtype))),
+        ("kernels", lambda: torch.ops.jdrl_ext.sv_conv(image, kernels.to(dtype))),
+        ("flow", lambda: torch.ops.jdrl_ext.flow_warp(image, flow.to(dtype))),
+    ]
+    for argument, call in calls:
+        with pytest.raises(TypeError, match=rf"^{argument} must be float16, bfloat16, float32 or float64, got Float8"):
+            call()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from jdrl.checkpoint import CheckpointError, load_checkpoint, load_deblur_net, save_checkpoint
-from jdrl.config import Config, ConfigError, config_from_dict, load_config
+from jdrl.config import REBLUR_LR_CAP, Config, ConfigError, config_from_dict, load_config
 from jdrl.losses import VARIANTS, JDRLLoss
 from jdrl.train import NonFiniteLossError, train
 
@@ -252,12 +252,12 @@ def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):
     reblur_moved = max((second["reblur"][k] - first["reblur"][k]).abs().max().item() for k in first["reblur"])
     deblur_moved = max((second["model"][k] - first["model"][k]).abs().max().item() for k in first["model"])
     assert reblur_moved < 1e-7 and deblur_moved > 1e-4
-    # Without reblur_lr and F faster than 1e-4: R trains at 1e-4 (REBLUR_LR_CAP) in a group of its own.
+    # Without reblur_lr and F faster than the cap: R trains at REBLUR_LR_CAP in a group of its own.
     capped = tiny_config(pairs, tmp_path / "capped", **{**overrides, "optim.reblur_lr": None})
     train(capped)
     groups = load_checkpoint(tmp_path / "capped" / "last.pt")["optimizer"]["param_groups"]
-    assert [group["lr"] for group in groups] == [1e-3, 1e-4]
-    # Without reblur_lr at lr <= 1e-4 (the paper's 2e-5): one group, as before (older checkpoints resume).
+    assert [group["lr"] for group in groups] == [1e-3, REBLUR_LR_CAP] and REBLUR_LR_CAP == 2e-4
+    # Without reblur_lr at lr <= the cap (the paper's 2e-5): one group, as before (older checkpoints resume).
     one = tiny_config(pairs, tmp_path / "one", **{**overrides, "optim.reblur_lr": None, "optim.lr": 2e-5})
     train(one)
     assert len(load_checkpoint(tmp_path / "one" / "last.pt")["optimizer"]["param_groups"]) == 1

@@ -13,6 +13,11 @@ namespace jdrl {
 inline void check_image_like(const at::Tensor& t, const char* name, const char* layout = "(B, C, H, W)") {
   TORCH_CHECK_VALUE(t.dim() == 4, name, " must be a 4-D tensor ", layout, ", got shape ", t.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, " must have a floating dtype, got ", t.scalar_type());
+  // float8 is a floating type too, but no kernel is built for it: without this the CUDA dispatch
+  // macro's own error would not say which argument is wrong (same message as jdrl_ext/_ops.py).
+  const at::ScalarType dtype = t.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble, name,
+                   " must be float16, bfloat16, float32 or float64, got ", dtype);
 }
 
 inline void check_same_kind(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name) {
