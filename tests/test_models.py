@@ -316,7 +316,7 @@ def test_reblur_net_arguments_are_checked():
 
 
 @pytest.mark.parametrize("preset, size", [("tiny", (37, 53)), ("small", (64, 48))])
-def test_inference_forward_in_halves_equals_the_training_forward_to_the_bit(preset, size):
+def test_inference_forward_in_halves_equals_the_training_forward(preset, size):
     """Without gradients on the CPU the gated feed-forward runs its two branches one after the other
     (less memory); it must give exactly what the autograd path gives."""
     from jdrl.models.restormer import GatedFeedForward
@@ -337,5 +337,8 @@ def test_inference_forward_in_halves_equals_the_training_forward_to_the_bit(pres
     finally:
         GatedFeedForward._forward_in_halves = original
     whole = net(image)  # gradients enabled: the unsplit forward
-    assert called and torch.equal(halves.sharp, whole.sharp.detach())
-    assert torch.equal(halves.defocus_map, whole.defocus_map.detach())
+    # Equal to the bit on this project's machines; the tolerance only admits last-bit differences of
+    # CPU kernels whose vector width differs elsewhere (an error in the halves would be far larger).
+    assert called
+    torch.testing.assert_close(halves.sharp, whole.sharp.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(halves.defocus_map, whole.defocus_map.detach(), rtol=1e-6, atol=1e-6)

@@ -40,7 +40,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from jdrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from jdrl.config import Config, ConfigError, load_config, save_config_yaml
+from jdrl.config import REBLUR_LR_CAP, Config, ConfigError, load_config, save_config_yaml
 from jdrl.losses import JDRLLoss, LossOutput
 from jdrl.errors import JdrlError
 
@@ -352,8 +352,10 @@ def _restore(
     except ValueError as error:  # a different number or size of parameter groups
         raise ConfigError(
             f"--resume {str(path)!r}: the checkpoint's optimizer does not fit this config ({error}); "
-            "was optim.reblur_lr set in one run and not in the other? Unset, it is min(optim.lr, 1e-4), a "
-            "group of its own when optim.lr > 1e-4, where runs of older code had one group"
+            "was optim.reblur_lr set in one run and not in the other? Unset, it is "
+            f"min(optim.lr, {REBLUR_LR_CAP:g}), a group of its own when optim.lr > {REBLUR_LR_CAP:g} "
+            "(1e-4 before 2026-11-30), where runs of older code had one group; set optim.reblur_lr to the "
+            "checkpoint's rate to resume it"
         ) from error
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
@@ -518,7 +520,7 @@ class _Trainer:
             return
         save_config_yaml(config, self.out_dir / "config.yaml")
         if loss.reblur_net is not None and config.optim.effective_reblur_lr() != config.optim.lr:
-            how = "optim.reblur_lr" if config.optim.reblur_lr is not None else "optim.reblur_lr unset: min(optim.lr, 1e-4)"
+            how = "optim.reblur_lr" if config.optim.reblur_lr is not None else f"optim.reblur_lr unset: min(optim.lr, {REBLUR_LR_CAP:g})"
             self.logger.message(f"the reblurring net trains at lr {config.optim.effective_reblur_lr():g} ({how})")
         if self.resume_path is not None:
             self.logger.message(f"resumed from {self.resume_path} at epoch {self.start_epoch}, step {self.step}")
