@@ -38,6 +38,14 @@ void emulate(const cuda::PixelGrid& g, Kernel kernel, Args... args) {
   emulation::launch(g.grid, g.block, 0, [&] { kernel(args...); });
 }
 
+// The `launch` of the pixel-grid ops' run_forward/run_backward (cuda::StreamPixelLaunch on CUDA).
+struct EmulatedPixelLaunch {
+  template <typename Kernel, typename... Args>
+  void operator()(Kernel kernel, const cuda::PixelGrid& g, Args... args) const {
+    emulate(g, kernel, args...);
+  }
+};
+
 struct EmulatedLaunch {
   template <typename Kernel, typename Params>
   void operator()(Kernel kernel, const reblur_kernels::Geometry& g, const Params& params) const {
@@ -199,25 +207,30 @@ at::Tensor isotropic_kernels_backward_emulated(const at::Tensor& grad_in, const 
 
 // ---- flow_warp
 
-at::Tensor flow_warp_emulated(const at::Tensor& image_in, const at::Tensor& flow_in, c10::string_view padding_mode) {
+// index64: the 64-bit index kernels, which the CUDA launcher takes only for tensors too large for
+// 32-bit offsets (tests only).
+flow_warp_kernels::IndexWidth index_width(bool index64) {
+  return index64 ? flow_warp_kernels::IndexWidth::kInt64 : flow_warp_kernels::IndexWidth::kFitting;
+}
+
+at::Tensor flow_warp_emulated(const at::Tensor& image_in, const at::Tensor& flow_in, c10::string_view padding_mode,
+                              bool index64) {
   const bool border = check_flow_warp(image_in, flow_in, padding_mode);
   check_cpu_dtype(image_in, "image");
   const at::Tensor image = image_in.contiguous();
   const at::Tensor flow = flow_in.contiguous();
   at::Tensor out = at::empty(image.sizes(), image.options());
   if (out.numel() == 0) return out;
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "flow_warp_emulated", [&] {
-    emulate(cuda::pixel_grid(batch * height * width), flow_warp_kernels::flow_warp_forward_kernel<scalar_t, scalar_t>,
-            image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, channels, height,
-            width, border);
+    flow_warp_kernels::run_forward<scalar_t, scalar_t>(image, flow, out, border, EmulatedPixelLaunch{},
+                                                       index_width(index64));
   });
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> flow_warp_backward_emulated(const at::Tensor& grad_in, const at::Tensor& image_in,
                                                                const at::Tensor& flow_in,
-                                                               c10::string_view padding_mode) {
+                                                               c10::string_view padding_mode, bool index64) {
   const bool border = check_flow_warp(image_in, flow_in, padding_mode);
   check_cpu_dtype(image_in, "image");
   check_grad(grad_in, image_in, "grad");
@@ -225,15 +238,12 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_emulated(const at::Tensor&
   const at::Tensor image = image_in.contiguous();
   const at::Tensor flow = flow_in.contiguous();
   if (image.numel() == 0) return {at::zeros(image.sizes(), image.options()), at::zeros(flow.sizes(), flow.options())};
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
-  at::Tensor grad_image = at::zeros(image.sizes(), image.options());
-  at::Tensor grad_flow = at::empty(flow.sizes(), flow.options());
+  std::tuple<at::Tensor, at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "flow_warp_backward_emulated", [&] {
-    emulate(cuda::pixel_grid(batch * height * width), flow_warp_kernels::flow_warp_backward_kernel<scalar_t, scalar_t>,
-            grad.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(),
-            grad_image.data_ptr<scalar_t>(), grad_flow.data_ptr<scalar_t>(), batch, channels, height, width, border);
+    grads = flow_warp_kernels::run_backward<scalar_t, scalar_t>(grad, image, flow, border, EmulatedPixelLaunch{},
+                                                                index_width(index64));
   });
-  return {grad_image, grad_flow};
+  return grads;
 }
 
 }  // namespace
@@ -251,8 +261,11 @@ TORCH_LIBRARY(jdrl_emulated, m) {
   m.def(
       "_reblur_backward(Tensor grad, Tensor image, Tensor seeds, Tensor weights, str support, str padding_mode) "
       "-> (Tensor, Tensor, Tensor)");
-  m.def("flow_warp(Tensor image, Tensor flow, *, str padding_mode=\"border\") -> Tensor");
-  m.def("_flow_warp_backward(Tensor grad, Tensor image, Tensor flow, str padding_mode) -> (Tensor, Tensor)");
+  // flow_warp's index64 (test-only): force the 64-bit index kernels
+  m.def("flow_warp(Tensor image, Tensor flow, *, str padding_mode=\"border\", bool index64=False) -> Tensor");
+  m.def(
+      "_flow_warp_backward(Tensor grad, Tensor image, Tensor flow, str padding_mode, bool index64=False) "
+      "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(jdrl_emulated, CPU, m) {
