@@ -45,16 +45,27 @@ def assert_scaled_close(actual: torch.Tensor, expected: torch.Tensor, tol: float
     )
 
 
-def assert_op_matches(name: str, inputs: list[torch.Tensor], args: tuple, grad_names: list[str], what: str) -> None:
-    """Forward op and backward op of ``name``: emulated CUDA kernels against the CPU kernels."""
+def assert_op_matches(
+    name: str,
+    inputs: list[torch.Tensor],
+    args: tuple,
+    grad_names: list[str],
+    what: str,
+    emulated_options: dict | None = None,
+) -> None:
+    """Forward op and backward op of ``name``: emulated CUDA kernels against the CPU kernels.
+
+    ``emulated_options``: test-only keyword arguments of both emulated ops (flow_warp's index64).
+    """
+    options = emulated_options or {}
     dtype = inputs[0].dtype
     tol = TOLERANCE[dtype]
     expected = getattr(cpu, name)(*inputs, **forward_kwargs(name, args))
-    got = getattr(emulated, name)(*inputs, **forward_kwargs(name, args))
+    got = getattr(emulated, name)(*inputs, **forward_kwargs(name, args), **options)
     assert_scaled_close(got, expected, tol, f"{name} {what} output")
     grad = torch.randn(expected.shape, dtype=dtype, generator=torch.Generator().manual_seed(expected.numel()))
     expected_grads = getattr(cpu, f"_{name}_backward")(grad, *inputs, *args)
-    got_grads = getattr(emulated, f"_{name}_backward")(grad, *inputs, *args)
+    got_grads = getattr(emulated, f"_{name}_backward")(grad, *inputs, *args, **options)
     if isinstance(expected_grads, torch.Tensor):
         expected_grads, got_grads = (expected_grads,), (got_grads,)
     assert len(got_grads) == len(grad_names)
@@ -148,7 +159,9 @@ def test_isotropic_kernels_emulated_matches_cpu(dtype, support):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("padding_mode", ["border", "zeros"])
-def test_flow_warp_emulated_matches_cpu(dtype, padding_mode):
+@pytest.mark.parametrize("index64", [False, True], ids=["int32", "int64"])
+def test_flow_warp_emulated_matches_cpu(dtype, padding_mode, index64):
+    """Both index widths: int32 (what these sizes take) and the int64 kernels of large tensors (forced)."""
     generator = torch.Generator().manual_seed(4)
     for channels, shape in SHAPES:
         image = torch.rand(2, channels, *shape, dtype=dtype, generator=generator)
@@ -156,7 +169,14 @@ def test_flow_warp_emulated_matches_cpu(dtype, padding_mode):
         flow[:, :, ::3] *= 10  # some samples far outside the image
         flow[:, :, 1::5] = flow[:, :, 1::5].round()  # some samples exactly on pixels
         flow[0, 0, 0, 0] = float("nan")
-        assert_op_matches("flow_warp", [image, flow], (padding_mode,), ["grad image", "grad flow"], f"C {channels} {shape}")
+        assert_op_matches(
+            "flow_warp",
+            [image, flow],
+            (padding_mode,),
+            ["grad image", "grad flow"],
+            f"C {channels} {shape} index64 {index64}",
+            {"index64": index64},
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

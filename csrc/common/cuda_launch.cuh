@@ -24,6 +24,17 @@ int64_t resident_blocks(Kernel kernel) {
   return static_cast<int64_t>(multiprocessors) * (per_multiprocessor > 0 ? per_multiprocessor : 1);
 }
 
+// Launches a kernel of one thread per pixel (cuda::PixelGrid, no dynamic shared memory) on a
+// stream: the `launch` of the ops' run_forward/run_backward (the emulation has its own).
+struct StreamPixelLaunch {
+  cudaStream_t stream;
+  template <typename Kernel, typename... Args>
+  void operator()(Kernel kernel, const PixelGrid& g, Args... args) const {
+    kernel<<<g.grid, g.block, 0, stream>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
 // float32 for float16, bfloat16 and float32; float64 for float64 (at::opmath_type's choice).
 inline at::ScalarType accumulate_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
 

@@ -409,16 +409,18 @@ JDRL_HD void folded_range(int q, int n, int radius, bool replicate, int* first, 
 // "border" clamps the coordinate to [0, n-1] and then has zero gradient there, as grid_sample
 // does (a coordinate on or past the border counts as clamped); "zeros" drops taps outside.
 
-template <typename acc_t>
+// index_t: int64_t on the CPU and for large tensors on CUDA, int32_t where every element count of
+// the op fits in 32 bits (flow_warp_kernels.cuh), so that the tap addresses are 32-bit arithmetic.
+template <typename acc_t, typename index_t = int64_t>
 struct BilinearTaps {
-  int64_t x0, y0;      // top-left tap; the others are x0 + 1, y0 + 1
+  index_t x0, y0;      // top-left tap; the others are x0 + 1, y0 + 1
   acc_t wx, wy;        // fractional parts: weights (1 - wx, wx), (1 - wy, wy)
   acc_t dsx_dflow;     // 1 where the x coordinate moves with the flow, 0 where clamped
   acc_t dsy_dflow;
 };
 
-template <typename acc_t>
-JDRL_HD acc_t clamp_coordinate(acc_t coordinate, int64_t n, acc_t* slope) {
+template <typename acc_t, typename index_t>
+JDRL_HD acc_t clamp_coordinate(acc_t coordinate, index_t n, acc_t* slope) {
   const acc_t high = static_cast<acc_t>(n - 1);
   if (coordinate <= acc_t(0)) {
     *slope = acc_t(0);
@@ -432,12 +434,12 @@ JDRL_HD acc_t clamp_coordinate(acc_t coordinate, int64_t n, acc_t* slope) {
   return coordinate;
 }
 
-template <typename acc_t>
-JDRL_HD BilinearTaps<acc_t> bilinear_taps(int64_t y, int64_t x, acc_t flow_x, acc_t flow_y, int64_t height,
-                                          int64_t width, bool border) {
+template <typename acc_t, typename index_t = int64_t>
+JDRL_HD BilinearTaps<acc_t, index_t> bilinear_taps(index_t y, index_t x, acc_t flow_x, acc_t flow_y, index_t height,
+                                                   index_t width, bool border) {
   acc_t sx = static_cast<acc_t>(x) + flow_x;
   acc_t sy = static_cast<acc_t>(y) + flow_y;
-  BilinearTaps<acc_t> taps;
+  BilinearTaps<acc_t, index_t> taps;
   taps.dsx_dflow = acc_t(1);
   taps.dsy_dflow = acc_t(1);
   if (border) {
@@ -449,13 +451,15 @@ JDRL_HD BilinearTaps<acc_t> bilinear_taps(int64_t y, int64_t x, acc_t flow_x, ac
   taps.wx = sx - fx;
   taps.wy = sy - fy;
   // Far-away or NaN coordinates would overflow the integer cast: park them outside the image.
+  // (width + height + 4 fits index_t: each is at most an element count.)
   const acc_t limit = static_cast<acc_t>(width + height + 4);
-  taps.x0 = (fx == fx && fx > -limit && fx < limit) ? static_cast<int64_t>(fx) : -2;
-  taps.y0 = (fy == fy && fy > -limit && fy < limit) ? static_cast<int64_t>(fy) : -2;
+  taps.x0 = (fx == fx && fx > -limit && fx < limit) ? static_cast<index_t>(fx) : index_t(-2);
+  taps.y0 = (fy == fy && fy > -limit && fy < limit) ? static_cast<index_t>(fy) : index_t(-2);
   return taps;
 }
 
-JDRL_HD bool tap_inside(int64_t y, int64_t x, int64_t height, int64_t width) {
+template <typename index_t>
+JDRL_HD bool tap_inside(index_t y, index_t x, index_t height, index_t width) {
   return y >= 0 && y < height && x >= 0 && x < width;
 }
 
@@ -463,14 +467,14 @@ JDRL_HD bool tap_inside(int64_t y, int64_t x, int64_t height, int64_t width) {
 // coordinate was clamped, so only taps of weight 0 can fall outside).
 // All four taps inside the image: the common case, which needs no bounds checks. A NaN coordinate
 // parks x0/y0 outside, so it never takes this path.
-template <typename acc_t>
-JDRL_HD bool taps_interior(const BilinearTaps<acc_t>& taps, int64_t height, int64_t width) {
+template <typename acc_t, typename index_t>
+JDRL_HD bool taps_interior(const BilinearTaps<acc_t, index_t>& taps, index_t height, index_t width) {
   return taps.x0 >= 0 && taps.x0 + 1 < width && taps.y0 >= 0 && taps.y0 + 1 < height;
 }
 
 // The four bilinear weights, in the order (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).
-template <typename acc_t>
-JDRL_HD void bilinear_weights(const BilinearTaps<acc_t>& taps, acc_t* w) {
+template <typename acc_t, typename index_t>
+JDRL_HD void bilinear_weights(const BilinearTaps<acc_t, index_t>& taps, acc_t* w) {
   w[0] = (acc_t(1) - taps.wy) * (acc_t(1) - taps.wx);
   w[1] = (acc_t(1) - taps.wy) * taps.wx;
   w[2] = taps.wy * (acc_t(1) - taps.wx);
@@ -478,20 +482,21 @@ JDRL_HD void bilinear_weights(const BilinearTaps<acc_t>& taps, acc_t* w) {
 }
 
 // A NaN sample coordinate (NaN flow) gives a NaN sample and NaN coordinate gradients.
-template <typename acc_t>
-JDRL_HD bool taps_are_nan(const BilinearTaps<acc_t>& taps) {
+template <typename acc_t, typename index_t>
+JDRL_HD bool taps_are_nan(const BilinearTaps<acc_t, index_t>& taps) {
   return taps.wx != taps.wx || taps.wy != taps.wy;
 }
 
-template <typename scalar_t, typename acc_t>
-JDRL_HD acc_t bilinear_sample(const scalar_t* plane, int64_t height, int64_t width, const BilinearTaps<acc_t>& taps) {
+template <typename scalar_t, typename acc_t, typename index_t>
+JDRL_HD acc_t bilinear_sample(const scalar_t* plane, index_t height, index_t width,
+                              const BilinearTaps<acc_t, index_t>& taps) {
   if (taps_are_nan(taps)) return taps.wx + taps.wy;
   acc_t w[4];
   bilinear_weights(taps, w);
   acc_t value = 0;
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 2; ++j) {
-      const int64_t ty = taps.y0 + i, tx = taps.x0 + j;
+      const index_t ty = taps.y0 + i, tx = taps.x0 + j;
       if (tap_inside(ty, tx, height, width)) value += w[2 * i + j] * static_cast<acc_t>(plane[ty * width + tx]);
     }
   }
@@ -500,9 +505,9 @@ JDRL_HD acc_t bilinear_sample(const scalar_t* plane, int64_t height, int64_t wid
 
 // The gradient of one sample with respect to the sampling coordinate (d/dsx, d/dsy), before the
 // clamping slope is applied.
-template <typename scalar_t, typename acc_t>
-JDRL_HD void bilinear_coordinate_grad(const scalar_t* plane, int64_t height, int64_t width,
-                                      const BilinearTaps<acc_t>& taps, acc_t* d_sx, acc_t* d_sy) {
+template <typename scalar_t, typename acc_t, typename index_t>
+JDRL_HD void bilinear_coordinate_grad(const scalar_t* plane, index_t height, index_t width,
+                                      const BilinearTaps<acc_t, index_t>& taps, acc_t* d_sx, acc_t* d_sy) {
   if (taps_are_nan(taps)) {
     *d_sx = *d_sy = taps.wx + taps.wy;
     return;
@@ -510,7 +515,7 @@ JDRL_HD void bilinear_coordinate_grad(const scalar_t* plane, int64_t height, int
   acc_t v[2][2];
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 2; ++j) {
-      const int64_t ty = taps.y0 + i, tx = taps.x0 + j;
+      const index_t ty = taps.y0 + i, tx = taps.x0 + j;
       v[i][j] = tap_inside(ty, tx, height, width) ? static_cast<acc_t>(plane[ty * width + tx]) : acc_t(0);
     }
   }

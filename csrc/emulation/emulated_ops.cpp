@@ -1,9 +1,11 @@
 // The CUDA kernels of the four ops, run on the CPU by the host emulation of common/cuda_host_emulation.h,
 // as the test-only operators torch.ops.jdrl_emulated.* (CPU tensors, float32/float64; reblur also
 // float16/bfloat16): the same __global__ functions (the op folders' *_kernels.cuh / *_device.cuh,
-// which the .cu files include), launched with the geometry the CUDA launchers compute, against the
-// CPU kernels in tests/test_cuda_emulated.py. Only the host glue differs from the .cu files: no
-// device guard or stream, and the launch is emulation::launch instead of <<<...>>>.
+// which the .cu files include), against the CPU kernels in tests/test_cuda_emulated.py. The kernel
+// arguments, launch geometry and scratch come from those headers' run_forward/run_backward, which
+// the .cu files call too; only the `launch` differs: emulation::launch here instead of <<<...>>> on
+// a stream (and, for isotropic_kernels, kEmulatedResidentBlocks and an orbit table filled on the
+// host), with no device guard.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -38,14 +40,24 @@ void emulate(const cuda::PixelGrid& g, Kernel kernel, Args... args) {
   emulation::launch(g.grid, g.block, 0, [&] { kernel(args...); });
 }
 
+// The `launch` of the pixel-grid ops' run_forward/run_backward (cuda::StreamPixelLaunch on CUDA).
+struct EmulatedPixelLaunch {
+  template <typename Kernel, typename... Args>
+  void operator()(Kernel kernel, const cuda::PixelGrid& g, Args... args) const {
+    emulate(g, kernel, args...);
+  }
+  template <typename Kernel>
+  int64_t resident_blocks(Kernel) const {
+    return kEmulatedResidentBlocks;
+  }
+};
+
 struct EmulatedLaunch {
   template <typename Kernel, typename Params>
   void operator()(Kernel kernel, const reblur_kernels::Geometry& g, const Params& params) const {
     emulation::launch(g.grid, g.block, g.shared_bytes, [&] { kernel(params); });
   }
 };
-
-at::ScalarType accumulate_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
 
 // ---- reblur (also float16 and bfloat16, accumulated in float32, as on CUDA)
 
@@ -106,11 +118,8 @@ at::Tensor sv_conv_emulated(const at::Tensor& image_in, const at::Tensor& kernel
   const at::Tensor kernels = kernels_in.contiguous();
   at::Tensor out = at::empty(image.sizes(), image.options());
   if (out.numel() == 0) return out;
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "sv_conv_emulated", [&] {
-    emulate(cuda::pixel_grid(batch * height * width), sv_conv_kernels::sv_conv_forward_kernel<scalar_t, scalar_t>,
-            image.data_ptr<scalar_t>(), kernels.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, channels, height,
-            width, args.radius, args.replicate);
+    sv_conv_kernels::run_forward<scalar_t, scalar_t>(image, kernels, out, args, EmulatedPixelLaunch{});
   });
   return out;
 }
@@ -129,15 +138,9 @@ std::tuple<at::Tensor, at::Tensor> sv_conv_backward_emulated(const at::Tensor& g
   }
   at::Tensor grad_image = at::empty(image.sizes(), image.options());
   at::Tensor grad_kernels = at::empty(kernels.sizes(), kernels.options());
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
-  const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "sv_conv_backward_emulated", [&] {
-    emulate(g, sv_conv_kernels::sv_conv_grad_kernels_kernel<scalar_t, scalar_t>, grad.data_ptr<scalar_t>(),
-            image.data_ptr<scalar_t>(), grad_kernels.data_ptr<scalar_t>(), batch, channels, height, width, args.radius,
-            args.replicate);
-    emulate(g, sv_conv_kernels::sv_conv_grad_image_kernel<scalar_t, scalar_t>, grad.data_ptr<scalar_t>(),
-            kernels.data_ptr<scalar_t>(), grad_image.data_ptr<scalar_t>(), batch, channels, height, width, args.radius,
-            args.replicate);
+    sv_conv_kernels::run_backward<scalar_t, scalar_t>(grad, image, kernels, grad_image, grad_kernels, args,
+                                                      EmulatedPixelLaunch{});
   });
   return {grad_image, grad_kernels};
 }
@@ -152,6 +155,14 @@ at::Tensor orbit_table_tensor(int levels) {
   return table;
 }
 
+// The orbit table filled on the host (the CUDA launch fills it on the device).
+struct EmulatedIsotropicLaunch : EmulatedPixelLaunch {
+  template <typename acc_t>
+  at::Tensor orbit_table(int levels, const at::Tensor&) const {
+    return orbit_table_tensor<acc_t>(levels);
+  }
+};
+
 at::Tensor isotropic_kernels_emulated(const at::Tensor& seeds_in, c10::string_view support) {
   const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
   check_cpu_dtype(seeds_in, "seeds");
@@ -160,16 +171,8 @@ at::Tensor isotropic_kernels_emulated(const at::Tensor& seeds_in, c10::string_vi
   const int64_t size = 2 * args.radius + 1;
   at::Tensor kernels = at::empty({batch, size * size, height, width}, seeds.options());
   if (kernels.numel() == 0) return kernels;
-  const int64_t plane = height * width;
   AT_DISPATCH_FLOATING_TYPES(seeds.scalar_type(), "isotropic_kernels_emulated", [&] {
-    const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, kEmulatedResidentBlocks);
-    const int64_t orbits = orbit_count(args.radius + 1);
-    at::Tensor slot_scratch = at::empty({orbits * static_cast<int64_t>(g.grid.x) * cuda::kThreadsPerBlock},
-                                        seeds.options().dtype(accumulate_dtype(seeds.scalar_type())));
-    const at::Tensor table = orbit_table_tensor<scalar_t>(args.radius + 1);
-    emulate(g, isotropic_device::isotropic_kernels_forward_kernel<scalar_t, scalar_t>, seeds.data_ptr<scalar_t>(),
-            reinterpret_cast<const OrbitPolar<scalar_t>*>(table.data_ptr<uint8_t>()), slot_scratch.data_ptr<scalar_t>(),
-            kernels.data_ptr<scalar_t>(), batch, plane, args.radius, args.disk);
+    isotropic_device::run_forward<scalar_t, scalar_t>(seeds, kernels, args, EmulatedIsotropicLaunch{});
   });
   return kernels;
 }
@@ -183,41 +186,38 @@ at::Tensor isotropic_kernels_backward_emulated(const at::Tensor& grad_in, const 
   const at::Tensor grad = grad_in.contiguous();
   at::Tensor grad_seeds = at::empty(seeds.sizes(), seeds.options());
   if (grad_seeds.numel() == 0) return grad_seeds;
-  const int64_t batch = seeds.size(0), plane = seeds.size(2) * seeds.size(3);
   AT_DISPATCH_FLOATING_TYPES(seeds.scalar_type(), "isotropic_kernels_backward_emulated", [&] {
-    const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, kEmulatedResidentBlocks);
-    const int64_t orbits = orbit_count(args.radius + 1);
-    at::Tensor slot_scratch = at::empty({2 * orbits * static_cast<int64_t>(g.grid.x) * cuda::kThreadsPerBlock},
-                                        seeds.options().dtype(accumulate_dtype(seeds.scalar_type())));
-    const at::Tensor table = orbit_table_tensor<scalar_t>(args.radius + 1);
-    emulate(g, isotropic_device::isotropic_kernels_backward_kernel<scalar_t, scalar_t>, grad.data_ptr<scalar_t>(),
-            seeds.data_ptr<scalar_t>(), reinterpret_cast<const OrbitPolar<scalar_t>*>(table.data_ptr<uint8_t>()),
-            slot_scratch.data_ptr<scalar_t>(), grad_seeds.data_ptr<scalar_t>(), batch, plane, args.radius, args.disk);
+    isotropic_device::run_backward<scalar_t, scalar_t>(grad, seeds, grad_seeds, args, EmulatedIsotropicLaunch{});
   });
   return grad_seeds;
 }
 
 // ---- flow_warp
 
-at::Tensor flow_warp_emulated(const at::Tensor& image_in, const at::Tensor& flow_in, c10::string_view padding_mode) {
+// index64: the 64-bit index kernels, which the CUDA launcher takes only for tensors too large for
+// 32-bit offsets (tests only).
+flow_warp_kernels::IndexWidth index_width(bool index64) {
+  return index64 ? flow_warp_kernels::IndexWidth::kInt64 : flow_warp_kernels::IndexWidth::kFitting;
+}
+
+at::Tensor flow_warp_emulated(const at::Tensor& image_in, const at::Tensor& flow_in, c10::string_view padding_mode,
+                              bool index64) {
   const bool border = check_flow_warp(image_in, flow_in, padding_mode);
   check_cpu_dtype(image_in, "image");
   const at::Tensor image = image_in.contiguous();
   const at::Tensor flow = flow_in.contiguous();
   at::Tensor out = at::empty(image.sizes(), image.options());
   if (out.numel() == 0) return out;
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "flow_warp_emulated", [&] {
-    emulate(cuda::pixel_grid(batch * height * width), flow_warp_kernels::flow_warp_forward_kernel<scalar_t, scalar_t>,
-            image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, channels, height,
-            width, border);
+    flow_warp_kernels::run_forward<scalar_t, scalar_t>(image, flow, out, border, EmulatedPixelLaunch{},
+                                                       index_width(index64));
   });
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> flow_warp_backward_emulated(const at::Tensor& grad_in, const at::Tensor& image_in,
                                                                const at::Tensor& flow_in,
-                                                               c10::string_view padding_mode) {
+                                                               c10::string_view padding_mode, bool index64) {
   const bool border = check_flow_warp(image_in, flow_in, padding_mode);
   check_cpu_dtype(image_in, "image");
   check_grad(grad_in, image_in, "grad");
@@ -225,15 +225,12 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_emulated(const at::Tensor&
   const at::Tensor image = image_in.contiguous();
   const at::Tensor flow = flow_in.contiguous();
   if (image.numel() == 0) return {at::zeros(image.sizes(), image.options()), at::zeros(flow.sizes(), flow.options())};
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
-  at::Tensor grad_image = at::zeros(image.sizes(), image.options());
-  at::Tensor grad_flow = at::empty(flow.sizes(), flow.options());
+  std::tuple<at::Tensor, at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "flow_warp_backward_emulated", [&] {
-    emulate(cuda::pixel_grid(batch * height * width), flow_warp_kernels::flow_warp_backward_kernel<scalar_t, scalar_t>,
-            grad.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(),
-            grad_image.data_ptr<scalar_t>(), grad_flow.data_ptr<scalar_t>(), batch, channels, height, width, border);
+    grads = flow_warp_kernels::run_backward<scalar_t, scalar_t>(grad, image, flow, border, EmulatedPixelLaunch{},
+                                                                index_width(index64));
   });
-  return {grad_image, grad_flow};
+  return grads;
 }
 
 }  // namespace
@@ -251,8 +248,11 @@ TORCH_LIBRARY(jdrl_emulated, m) {
   m.def(
       "_reblur_backward(Tensor grad, Tensor image, Tensor seeds, Tensor weights, str support, str padding_mode) "
       "-> (Tensor, Tensor, Tensor)");
-  m.def("flow_warp(Tensor image, Tensor flow, *, str padding_mode=\"border\") -> Tensor");
-  m.def("_flow_warp_backward(Tensor grad, Tensor image, Tensor flow, str padding_mode) -> (Tensor, Tensor)");
+  // flow_warp's index64 (test-only): force the 64-bit index kernels
+  m.def("flow_warp(Tensor image, Tensor flow, *, str padding_mode=\"border\", bool index64=False) -> Tensor");
+  m.def(
+      "_flow_warp_backward(Tensor grad, Tensor image, Tensor flow, str padding_mode, bool index64=False) "
+      "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(jdrl_emulated, CPU, m) {

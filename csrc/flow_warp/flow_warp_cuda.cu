@@ -1,8 +1,10 @@
-// flow_warp on CUDA: one thread per pixel through the bilinear functions of common/pixel_math.h.
-// The forward pass and the flow gradient are gathers. The image gradient is a scatter (a flow can
-// send any pixel anywhere), done with atomicAdd into a tensor in the accumulation dtype (the output
-// itself for float32/float64, a float32 scratch for float16/bfloat16): its summation order varies
-// from run to run, so the backward pass reports itself as nondeterministic.
+// flow_warp on CUDA: the kernels, their index type and their arguments are in flow_warp_kernels.cuh
+// (shared with the host emulation that tests them); this file checks the arguments, picks the device
+// and stream, and launches. The forward pass and the flow gradient are gathers. The image gradient is
+// a scatter (a flow can send any pixel anywhere), done with atomicAdd into a tensor in the
+// accumulation dtype (the output itself for float32/float64, a float32 scratch for
+// float16/bfloat16): its summation order varies from run to run, so the backward pass reports itself
+// as nondeterministic.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -31,16 +33,10 @@ at::Tensor flow_warp_cuda(const at::Tensor& image_in, const at::Tensor& flow_in,
   const at::Tensor flow = flow_in.contiguous();
   at::Tensor out = at::empty(image.sizes(), image.options());
   if (out.numel() == 0) return out;
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda::StreamPixelLaunch launch{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "flow_warp_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
-        flow_warp_kernels::flow_warp_forward_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
-                image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, channels,
-                height, width, border);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        flow_warp_kernels::run_forward<scalar_t, at::opmath_type<scalar_t>>(image, flow, out, border, launch);
       });
   return out;
 }
@@ -57,20 +53,13 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(const at::Tensor& gra
     return {at::zeros(image.sizes(), image.options()), at::zeros(flow.sizes(), flow.options())};
   }
   at::globalContext().alertNotDeterministic("jdrl_ext::_flow_warp_backward");
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
-  // The scatter target starts at zero; the flow gradient is written for every pixel.
-  at::Tensor grad_image = at::zeros(image.sizes(), image.options().dtype(cuda::accumulate_dtype(image.scalar_type())));
-  at::Tensor grad_flow = at::empty(flow.sizes(), flow.options());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda::StreamPixelLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  std::tuple<at::Tensor, at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "flow_warp_backward_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
-        flow_warp_kernels::flow_warp_backward_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
-                grad.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(), flow.data_ptr<scalar_t>(),
-                grad_image.data_ptr<acc_t>(), grad_flow.data_ptr<scalar_t>(), batch, channels, height, width, border);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        grads = flow_warp_kernels::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, image, flow, border, launch);
       });
+  const auto& [grad_image, grad_flow] = grads;
   return {cuda::in_dtype(grad_image, image.scalar_type()), grad_flow};
 }
 

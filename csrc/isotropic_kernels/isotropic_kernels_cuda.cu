@@ -1,7 +1,9 @@
 // isotropic_kernels on CUDA: one thread per pixel through the shared functions of
 // common/pixel_math.h that the CPU kernel calls (with a span of one pixel), in float32 for
 // float16/bfloat16 inputs. A thread's per-orbit values live in its slot of a scratch tensor: one
-// slot per resident thread, reused along the grid-stride loop.
+// slot per resident thread, reused along the grid-stride loop. The kernels, their geometry and
+// arguments are in isotropic_kernels_device.cuh (shared with the host emulation that tests them);
+// this file checks the arguments, picks the device and stream, and launches.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -20,6 +22,19 @@
 namespace jdrl {
 namespace {
 
+// The launch of isotropic_device::run_forward/run_backward on a stream: the device's resident
+// blocks, and the orbit table filled on the device.
+struct IsotropicStreamLaunch : cuda::StreamPixelLaunch {
+  template <typename Kernel>
+  int64_t resident_blocks(Kernel kernel) const {
+    return cuda::resident_blocks(kernel);
+  }
+  template <typename acc_t>
+  at::Tensor orbit_table(int levels, const at::Tensor& like) const {
+    return cuda::orbit_table_on_device<acc_t>(levels, like, stream);
+  }
+};
+
 at::Tensor isotropic_kernels_cuda(const at::Tensor& seeds_in, c10::string_view support) {
   const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
   const c10::cuda::CUDAGuard device_guard(seeds_in.device());
@@ -28,22 +43,10 @@ at::Tensor isotropic_kernels_cuda(const at::Tensor& seeds_in, c10::string_view s
   const int64_t size = 2 * args.radius + 1;
   at::Tensor kernels = at::empty({batch, size * size, height, width}, seeds.options());
   if (kernels.numel() == 0) return kernels;
-  const int64_t plane = height * width;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const IsotropicStreamLaunch launch{{c10::cuda::getCurrentCUDAStream()}};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, seeds.scalar_type(), "isotropic_kernels_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const auto kernel = isotropic_device::isotropic_kernels_forward_kernel<scalar_t, acc_t>;
-        const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, cuda::resident_blocks(kernel));
-        const int64_t blocks = g.grid.x;
-        const int64_t orbits = orbit_count(args.radius + 1);
-        const at::Tensor slot_scratch = at::empty({orbits * static_cast<int64_t>(blocks) * cuda::kThreadsPerBlock},
-                                                  seeds.options().dtype(cuda::accumulate_dtype(seeds.scalar_type())));
-        const at::Tensor table = cuda::orbit_table_on_device<acc_t>(args.radius + 1, seeds, stream);
-        kernel<<<g.grid, g.block, 0, stream>>>(seeds.data_ptr<scalar_t>(), cuda::table_pointer<acc_t>(table),
-                                                             slot_scratch.data_ptr<acc_t>(), kernels.data_ptr<scalar_t>(),
-                                                             batch, plane, args.radius, args.disk);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        isotropic_device::run_forward<scalar_t, at::opmath_type<scalar_t>>(seeds, kernels, args, launch);
       });
   return kernels;
 }
@@ -62,28 +65,11 @@ at::Tensor isotropic_kernels_backward_cuda(const at::Tensor& grad_in, const at::
   const at::Tensor grad = grad_in.contiguous();
   at::Tensor grad_seeds = at::empty(seeds.sizes(), seeds.options().dtype(cuda::accumulate_dtype(seeds.scalar_type())));
   if (grad_seeds.numel() == 0) return cuda::in_dtype(grad_seeds, seeds.scalar_type());
-  const int64_t batch = seeds.size(0), height = seeds.size(2), width = seeds.size(3);
-  const int64_t plane = height * width;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, seeds.scalar_type(),
-                                  "isotropic_kernels_backward_cuda", [&] {
-                                    using acc_t = at::opmath_type<scalar_t>;
-                                    const auto kernel = isotropic_device::isotropic_kernels_backward_kernel<scalar_t, acc_t>;
-                                    const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, cuda::resident_blocks(kernel));
-                                    const int64_t blocks = g.grid.x;
-                                    const int64_t orbits = orbit_count(args.radius + 1);
-                                    // Two arrays of orbit values per thread slot: softmax values and gradients.
-                                    const at::Tensor slot_scratch = at::empty(
-                                        {2 * orbits * static_cast<int64_t>(blocks) * cuda::kThreadsPerBlock},
-                                        seeds.options().dtype(cuda::accumulate_dtype(seeds.scalar_type())));
-                                    const at::Tensor table =
-                                        cuda::orbit_table_on_device<acc_t>(args.radius + 1, seeds, stream);
-                                    kernel<<<g.grid, g.block, 0, stream>>>(
-                                        grad.data_ptr<scalar_t>(), seeds.data_ptr<scalar_t>(),
-                                        cuda::table_pointer<acc_t>(table), slot_scratch.data_ptr<acc_t>(),
-                                        grad_seeds.data_ptr<acc_t>(), batch, plane, args.radius, args.disk);
-                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                  });
+  const IsotropicStreamLaunch launch{{c10::cuda::getCurrentCUDAStream()}};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::ScalarType::Half, at::ScalarType::BFloat16, seeds.scalar_type(), "isotropic_kernels_backward_cuda", [&] {
+        isotropic_device::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, seeds, grad_seeds, args, launch);
+      });
   return cuda::in_dtype(grad_seeds, seeds.scalar_type());
 }
 

@@ -2,10 +2,15 @@
 // compiler under common/cuda_host_emulation.h (csrc/emulation), which runs them in the tests.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/ScalarType.h>
+
 #include <cstdint>
 
 #include "common/cuda_kernel_support.cuh"
 #include "common/pixel_math.h"
+#include "isotropic_kernels/isotropic_kernels.h"
 
 namespace jdrl {
 namespace isotropic_device {
@@ -45,6 +50,57 @@ __global__ void isotropic_kernels_backward_kernel(const scalar_t* __restrict__ g
                                                     radius, disk, table, probs, slots, orbit_grad, slots,
                                                     pixel_scratch, grad_seeds + seed_base);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side, shared by the CUDA launcher (isotropic_kernels_cuda.cu) and the emulation
+// (csrc/emulation): the geometry, the slot scratch and the kernel arguments. The tensors are
+// contiguous, on the launcher's device, and not empty. `launch` provides:
+//   launch(kernel, pixel_grid, args...)                 runs one kernel;
+//   launch.resident_blocks(kernel)                      the blocks the device holds at once;
+//   launch.template orbit_table<acc_t>(levels, like)    a byte tensor of orbit_count(levels)
+//                                                       OrbitPolar<acc_t>, filled, on like's device.
+
+// One slot per thread of the grid, `arrays` arrays of orbit values in each (reused along the
+// grid-stride loop, so the scratch does not grow with the image).
+template <typename acc_t>
+at::Tensor slot_scratch_for(int arrays, const IsotropicKernelsArgs& args, const cuda::PixelGrid& g,
+                            const at::Tensor& like) {
+  const int64_t orbits = orbit_count(args.radius + 1);
+  return at::empty({arrays * orbits * static_cast<int64_t>(g.grid.x) * cuda::kThreadsPerBlock},
+                   like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+}
+
+template <typename acc_t>
+const OrbitPolar<acc_t>* orbit_table_pointer(const at::Tensor& table) {
+  return reinterpret_cast<const OrbitPolar<acc_t>*>(table.data_ptr<uint8_t>());
+}
+
+// Writes every element of `kernels`, (B, K*K, H, W).
+template <typename scalar_t, typename acc_t, typename Launch>
+void run_forward(const at::Tensor& seeds, const at::Tensor& kernels, const IsotropicKernelsArgs& args,
+                 Launch&& launch) {
+  const int64_t batch = seeds.size(0), plane = seeds.size(2) * seeds.size(3);
+  const auto kernel = &isotropic_kernels_forward_kernel<scalar_t, acc_t>;
+  const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, launch.resident_blocks(kernel));
+  const at::Tensor slot_scratch = slot_scratch_for<acc_t>(1, args, g, seeds);
+  const at::Tensor table = launch.template orbit_table<acc_t>(args.radius + 1, seeds);
+  launch(kernel, g, seeds.data_ptr<scalar_t>(), orbit_table_pointer<acc_t>(table), slot_scratch.data_ptr<acc_t>(),
+         kernels.data_ptr<scalar_t>(), batch, plane, args.radius, args.disk);
+}
+
+// Writes every element of grad_seeds (in acc_t, the shape of seeds).
+template <typename scalar_t, typename acc_t, typename Launch>
+void run_backward(const at::Tensor& grad, const at::Tensor& seeds, const at::Tensor& grad_seeds,
+                  const IsotropicKernelsArgs& args, Launch&& launch) {
+  const int64_t batch = seeds.size(0), plane = seeds.size(2) * seeds.size(3);
+  const auto kernel = &isotropic_kernels_backward_kernel<scalar_t, acc_t>;
+  const cuda::PixelGrid g = cuda::pixel_grid(batch * plane, launch.resident_blocks(kernel));
+  // Two arrays of orbit values per thread slot: softmax values and gradients.
+  const at::Tensor slot_scratch = slot_scratch_for<acc_t>(2, args, g, seeds);
+  const at::Tensor table = launch.template orbit_table<acc_t>(args.radius + 1, seeds);
+  launch(kernel, g, grad.data_ptr<scalar_t>(), seeds.data_ptr<scalar_t>(), orbit_table_pointer<acc_t>(table),
+         slot_scratch.data_ptr<acc_t>(), grad_seeds.data_ptr<acc_t>(), batch, plane, args.radius, args.disk);
 }
 
 }  // namespace isotropic_device

@@ -1,5 +1,7 @@
 // sv_conv on CUDA: one thread per pixel running the gather loops of common/gather_conv.h with plane
-// t(d) = (dy + R) * K + (dx + R). The backward pass has no atomics: the kernel gradient is per pixel
+// t(d) = (dy + R) * K + (dx + R). The kernels and their arguments are in sv_conv_kernels.cuh (shared
+// with the host emulation that tests them); this file checks the arguments, picks the device and
+// stream, and launches. The backward pass has no atomics: the kernel gradient is per pixel
 // and the image gradient gathers from the neighbours (the transposed convolution as a gather).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -28,16 +30,10 @@ at::Tensor sv_conv_cuda(const at::Tensor& image_in, const at::Tensor& kernels_in
   const at::Tensor kernels = kernels_in.contiguous();
   at::Tensor out = at::empty(image.sizes(), image.options());
   if (out.numel() == 0) return out;
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda::StreamPixelLaunch launch{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "sv_conv_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
-        sv_conv_kernels::sv_conv_forward_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
-                image.data_ptr<scalar_t>(), kernels.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, channels,
-                height, width, args.radius, args.replicate);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        sv_conv_kernels::run_forward<scalar_t, at::opmath_type<scalar_t>>(image, kernels, out, args, launch);
       });
   return out;
 }
@@ -56,20 +52,11 @@ std::tuple<at::Tensor, at::Tensor> sv_conv_backward_cuda(const at::Tensor& grad_
   // Both kernels write every element of their output.
   at::Tensor grad_image = at::empty(image.sizes(), image.options());
   at::Tensor grad_kernels = at::empty(kernels.sizes(), kernels.options());
-  const int64_t batch = image.size(0), channels = image.size(1), height = image.size(2), width = image.size(3);
-  const cuda::PixelGrid g = cuda::pixel_grid(batch * height * width);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cuda::StreamPixelLaunch launch{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "sv_conv_backward_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        sv_conv_kernels::sv_conv_grad_kernels_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
-            grad.data_ptr<scalar_t>(), image.data_ptr<scalar_t>(), grad_kernels.data_ptr<scalar_t>(), batch, channels,
-            height, width, args.radius, args.replicate);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        sv_conv_kernels::sv_conv_grad_image_kernel<scalar_t, acc_t><<<g.grid, g.block, 0, stream>>>(
-            grad.data_ptr<scalar_t>(), kernels.data_ptr<scalar_t>(), grad_image.data_ptr<scalar_t>(), batch, channels,
-            height, width, args.radius, args.replicate);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        sv_conv_kernels::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, image, kernels, grad_image,
+                                                                           grad_kernels, args, launch);
       });
   return {grad_image, grad_kernels};
 }
