@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoom", type=float, default=0.01, help="misalignment zoom of gt (default 0.01)")
     parser.add_argument("--target", choices=("aligned", "warped"), default="aligned")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed-bound", type=float, default=6.0)
     parser.add_argument("--logit-bound", type=float, default=6.0, help="R_wpn logit bound (0: unbounded)")
     parser.add_argument("--space", choices=("srgb", "linear"), default="srgb")

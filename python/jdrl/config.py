@@ -46,7 +46,7 @@ PRESETS = ("paper", "small", "tiny")
 # Keys of jdrl.metrics.aligned_metrics that best.pt can be chosen by (all higher-is-better).
 VAL_METRICS = ("psnr", "ssim", "psnr_unaligned", "ssim_unaligned")
 # The fastest Adam rate the reblurring net gets by default (OptimConfig.reblur_lr = None).
-REBLUR_LR_CAP = 2e-4
+REBLUR_LR_CAP = 1e-4
 
 
 class ConfigError(UsageError, ValueError):
@@ -107,13 +107,13 @@ class OptimConfig:
 
     ``reblur_lr``: a learning rate of its own for the reblurring net; StepLR scales both alike.
     None (the default): ``min(lr, REBLUR_LR_CAP)``, i.e. ``lr`` as in the paper (one optimizer, one
-    rate) up to 2e-4, and 2e-4 when the deblurring net runs faster. Trained alone on the
-    flow-aligned sharp target in linear light with bounded logits (``benchmarks/RESULTS.md``, "The
-    reblurring net alone"), R's implied radius after 270 Adam steps follows the true one with
-    Spearman 0.75 at 2e-4, 0.77 at 3e-4 (0.67 with another seed, and 0.19 on its test pairs) and
-    0.14 at 5e-4 (seeds saturated); at 1e-4 it reached 0.35 after 150 steps, at 1e-3 its radius
-    map is constant. 2e-4 keeps a factor 2.5 from where R collapses, so short CPU runs that train
-    F at 5e-4-1e-3 keep R at 2e-4. See
+    rate) up to 1e-4, and 1e-4 when the deblurring net runs faster. Trained alone R learns the blur
+    at 1e-4 and not at 1e-3 (its level logits blow up within ~50 Adam steps and its radius map is
+    constant) nor at 5e-4 (seeds saturated after 270 steps); 2e-4-3e-4 learn faster (Spearman
+    0.75-0.84 between R's implied radius and the true one after 270-450 steps) but depend on the
+    initial weights and the order of the pairs (0.08-0.69 over three runs at 2e-4), and at 2e-4 in
+    the demo's joint training the seeds saturated (``benchmarks/RESULTS.md``, "R's learning rate,
+    measured again"). So short CPU runs that train F at 5e-4-1e-3 keep R at 1e-4. See
     :meth:`effective_reblur_lr`.
     """
 

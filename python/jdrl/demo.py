@@ -29,7 +29,7 @@ The budget is wall-clock (``--minutes``, for the three trainings together): each
 trains one epoch, which measures its speed on this machine; then all continue (resumed from their
 checkpoints) in lockstep chunks of half the epochs that still fit, re-measuring their speeds after
 each chunk (on a shared machine they change), until not one more epoch of all fits. ``--epochs``
-fixes the count instead. The reblurring net trains at ``optim.reblur_lr``'s default, 2e-4 (the
+fixes the count instead. The reblurring net trains at ``optim.reblur_lr``'s default, 1e-4 (the
 networks at ``--lr``), and learns the blur from the flow-aligned sharp targets during the warm-up
 (``loss.reblur_pretrain``). ``--quick`` is a seconds-long smoke run (tiny network, 48 px images, 2
 steps) for tests.

@@ -354,8 +354,7 @@ def _restore(
             f"--resume {str(path)!r}: the checkpoint's optimizer does not fit this config ({error}); "
             "was optim.reblur_lr set in one run and not in the other? Unset, it is "
             f"min(optim.lr, {REBLUR_LR_CAP:g}), a group of its own when optim.lr > {REBLUR_LR_CAP:g} "
-            "(1e-4 before 2026-11-30), where runs of older code had one group; set optim.reblur_lr to the "
-            "checkpoint's rate to resume it"
+            "where runs of older code had one group; set optim.reblur_lr to the checkpoint's rate to resume it"
         ) from error
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
