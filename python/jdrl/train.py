@@ -353,7 +353,7 @@ def _restore(
         raise ConfigError(
             f"--resume {str(path)!r}: the checkpoint's optimizer does not fit this config ({error}); "
             "was optim.reblur_lr set in one run and not in the other? Unset, it is "
-            f"min(optim.lr, {REBLUR_LR_CAP:g}), a group of its own when optim.lr > {REBLUR_LR_CAP:g} "
+            f"min(optim.lr, {REBLUR_LR_CAP:g}), a group of its own when optim.lr > {REBLUR_LR_CAP:g}, "
             "where runs of older code had one group; set optim.reblur_lr to the checkpoint's rate to resume it"
         ) from error
     scheduler.load_state_dict(state["scheduler"])
