@@ -92,6 +92,14 @@ def test_demo_unknown_set_key_is_a_usage_error(tmp_path, capsys):
     assert "no_such_key" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("key", ["train.out_dir=x", "train.epochs=3", "optim.lr=1e-3", "model.preset=tiny"])
+def test_demo_refuses_set_keys_it_controls(tmp_path, capsys, key):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--device", "cpu", "--set", key]) == 2
+    error = capsys.readouterr().err
+    assert key.split("=")[0] in error and "demo" in error
+    assert not (tmp_path / "demo").exists()  # refused before any data is made
+
+
 def test_demo_rejects_a_bad_budget(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--minutes", "0"]) == 2
     assert "--minutes" in capsys.readouterr().err

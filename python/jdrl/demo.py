@@ -72,7 +72,7 @@ from jdrl.ablation import (
 from jdrl.atomic import atomic_write
 from jdrl.losses import VARIANTS
 
-__all__ = ["DemoResult", "DemoSettings", "register", "run", "run_demo", "write_grid"]
+__all__ = ["DEMO_CONTROLLED_KEYS", "DemoResult", "DemoSettings", "check_demo_overrides", "register", "run", "run_demo", "write_grid"]
 
 # The trainings, on one network: the reblurring-guided loss (Eq. 2), the plain L1 baseline and the
 # flow-deformed loss without the reblurring module (Table 5 #4).
@@ -81,6 +81,27 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "l1": ("L1 on the misaligned pairs", same_network_overrides("l1")),
     "no_reblur": ("#4 w/o reblurring", same_network_overrides("no_reblur")),
 }
+
+# Config keys the demo sets itself (each run's folder, data, budget, seed, device, validation and
+# network): a `--set` of one of them would break the comparison or the resumed chunks, so it is
+# refused and the flag that controls it named instead.
+DEMO_CONTROLLED_KEYS: dict[str, str] = {
+    "data.root": "--out", "data.split": "--out", "data.val_root": "--out", "data.val_split": "--out",
+    "train.out_dir": "--out", "train.epochs": "--epochs or --minutes", "train.max_steps_per_epoch": "--epochs",
+    "train.val_every": "(fixed: every epoch)", "train.seed": "--seed", "train.device": "--device",
+    "optim.lr": "--lr", "loss.flow_warmup_epochs": "(the paper's share of the epochs)",
+}
+
+
+def check_demo_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse `--set` keys the demo controls itself (:data:`DEMO_CONTROLLED_KEYS`, and the network's
+    ``model.*``), naming the flag to use instead."""
+    for key in overrides:
+        if key in DEMO_CONTROLLED_KEYS:
+            raise AblationError(f"--set {key}: the demo sets this itself; use {DEMO_CONTROLLED_KEYS[key]}")
+        if key.startswith("model."):
+            raise AblationError(f"--set {key}: the demo trains the JDRL `small` network; use jdrl train for another")
+
 
 GRID_COLUMNS = (
     "blurry", "L1", "#4 w/o reblur", "ours (Eq. 2)", "sharp (aligned)", "B_hat PCA (ours)", "R radius (ours)",
@@ -542,6 +563,7 @@ def run(args: argparse.Namespace) -> int:
         if args.epochs is not None and args.epochs < 1:
             raise AblationError(f"--epochs must be >= 1, got {args.epochs}")
         overrides["overrides"] = {".".join(key): value for key, value in (parse_override(text) for text in args.overrides)}
+        check_demo_overrides(overrides["overrides"])
         set_threads(args.threads)
         flush_denormals()
         settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings(**overrides)
