@@ -110,6 +110,24 @@ def test_reblur_emulated_matches_cpu(dtype, support, padding_mode, levels):
         )
 
 
+@pytest.mark.parametrize("max_shared_bytes", [48 * 1024, 64 * 1024])
+def test_reblur_emulated_m8_on_a_device_with_less_shared_memory(max_shared_bytes):
+    """m = 8 in float32 needs ~50 KB of shared memory per block for its specialized kernels: on a
+    device that allows 48 KB (before Volta) the launcher takes the generic kernels, with 64 KB (Turing)
+    the specialized ones; both match the CPU op."""
+    generator = torch.Generator().manual_seed(8)
+    for channels, shape in SHAPES[2:]:
+        inputs = reblur_inputs(2, channels, *shape, 8, torch.float32, generator)
+        assert_op_matches(
+            "reblur",
+            inputs,
+            ("window", "replicate"),
+            ["grad image", "grad seeds", "grad weights"],
+            f"m 8 C {channels} size {shape}, {max_shared_bytes} B of shared memory",
+            emulated_options={"max_shared_bytes": max_shared_bytes},
+        )
+
+
 def test_reblur_emulated_large_radius_and_specials():
     """m = 10 (generic kernels, 34x34 tile), 3 tiles per row; NaN and infinite seeds and weights propagate as
     on the CPU; channels_last inputs; an empty batch."""

@@ -53,6 +53,10 @@ struct EmulatedPixelLaunch {
 };
 
 struct EmulatedLaunch {
+  // The device's opt-in shared memory per block (the schemas' max_shared_bytes, by default an
+  // H100/H200's 227 KB; 48 KB, as before Volta, makes m = 8 take the generic kernels).
+  int64_t shared_limit;
+  int64_t max_shared_bytes() const { return shared_limit; }
   template <typename Kernel, typename Params>
   void operator()(Kernel kernel, const reblur_kernels::Geometry& g, const Params& params) const {
     emulation::launch(g.grid, g.block, g.shared_bytes, [&] { kernel(params); });
@@ -68,7 +72,7 @@ void check_reblur_emulated_dtype(const at::Tensor& t, const char* name) {
 }
 
 at::Tensor reblur_emulated(const at::Tensor& image_in, const at::Tensor& seeds_in, const at::Tensor& weights_in,
-                           c10::string_view support, c10::string_view padding_mode) {
+                           c10::string_view support, c10::string_view padding_mode, int64_t max_shared_bytes) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
   check_reblur_emulated_dtype(image_in, "image");
   const at::Tensor image = image_in.contiguous();
@@ -78,7 +82,7 @@ at::Tensor reblur_emulated(const at::Tensor& image_in, const at::Tensor& seeds_i
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "reblur_emulated", [&] {
     reblur_kernels::run_forward<scalar_t, at::opmath_type<scalar_t>>(image, seeds, weights, out, args,
-                                                                     EmulatedLaunch{});
+                                                                     EmulatedLaunch{max_shared_bytes});
   });
   return out;
 }
@@ -88,7 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at
                                                                         const at::Tensor& seeds_in,
                                                                         const at::Tensor& weights_in,
                                                                         c10::string_view support,
-                                                                        c10::string_view padding_mode) {
+                                                                        c10::string_view padding_mode,
+                                                                        int64_t max_shared_bytes) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
   check_reblur_emulated_dtype(image_in, "image");
   check_grad(grad_in, image_in, "grad");
@@ -103,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "reblur_backward_emulated", [&] {
     grads = reblur_kernels::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, image, seeds, weights, args,
-                                                                              EmulatedLaunch{});
+                                                                              EmulatedLaunch{max_shared_bytes});
   });
   // grad_seeds comes in the accumulation dtype; the CUDA op converts it the same way
   return {std::get<0>(grads), std::get<1>(grads).to(seeds.scalar_type()), std::get<2>(grads)};
@@ -242,12 +247,13 @@ TORCH_LIBRARY(jdrl_emulated, m) {
   m.def("_isotropic_kernels_backward(Tensor grad, Tensor seeds, str support) -> Tensor");
   m.def("sv_conv(Tensor image, Tensor kernels, *, str padding_mode=\"replicate\") -> Tensor");
   m.def("_sv_conv_backward(Tensor grad, Tensor image, Tensor kernels, str padding_mode) -> (Tensor, Tensor)");
+  // reblur's max_shared_bytes (test-only): the device's opt-in shared memory per block (227 KB: H100)
   m.def(
       "reblur(Tensor image, Tensor seeds, Tensor weights, *, str support=\"window\", "
-      "str padding_mode=\"replicate\") -> Tensor");
+      "str padding_mode=\"replicate\", int max_shared_bytes=232448) -> Tensor");
   m.def(
-      "_reblur_backward(Tensor grad, Tensor image, Tensor seeds, Tensor weights, str support, str padding_mode) "
-      "-> (Tensor, Tensor, Tensor)");
+      "_reblur_backward(Tensor grad, Tensor image, Tensor seeds, Tensor weights, str support, str padding_mode, "
+      "int max_shared_bytes=232448) -> (Tensor, Tensor, Tensor)");
   // flow_warp's index64 (test-only): force the 64-bit index kernels
   m.def("flow_warp(Tensor image, Tensor flow, *, str padding_mode=\"border\", bool index64=False) -> Tensor");
   m.def(

@@ -22,6 +22,12 @@ namespace {
 // Launches one reblur kernel on the current stream (opting in to the shared memory it needs).
 struct StreamLaunch {
   cudaStream_t stream;
+  // The opt-in limit of shared memory per block on the current device (48 KB before Volta).
+  int64_t max_shared_bytes() const {
+    int bytes = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, c10::cuda::current_device()));
+    return bytes;
+  }
   template <typename Kernel, typename Params>
   void operator()(Kernel kernel, const reblur_kernels::Geometry& g, const Params& params) const {
     if (static_cast<int64_t>(g.shared_bytes) > cuda::kDefaultSharedBytes) {

@@ -105,9 +105,11 @@ struct Geometry {
 inline int tile_side(int levels) { return kTile + 2 * (levels - 1); }
 
 // `largest_numel`: the largest tensor the kernels index (for the choice of 32-bit indices);
-// `accumulate_bytes`: sizeof(acc_t), the element type of the shared tile.
+// `accumulate_bytes`: sizeof(acc_t), the element type of the shared tile; `max_shared_bytes`: the
+// most shared memory a block may use on this device (opt-in limit): the specialized kernels' slots
+// need ~50 KB, which GPUs before Volta do not allow, so there the generic kernels run.
 inline Geometry geometry(int64_t batch, int64_t channels, int64_t height, int64_t width, int levels,
-                         int64_t largest_numel, size_t accumulate_bytes) {
+                         int64_t largest_numel, size_t accumulate_bytes, int64_t max_shared_bytes) {
   const int64_t tiles_x = (width + kTile - 1) / kTile, tiles_y = (height + kTile - 1) / kTile;
   TORCH_CHECK_VALUE(tiles_y <= 65535, "reblur on CUDA: height ", height, " is over ", 65535 * kTile);
   const int64_t side = tile_side(levels);
@@ -121,8 +123,10 @@ inline Geometry geometry(int64_t batch, int64_t channels, int64_t height, int64_
   g.block = dim3(kTile, kTile, 1);
   g.channel_chunk = chunk;
   g.shared_bytes = static_cast<size_t>(chunk * tile_bytes);
+  const int64_t slot_bytes = static_cast<int64_t>(orbit_count(kSpecializedLevels)) * kThreads * accumulate_bytes;
   g.specialized = levels == kSpecializedLevels && accumulate_bytes == sizeof(float) &&
-                  largest_numel < std::numeric_limits<int32_t>::max();
+                  largest_numel < std::numeric_limits<int32_t>::max() &&
+                  static_cast<int64_t>(g.shared_bytes) + slot_bytes <= max_shared_bytes;
   g.scratch_planes = g.specialized ? 0 : orbit_count(levels) + levels;
   g.slot_bytes = g.specialized ? static_cast<size_t>(orbit_count(kSpecializedLevels)) * kThreads * accumulate_bytes : 0;
   return g;
@@ -658,13 +662,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(co
 // ---------------------------------------------------------------------------------------------
 // Host side, shared by the CUDA launcher (reblur_cuda.cu) and the emulation (csrc/emulation): the
 // allocations, the geometry, the choice of kernel. `launch(kernel, geometry, params)` runs one
-// kernel; the tensors are contiguous, on the launcher's device, in scalar_t.
+// kernel and `launch.max_shared_bytes()` says how much shared memory a block may have on its
+// device; the tensors are contiguous, on the launcher's device, in scalar_t.
 
 template <typename scalar_t, typename acc_t>
-Geometry geometry_for(const at::Tensor& image, const at::Tensor& seeds, int levels) {
+Geometry geometry_for(const at::Tensor& image, const at::Tensor& seeds, int levels, int64_t max_shared_bytes) {
   const int64_t batch = image.size(0), height = image.size(2), width = image.size(3);
   const int64_t per_pixel_planes = std::max<int64_t>({image.size(1), seeds.size(1), orbit_count(levels) + levels});
-  return geometry(batch, image.size(1), height, width, levels, batch * per_pixel_planes * height * width, sizeof(acc_t));
+  return geometry(batch, image.size(1), height, width, levels, batch * per_pixel_planes * height * width, sizeof(acc_t),
+                  max_shared_bytes);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -694,7 +700,7 @@ inline at::Tensor scratch_for(const Geometry& g, const at::Tensor& image, at::Sc
 template <typename scalar_t, typename acc_t, typename Launch>
 void run_forward(const at::Tensor& image, const at::Tensor& seeds, const at::Tensor& weights, const at::Tensor& out,
                  const ReblurArgs& args, Launch&& launch) {
-  const Geometry g = geometry_for<scalar_t, acc_t>(image, seeds, args.levels);
+  const Geometry g = geometry_for<scalar_t, acc_t>(image, seeds, args.levels, launch.max_shared_bytes());
   const at::Tensor scratch = scratch_for(g, image, c10::CppTypeToScalarType<acc_t>::value);
   Params<scalar_t, acc_t> p = params_for<scalar_t, acc_t>(image, seeds, weights, args, g);
   p.out = out.data_ptr<scalar_t>();
@@ -719,7 +725,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(const at::Tensor& gr
   at::Tensor grad_weights = at::empty(weights.sizes(), weights.options());
   at::Tensor orbit_weights = at::empty({image.size(0), orbit_count(args.levels), image.size(2), image.size(3)},
                                        image.options().dtype(accumulate_dtype));
-  const Geometry g = geometry_for<scalar_t, acc_t>(image, seeds, args.levels);
+  const Geometry g = geometry_for<scalar_t, acc_t>(image, seeds, args.levels, launch.max_shared_bytes());
   const at::Tensor scratch = scratch_for(g, image, accumulate_dtype);
   Params<scalar_t, acc_t> p = params_for<scalar_t, acc_t>(image, seeds, weights, args, g);
   p.grad = grad.data_ptr<scalar_t>();
