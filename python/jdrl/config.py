@@ -111,8 +111,8 @@ class OptimConfig:
     at 1e-4 and not at 1e-3 (its level logits blow up within ~50 Adam steps and its radius map is
     constant) nor at 5e-4 (seeds saturated after 270 steps); 2e-4-3e-4 learn faster (Spearman
     0.75-0.84 between R's implied radius and the true one after 270-450 steps) but depend on the
-    initial weights and the order of the pairs (0.08-0.69 over three runs at 2e-4), and at 2e-4 in
-    the demo's joint training the seeds saturated (``benchmarks/RESULTS.md``, "R's learning rate,
+    initial weights and the order of the pairs (3e-4 with another seed: 0.67 on the training pairs,
+    0.19 on the test pairs), and at 2e-4 in the demo's joint training the seeds saturated (``benchmarks/RESULTS.md``, "R's learning rate,
     measured again"). So short CPU runs that train F at 5e-4-1e-3 keep R at 1e-4. See
     :meth:`effective_reblur_lr`.
     """

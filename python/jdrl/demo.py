@@ -86,10 +86,11 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 # network): a `--set` of one of them would break the comparison or the resumed chunks, so it is
 # refused and the flag that controls it named instead.
 DEMO_CONTROLLED_KEYS: dict[str, str] = {
-    "data.root": "--out", "data.split": "--out", "data.val_root": "--out", "data.val_split": "--out",
-    "train.out_dir": "--out", "train.epochs": "--epochs or --minutes", "train.max_steps_per_epoch": "--epochs",
-    "train.val_every": "(fixed: every epoch)", "train.seed": "--seed", "train.device": "--device",
-    "optim.lr": "--lr", "loss.flow_warmup_epochs": "(the paper's share of the epochs)",
+    "data.root": "use --out", "data.split": "use --out", "data.val_root": "use --out",
+    "data.val_split": "use --out", "train.out_dir": "use --out", "train.epochs": "use --epochs or --minutes",
+    "train.max_steps_per_epoch": "use --epochs", "train.val_every": "it validates after every epoch",
+    "train.seed": "use --seed", "train.device": "use --device", "optim.lr": "use --lr",
+    "loss.flow_warmup_epochs": "the warm-up is the paper's share of the epochs",
 }
 
 
@@ -98,7 +99,7 @@ def check_demo_overrides(overrides: dict[str, Any]) -> None:
     ``model.*``), naming the flag to use instead."""
     for key in overrides:
         if key in DEMO_CONTROLLED_KEYS:
-            raise AblationError(f"--set {key}: the demo sets this itself; use {DEMO_CONTROLLED_KEYS[key]}")
+            raise AblationError(f"--set {key}: the demo sets this itself; {DEMO_CONTROLLED_KEYS[key]}")
         if key.startswith("model."):
             raise AblationError(f"--set {key}: the demo trains the JDRL `small` network; use jdrl train for another")
 
