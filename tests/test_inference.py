@@ -277,6 +277,46 @@ def test_streamed_defocus_pca_equals_the_whole_map_and_uint8_input_equals_floats
     assert difference < 2e-3 * float(expected.abs().max()), difference
 
 
+def test_defocus_pca_file_is_closed_when_deblurring_fails_between_tiles(tmp_path, monkeypatch):
+    """The map's temporary file (1.2 GB at 4K) goes when the file's deblurring fails, not at garbage collection."""
+    import jdrl.inference as inference
+
+    made = []
+
+    class Recorded(inference.StreamingDefocusPCA):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    def fail_after_one_block(net, image, *, defocus_sink, **kwargs):
+        defocus_sink(0, 0, torch.zeros(1, 35, 4, 4), tuple(image.shape[2:]))
+        raise RuntimeError("the network failed on the second tile")
+
+    monkeypatch.setattr(inference, "StreamingDefocusPCA", Recorded)
+    monkeypatch.setattr(inference, "deblur_tiled", fail_after_one_block)
+    write_image(tmp_path / "in.png", photo(40, 40))
+    args = inference.argparse.Namespace(tile=32, overlap=8, bit_depth=None, defocus_map=True)
+    net = build_deblur_net(**TINY_MODEL).eval()
+    with pytest.raises(RuntimeError, match="second tile"):
+        inference._deblur_file(net, tmp_path / "in.png", tmp_path, args, torch.device("cpu"))
+    assert len(made) == 1 and made[0].storage.closed
+    with inference.StreamingDefocusPCA() as pca:
+        pass
+    assert pca.storage.closed
+
+
+def test_whole_image_result_is_contiguous_when_the_net_returns_channels_last():
+    net = StandInNet().eval()
+
+    def channels_last_net(tiles):
+        sharp, defocus_map = net(tiles)
+        return DeblurOutput(sharp.contiguous(memory_format=torch.channels_last), defocus_map)
+
+    with torch.no_grad():
+        result = deblur_tiled(channels_last_net, photo(40, 36).unsqueeze(0), tile=None, keep_defocus_map=True)
+    assert result.sharp.is_contiguous() and result.defocus_map.is_contiguous()
+
+
 def test_streamed_defocus_radius_equals_the_radius_of_the_whole_map():
     from jdrl.defocus import predicted_map_radius
     from jdrl.inference import StreamingDefocusRadius

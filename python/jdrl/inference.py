@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 import time
@@ -148,7 +147,8 @@ class _WholeImage:
 
     def __call__(self, top: int, left: int, block: torch.Tensor, size: tuple[int, int]) -> None:
         if top == 0 and left == 0 and tuple(block.shape[2:]) == tuple(size):  # the whole image at once
-            self.image = block if block.dtype == torch.float32 and block.device == self.device else block.float().to(self.device)
+            # contiguous: a network may return channels_last or another view; callers expect NCHW.
+            self.image = block.to(self.device, torch.float32).contiguous()
             return
         if self.image is None:
             self.image = torch.empty(block.shape[0], block.shape[1], *size, dtype=torch.float32, device=self.device)
@@ -378,6 +378,10 @@ class StreamingDefocusPCA:
     for the statistics (sum and second moment, float64, in runs of rows that start at the blocks'
     tops, ``chunk_pixels`` at a time), once to project onto the first principal component. Equals
     ``defocus_map_to_scalar`` up to float rounding (tests/test_inference.py).
+
+    The file is closed by :meth:`close` (or at the end of a ``with`` block, or by
+    :meth:`scalar_map`), not left to the garbage collector. Reads and writes go through the file
+    object's ``seek``/``write``/``readinto``, which every platform has.
     """
 
     def __init__(self, chunk_pixels: int = 1 << 16) -> None:
@@ -390,6 +394,16 @@ class StreamingDefocusPCA:
         self.run_starts: set[int] = set()
         self.total: torch.Tensor | None = None
         self.second_moment: torch.Tensor | None = None
+
+    def close(self) -> None:
+        """Delete the temporary file (idempotent)."""
+        self.storage.close()
+
+    def __enter__(self) -> "StreamingDefocusPCA":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def __call__(self, top: int, left: int, block: torch.Tensor, size: tuple[int, int]) -> None:
         if block.shape[0] != 1:
@@ -407,19 +421,18 @@ class StreamingDefocusPCA:
         # through one small reused buffer: no block-sized temporary between the network's tiles.
         row_buffer = torch.empty(columns, channels, dtype=torch.float32)
         row_bytes = memoryview(row_buffer.numpy()).cast("B")
-        descriptor = self.storage.fileno()
         for row in range(rows):
             row_buffer.copy_(block[0, :, row].T)
-            offset = ((top + row) * self.width + left) * channels * 4
-            if os.pwrite(descriptor, row_bytes, offset) != len(row_bytes):
+            self.storage.seek(((top + row) * self.width + left) * channels * 4)
+            if self.storage.write(row_bytes) != len(row_bytes):
                 raise OSError("could not write the defocus map's temporary file (is TMPDIR full?)")
         self.received += rows * columns
 
     def _read(self, buffer: np.ndarray, pixel_start: int, pixels: int) -> torch.Tensor:
         """``pixels`` pixels from ``pixel_start`` as a ``(pixels, S)`` float32 view of ``buffer``."""
         values = buffer[: pixels * self.channels]
-        offset = pixel_start * self.channels * 4
-        if os.preadv(self.storage.fileno(), [memoryview(values).cast("B")], offset) != values.nbytes:
+        self.storage.seek(pixel_start * self.channels * 4)
+        if self.storage.readinto(memoryview(values).cast("B")) != values.nbytes:
             raise OSError("the defocus map's temporary file was cut short (is TMPDIR full?)")
         return torch.from_numpy(values.reshape(pixels, self.channels))
 
@@ -457,7 +470,7 @@ class StreamingDefocusPCA:
             chunk = self._read(buffer, start, size).double().T
             projection[start : start + size] = component @ (chunk - mean[:, None])
             norms[start : start + size] = chunk.norm(dim=0)
-        self.storage.close()
+        self.close()
         if float(((projection - projection.mean()) * (norms - norms.mean())).sum()) < 0:
             projection = -projection
         return projection.float().reshape(self.height, self.width)
@@ -736,18 +749,23 @@ def _deblur_file(
     )
     defocus_sink = _fan_out([sink for sink in (defocus_pca, defocus_radius) if sink is not None])
     map_net = getattr(net, "defocus_map_net", None)
-    deblur_tiled(
-        net, image, tile=args.tile, overlap=args.overlap, output_device="cpu", sharp_sink=samples,
-        defocus_sink=defocus_sink, defocus_channels=getattr(map_net, "out_channels", None),
-    )
-    del image
-    write_png(out / f"{path.stem}.png", samples.pixels, stored.metadata)
-    del samples
-    if defocus_pca is None:
-        return ""
-    if not defocus_pca.channels:
-        return " (this network has no defocus map)"
-    write_image_array(out / f"{path.stem}_defocus.png", colorize_defocus(defocus_pca.scalar_map()))
+    try:
+        deblur_tiled(
+            net, image, tile=args.tile, overlap=args.overlap, output_device="cpu", sharp_sink=samples,
+            defocus_sink=defocus_sink, defocus_channels=getattr(map_net, "out_channels", None),
+        )
+        del image
+        write_png(out / f"{path.stem}.png", samples.pixels, stored.metadata)
+        del samples
+        if defocus_pca is None:
+            return ""
+        if not defocus_pca.channels:
+            return " (this network has no defocus map)"
+        scalar_map = defocus_pca.scalar_map()
+    finally:  # an error or Ctrl-C between tiles: the 1.2 GB temporary file goes now, not at GC
+        if defocus_pca is not None:
+            defocus_pca.close()
+    write_image_array(out / f"{path.stem}_defocus.png", colorize_defocus(scalar_map))
     if defocus_radius is not None and defocus_radius.radius is not None:
         from jdrl.defocus import radius_picture
 
