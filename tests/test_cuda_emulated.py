@@ -9,11 +9,15 @@ fills shared memory with NaN before each block, so a missing ``__syncthreads()``
 load shows up here as a wrong value, every run.
 
 Compared: every op's output and every gradient (its backward op on a random output gradient), on
-odd and non-square sizes (1x1, and sizes that are not multiples of reblur's 16x16 tile), batch 2,
-channel counts on both sides of the 4-channel chunk, every radius 1..7, m in {1, 2, 5, 8} (8 is
-reblur's compile-time specialization in float32, the others, and float64 at every m, its generic
-kernels; m = 10 as well), both supports and both paddings, float32 and float64; reblur also in
-float16 and bfloat16, against the CPU op in float32.
+odd and non-square sizes (1x1, and sizes that are not multiples of the 16x16 tile of reblur and
+sv_conv), batch 2, channel counts on both sides of the 4-channel chunk, every radius 1..7 (7 is the
+compile-time specialization of sv_conv and isotropic_kernels in float32, the others, and float64 at
+every radius, their generic kernels; R = 9, 12 and 20 as well, and their 64-bit-offset kernels
+through the test-only index64), m in {1, 2, 5, 8} (8 is reblur's compile-time specialization in
+float32, the others, and float64 at every m, its generic kernels; m = 10 as well), both supports
+and both paddings, float32 and float64, NaN and infinite inputs, channels_last inputs, empty
+batches; reblur, sv_conv and isotropic_kernels also in float16 and bfloat16, against the CPU op in
+float32.
 
 Tolerances, relative to ``scale = max(1, max |expected|)``: float64 1e-10, float32 5e-5 (summation
 order and the exponential differ: the CUDA kernels use exp2 on log2(e)-scaled logits).
