@@ -3,7 +3,8 @@
 // registers where the level count is a compile-time constant), each orbit's logit from the polar
 // interpolation of common/pixel_math.h (orbit_polar, whose fields fold to constants for a
 // compile-time orbit), and the softmax as k(o) = exp2(z(o) - bias) with logits in log2 units and
-// bias = max + log2(sum), so that float32 uses the hardware's exp2f/log2f. What is computed is SPEC
+// bias = max + log2(sum), so that float32 uses the hardware's exp2f/log2f; float64 keeps base e
+// (exp and log on the logits as they are, as the CPU computes them). What is computed is SPEC
 // section 2's level softmax, as the CPU's level_tap_weights computes it.
 #pragma once
 
@@ -15,22 +16,23 @@
 namespace jdrl {
 namespace cuda {
 
-// The hardware's base-2 exponential and logarithm in float32 (exp2f, log2f); exact ones in float64.
-JDRL_HD float log2_of(float x) { return log2f(x); }
-JDRL_HD double log2_of(double x) { return log2(x); }
-JDRL_HD float exp2_of(float x) { return exp2f(x); }
-JDRL_HD double exp2_of(double x) { return exp2(x); }
+// The softmax's exponential and logarithm: base 2 in float32 (the hardware's exp2f, log2f, on logits
+// scaled by log2(e): kLogitScale), base e in float64 (exp, log; scale 1).
+JDRL_HD float softmax_log(float x) { return log2f(x); }
+JDRL_HD double softmax_log(double x) { return log(x); }
+JDRL_HD float softmax_pow(float x) { return exp2f(x); }
+JDRL_HD double softmax_pow(double x) { return exp(x); }
 
 template <typename acc_t>
-constexpr acc_t kLog2e = acc_t(1.4426950408889634073599246810019);
+constexpr acc_t kLogitScale = sizeof(acc_t) == sizeof(float) ? acc_t(1.4426950408889634073599246810019) : acc_t(1);
 
-// The seeds of one pixel, read as logits in log2 units: seed(s) = log2(e) * seeds[s].
+// The seeds of one pixel, read as logits in the softmax's units: seed(s) = kLogitScale * seeds[s].
 template <typename scalar_t, typename acc_t, typename index_t>
 struct PixelSeeds {
   const scalar_t* __restrict__ pixel;  // seeds[b, 0, y, x]
   index_t plane;
   __device__ __forceinline__ acc_t operator()(int s) const {
-    return kLog2e<acc_t> * static_cast<acc_t>(pixel[static_cast<index_t>(s) * plane]);
+    return kLogitScale<acc_t> * static_cast<acc_t>(pixel[static_cast<index_t>(s) * plane]);
   }
 };
 
@@ -81,7 +83,7 @@ __device__ __forceinline__ auto level_seeds(const Seeds& seed, int radius, int f
   }
 }
 
-// Logit of orbit `polar` at level `radius` in log2 units (`level`: the level's seeds), and whether
+// Logit of orbit `polar` at level `radius` in the softmax's units (`level`: the level's seeds), and whether
 // the orbit takes part in the level's softmax (a corner under "disk" does not).
 template <typename acc_t, typename Level>
 __device__ __forceinline__ bool level_logit(const Level& level, int radius, bool disk, const OrbitPolar<acc_t>& polar,
@@ -96,8 +98,9 @@ __device__ __forceinline__ bool level_logit(const Level& level, int radius, bool
   return !disk;
 }
 
-// bias = max + log2(sum of the level's exponentials): k(o) = exp2(z(o) - bias). A NaN or infinite
-// logit makes the bias NaN (NaN - NaN, inf - inf), so the level's kernel is NaN, as on the CPU.
+// bias = max + log2(sum of the level's exponentials): k(o) = exp2(z(o) - bias) (float64: log and
+// exp). A NaN or infinite logit makes the bias NaN (NaN - NaN, inf - inf), so the level's kernel is
+// NaN, as on the CPU.
 template <typename acc_t, int kLevels, typename Level>
 __device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk) {
   acc_t max_logit = level(0);
@@ -119,11 +122,11 @@ __device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk)
     for (int b = 0; b <= a; ++b) {
       const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, b);
       acc_t z;
-      if (level_logit(level, radius, disk, polar, &z)) sum += polar.size * exp2_of(z - max_logit);
+      if (level_logit(level, radius, disk, polar, &z)) sum += polar.size * softmax_pow(z - max_logit);
     }
   }
   level.forget();
-  return max_logit + log2_of(sum);
+  return max_logit + softmax_log(sum);
 }
 
 

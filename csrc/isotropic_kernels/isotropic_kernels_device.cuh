@@ -6,8 +6,8 @@
 // blockIdx.z runs over the batch (a block loops over b when B > 65535), each batch item's base offset
 // computed once, in 64 bits. A pixel's level softmax is common/cuda_level_softmax.cuh's, as in reblur:
 // the seeds read once (registers for R = 7), the bias max + log2(sum) computed once per pixel, each
-// orbit's k(o) = exp2(z(o) - bias) once, then stored into the planes of its 1, 4 or 8 taps
-// (consecutive threads, consecutive pixels of a plane: coalesced stores). The orbits' polar
+// orbit's k(o) = exp2(z(o) - bias) once (float64: base e), then stored into the planes of its 1, 4
+// or 8 taps (consecutive threads, consecutive pixels of a plane: coalesced stores). The orbits' polar
 // positions come from common/pixel_math.h's orbit_polar where they are used (constants for a
 // compile-time radius): no orbit table, no scratch.
 //
@@ -74,7 +74,7 @@ __device__ __forceinline__ void for_each_orbit(const Level& level, int radius, b
     for (int b = 0; b <= a; ++b) {
       const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, b);
       acc_t z;
-      const acc_t k = cuda::level_logit(level, radius, disk, polar, &z) ? cuda::exp2_of(z - bias) : zero_or_nan;
+      const acc_t k = cuda::level_logit(level, radius, disk, polar, &z) ? cuda::softmax_pow(z - bias) : zero_or_nan;
       visit(a, b, polar, k, size);
     }
   }

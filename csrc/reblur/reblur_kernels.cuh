@@ -9,7 +9,8 @@
 //
 // The radial kernel of a pixel, Wt(o) = [o == 0] w_0 + sum_{r >= a(o)} w_r k_r(o), is built level
 // by level: per level r, one pass over its orbits for the maximum logit, one for the softmax sum
-// (bias_r = max + log2(sum), logits in log2 units: k_r(o) = exp2(z_r(o) - bias_r)), one adding
+// (bias_r = max + log2(sum), logits in log2 units: k_r(o) = exp2(z_r(o) - bias_r); base e in
+// float64), one adding
 // w_r k_r(o) to Wt. With m = 8 known at compile time (kLevels = 8, the common case; float
 // accumulation only, see kSpecializes) the orbits' polar positions are constants, the level's 8
 // seeds are registers, and the 36 values of Wt are per-thread slots in shared memory (SlotArray; 36
@@ -51,7 +52,7 @@
 namespace jdrl {
 namespace reblur_kernels {
 
-using cuda::exp2_of;
+using cuda::softmax_pow;
 using cuda::level_bias;
 using cuda::level_logit;
 using cuda::level_seeds;
@@ -182,7 +183,8 @@ __device__ __forceinline__ SlotArray<acc_t> thread_slots(acc_t* shared) {
 template <typename acc_t, int kLevels>
 using OrbitArray = std::conditional_t<(kLevels > 0), SlotArray<acc_t>, PixelArray<acc_t, 0>>;
 
-// The per-pixel level softmax (seeds in registers, exp2 on log2(e)-scaled logits): common/cuda_level_softmax.cuh.
+// The per-pixel level softmax (seeds in registers, exp2 on log2(e)-scaled logits in float32, exp in
+// float64): common/cuda_level_softmax.cuh.
 
 // Where radial_kernel need not keep the level biases (the specialized kernels recompute a level's
 // bias where they need it again).
@@ -211,7 +213,7 @@ __device__ __forceinline__ void radial_kernel(const Seeds& seed, const Weights& 
       for (int b = 0; b <= a; ++b) {
         acc_t z;
         if (level_logit(level, radius, disk, orbit_polar<acc_t>(a, b), &z)) {
-          wt[orbit_index(a, b)] += level_weight * exp2_of(z - level_bias_value);
+          wt[orbit_index(a, b)] += level_weight * softmax_pow(z - level_bias_value);
         }
       }
     }
@@ -410,7 +412,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
             const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, bb);
             acc_t z;
             if (!level_logit(level, r, p.disk, polar, &z)) continue;
-            const acc_t k = exp2_of(z - level_bias_value);
+            const acc_t k = softmax_pow(z - level_bias_value);
             const acc_t kg = k * orbit_grad[orbit_index(a, bb)];
             grad_weight += kg;  // d/dw_r = sum_o k_r(o) orbit_grad(o)
             if (polar.squared > r * r) continue;  // corner logits are constant
@@ -440,7 +442,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
           for (int bb = 0; bb <= a; ++bb) {
             acc_t z;
             if (level_logit(level, r, p.disk, orbit_polar<acc_t>(a, bb), &z)) {
-              grad_weight += exp2_of(z - level_bias_value) * orbit_grad[orbit_index(a, bb)];
+              grad_weight += softmax_pow(z - level_bias_value) * orbit_grad[orbit_index(a, bb)];
             }
           }
         }
@@ -454,7 +456,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
             if (polar.squared > r * r) continue;  // corner logits are constant
             acc_t z;
             level_logit(level, r, p.disk, polar, &z);
-            const acc_t dz = level_weight * exp2_of(z - level_bias_value) *
+            const acc_t dz = level_weight * softmax_pow(z - level_bias_value) *
                              (orbit_grad[orbit_index(a, bb)] - polar.size * grad_weight);
             acc_t& lower = level_grad_out[static_cast<index_t>(polar.lower) * plane];
             if (polar.frac == acc_t(0)) {
