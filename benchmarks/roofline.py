@@ -7,15 +7,16 @@ and direction (forward; backward = the op's backward op, given the output gradie
 - ``floor``: the bytes that must move, every input read once and every output written once (the
   backward reads the output gradient and the forward inputs and writes one gradient per input);
 - ``today`` and ``tiled``: the DRAM bytes the kernels move by their own design, from the traffic
-  tables below: ``today`` models csrc/*/*_cuda.cu as they are (one thread per pixel, global
-  per-thread scratch, neighbours read from global memory); ``tiled`` models the redesign of issue
-  10 (shared-memory tile + halo, per-pixel values on chip: registers and shared-memory slots,
-  gradients stored once);
+  tables below: ``today`` models csrc/*/*_cuda.cu as they are; ``tiled`` models the redesign of
+  issue 10 (shared-memory tile + halo, per-pixel values on chip: registers and shared-memory slots,
+  gradients stored once). sv_conv and isotropic_kernels are that redesign today (the two columns
+  agree); reblur's and flow_warp's ``today`` rows model their kernels before it;
 - the expected time of each design on an H100 (3.35 TB/s) and an H200 (4.8 TB/s) if it ran at the
   card's DRAM bandwidth: a lower bound that holds only when the kernel is memory-bound;
 - ``on-chip``: the approximate bytes per pixel that today's design loads and stores through L1/L2
-  (neighbour reads, the per-thread global scratch); it is why today's kernels are expected to run
-  far above the DRAM bound (the issue estimates 10-25x for reblur), and it is not turned into a time.
+  (neighbour reads, per-pixel global scratch, halo loads; see on_chip_bytes_per_pixel); it is why
+  the untiled kernels were expected to run far above the DRAM bound (the issue estimates 10-25x for
+  reblur), and it is not turned into a time.
 
 Every number comes from the tables ``TRAFFIC`` and ``ON_CHIP`` below, whose assumptions are written
 next to them: update them when a kernel changes, and replace the model by bench_ops.py's
@@ -84,25 +85,25 @@ def traffic(op: str, direction: str, design: str, channels: int, half: bool) -> 
 
     Assumptions shared by every row: a gathered tensor (neighbour reads of an image, of a kernel
     plane, of the bilinear taps) comes from DRAM once, the other reads hitting L1/L2 (a 15-row band of
-    a 4096-wide float32 3-channel image is 0.7 MB, far below the 50 MB L2); today's per-thread scratch
-    ("slot scratch", one slot per resident thread, ~40 MB at most) stays in L2 and never reaches
-    DRAM; outputs are written once; atomics resolve in L2. ``half`` is a float16/bfloat16 input,
-    whose accumulation-type results are converted by an extra pass where the code does so.
+    a 4096-wide float32 3-channel image is 0.7 MB, far below the 50 MB L2); per-thread or per-pixel
+    scratch, where a design has it, stays in L2 and never reaches DRAM; outputs are written once;
+    atomics resolve in L2. ``half`` is a float16/bfloat16 input, whose accumulation-type results are
+    converted by an extra pass where the code does so.
     """
     c = channels
     inputs = [Term(f"read {name}", n, "s") for name, n in input_channels(op, c).items()]
     out = output_channels(op, c)
     if direction == "forward":
-        # Every forward kernel reads its inputs once and writes its output once (the orbit table
-        # and the slot scratch stay on chip / in L2).
+        # Every forward kernel reads its inputs once and writes its output once (per-pixel scratch,
+        # where a design has it, stays on chip / in L2).
         return inputs + [Term("write output", out, "s")]
     grad_in = Term("read output gradient", out, "s")
     grads = [Term(f"write grad {name}", n, "s") for name, n in input_channels(op, c).items()]
     if op == "isotropic_kernels":
-        if design == "today" and half:
-            # grad_seeds is accumulated in a float32 tensor, then converted (at::Tensor::to).
-            return [grad_in, *inputs, Term("write grad seeds (float32)", ISO_SEEDS, "a"),
-                    Term("read grad seeds (float32) to convert", ISO_SEEDS, "a"), *grads]
+        # Both designs (today's is the tiled one since issue 10's redesign): R = 7 sums the seed
+        # gradients in registers and stores them once, in the data type. (The generic kernels of other
+        # radii, and float64, accumulate in the accumulation type and convert half inputs by an extra
+        # pass; the model covers R = 7.)
         return [grad_in, *inputs, *grads]
     if op == "sv_conv":
         # Two kernels in both designs (kernel gradient per pixel; image gradient as a gather):
@@ -136,20 +137,29 @@ def traffic(op: str, direction: str, design: str, channels: int, half: bool) -> 
     raise ValueError(f"unknown op {op!r}")
 
 
-def on_chip_bytes_per_pixel(op: str, direction: str, channels: int, s: int, a: int) -> int:
-    """Approximate bytes per pixel that today's kernels move through L1/L2 (loads + scratch stores):
-    every neighbour read counted (225 taps x channels for the K = 15 gathers, 4 bilinear taps), and the
-    per-thread global scratch: reblur's radial kernel writes and reads each level's softmax values
-    (119 over the 7 levels) and read-modify-writes the 36 orbit weights once per level."""
+# The tiled kernels' image tile: (TILE + 2R)^2 values loaded for TILE^2 pixels (the halo), per channel.
+HALO = (TILE + 2 * RADIUS) ** 2 / TILE**2  # 900 / 256 = 3.52 for sv_conv's R = 7
+
+
+def on_chip_bytes_per_pixel(op: str, direction: str, channels: int, s: int, a: int) -> float:
+    """Approximate bytes per pixel that today's kernels move through L1/L2 (global loads and stores;
+    shared memory not counted). reblur and flow_warp: every neighbour read counted (225 taps x
+    channels for reblur's K = 15 gathers, 4 bilinear taps), and reblur's per-pixel global scratch:
+    each level's softmax values (119 over the 7 levels) and a read-modify-write of the 36 orbit
+    weights per level (reblur's rows model its kernels before issue 10's tiling: an overcount now). sv_conv (tiled since issue 10): the image / output-gradient tile with its halo (HALO loads a
+    pixel and channel), the 225 kernel taps of the pixel (backward: the neighbours' taps, one read per
+    tap, mostly L1/L2 hits), the outputs. isotropic_kernels (since issue 10): the seeds, the 225 taps
+    written (backward: read) and the seed gradients; no scratch."""
     c = channels
     gather = TAPS * c * s  # 225 neighbours x C channels
     if op == "isotropic_kernels":
-        scratch = 2 * ISO_ORBITS * a * (1 if direction == "forward" else 2)
-        return ISO_SEEDS * s + scratch + (TAPS * s if direction == "forward" else TAPS * s + ISO_SEEDS * a)
+        return ISO_SEEDS * s + TAPS * s + (0 if direction == "forward" else ISO_SEEDS * s)
     if op == "sv_conv":
         if direction == "forward":
-            return gather + TAPS * s + c * s
-        return 2 * gather + 3 * TAPS * s + 3 * c * s  # kernel gradient + transposed gather
+            return HALO * c * s + TAPS * s + c * s
+        # kernel gradient: image tile, the pixel's gradient, 225 taps written; image gradient: the
+        # gradient's tile, the neighbours' 225 taps, the pixel's C values written
+        return (HALO * c * s + c * s + TAPS * s) + (HALO * c * s + TAPS * s + c * s)
     if op == "reblur":
         radial = (2 * LEVEL_ORBITS + 2 * (LEVELS - 1) * ORBITS + ORBITS) * a + (SEEDS + LEVELS) * s
         if direction == "forward":

@@ -9,11 +9,15 @@ fills shared memory with NaN before each block, so a missing ``__syncthreads()``
 load shows up here as a wrong value, every run.
 
 Compared: every op's output and every gradient (its backward op on a random output gradient), on
-odd and non-square sizes (1x1, and sizes that are not multiples of reblur's 16x16 tile), batch 2,
-channel counts on both sides of the 4-channel chunk, every radius 1..7, m in {1, 2, 5, 8} (8 is
-reblur's compile-time specialization in float32, the others, and float64 at every m, its generic
-kernels; m = 10 as well), both supports and both paddings, float32 and float64; reblur also in
-float16 and bfloat16, against the CPU op in float32.
+odd and non-square sizes (1x1, and sizes that are not multiples of the 16x16 tile of reblur and
+sv_conv), batch 2, channel counts on both sides of the 4-channel chunk, every radius 1..7 (7 is the
+compile-time specialization of sv_conv and isotropic_kernels in float32, the others, and float64 at
+every radius, their generic kernels; R = 9, 12 and 20 as well, and their 64-bit-offset kernels
+through the test-only index64), m in {1, 2, 5, 8} (8 is reblur's compile-time specialization in
+float32, the others, and float64 at every m, its generic kernels; m = 10 as well), both supports
+and both paddings, float32 and float64, NaN and infinite inputs, channels_last inputs, empty
+batches; reblur, sv_conv and isotropic_kernels also in float16 and bfloat16, against the CPU op in
+float32.
 
 Tolerances, relative to ``scale = max(1, max |expected|)``: float64 1e-10, float32 5e-5 (summation
 order and the exponential differ: the CUDA kernels use exp2 on log2(e)-scaled logits).
@@ -151,28 +155,121 @@ def test_reblur_emulated_large_radius_and_specials():
     assert emulated.reblur(*empty).shape == (0, 3, 5, 4)
 
 
+def sv_conv_inputs(batch, channels, height, width, radius, dtype, generator):
+    taps = (2 * radius + 1) ** 2
+    image = torch.rand(batch, channels, height, width, dtype=dtype, generator=generator)
+    kernels = torch.randn(batch, taps, height, width, dtype=dtype, generator=generator)
+    return [image, kernels]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("padding_mode", ["replicate", "zeros"])
 @pytest.mark.parametrize("radius", range(1, 8))
 def test_sv_conv_emulated_matches_cpu(dtype, padding_mode, radius):
+    """R = 7 takes the compile-time specialization (32-bit offsets), the other radii the generic
+    kernels with 32-bit offsets."""
     generator = torch.Generator().manual_seed(radius)
-    taps = (2 * radius + 1) ** 2
     for channels, shape in SHAPES:
-        image = torch.rand(2, channels, *shape, dtype=dtype, generator=generator)
-        kernels = torch.randn(2, taps, *shape, dtype=dtype, generator=generator)
+        inputs = sv_conv_inputs(2, channels, *shape, radius, dtype, generator)
         assert_op_matches(
-            "sv_conv", [image, kernels], (padding_mode,), ["grad image", "grad kernels"], f"R {radius} C {channels} {shape}"
+            "sv_conv", inputs, (padding_mode,), ["grad image", "grad kernels"], f"R {radius} C {channels} {shape}"
         )
+
+
+@pytest.mark.parametrize("padding_mode", ["replicate", "zeros"])
+@pytest.mark.parametrize("radius", [2, 7])
+def test_sv_conv_emulated_int64_kernels_match_cpu(padding_mode, radius):
+    """The generic kernels with 64-bit offsets (what a batch item of over 2^31 - 1 elements takes; forced
+    here by the test-only index64), also at R = 7."""
+    generator = torch.Generator().manual_seed(64 + radius)
+    for channels, shape in SHAPES:
+        inputs = sv_conv_inputs(2, channels, *shape, radius, torch.float64, generator)
+        assert_op_matches(
+            "sv_conv",
+            inputs,
+            (padding_mode,),
+            ["grad image", "grad kernels"],
+            f"R {radius} C {channels} {shape} index64",
+            {"index64": True},
+        )
+
+
+def test_sv_conv_emulated_large_radius_and_specials():
+    """R = 20 in float64: a 56x56 tile of 25 KB a channel, so one channel per tile (the kernel gradient
+    reads the other channels from global memory); R = 9 over several tiles; NaN and infinite inputs
+    propagate as on the CPU; channels_last inputs; an empty batch; a tile over the device's shared
+    memory is an error."""
+    generator = torch.Generator().manual_seed(20)
+    for radius, shape in ((20, (9, 21)), (9, (40, 35))):
+        inputs = sv_conv_inputs(2, 3, *shape, radius, torch.float64, generator)
+        for padding_mode in ("replicate", "zeros"):
+            assert_op_matches("sv_conv", inputs, (padding_mode,), ["grad image", "grad kernels"], f"R {radius} {shape}")
+    for radius in (7, 3):
+        image, kernels = sv_conv_inputs(2, 5, 18, 17, radius, torch.float32, generator)
+        image[0, 1, 0, 0] = float("nan")
+        image[1, 4, 9, 16] = float("inf")
+        kernels[0, 3, 17, 5] = float("nan")
+        kernels[1, 0, 2, 2] = float("-inf")
+        for padding_mode in ("replicate", "zeros"):
+            assert_op_matches(
+                "sv_conv",
+                [image.contiguous(memory_format=torch.channels_last), kernels],
+                (padding_mode,),
+                ["grad image", "grad kernels"],
+                f"R {radius} with NaN and inf, {padding_mode}",
+            )
+    empty = sv_conv_inputs(0, 3, 5, 4, 7, torch.float32, generator)
+    assert emulated.sv_conv(*empty).shape == (0, 3, 5, 4)
+    grads = emulated._sv_conv_backward(torch.zeros(0, 3, 5, 4), *empty, "zeros")
+    assert [tuple(g.shape) for g in grads] == [(0, 3, 5, 4), (0, 225, 5, 4)]
+    with pytest.raises(ValueError, match="K = 15 need an image tile of 30 x 30"):
+        emulated.sv_conv(*sv_conv_inputs(1, 3, 4, 4, 7, torch.float32, generator), max_shared_bytes=2048)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("support", ["window", "disk"])
-def test_isotropic_kernels_emulated_matches_cpu(dtype, support):
+@pytest.mark.parametrize("index64", [False, True], ids=["int32", "int64"])
+def test_isotropic_kernels_emulated_matches_cpu(dtype, support, index64):
+    """int32: R = 7 takes the compile-time specialization, the other radii the generic kernels;
+    int64: the generic kernels with 64-bit offsets at every radius (forced by the test-only index64)."""
     generator = torch.Generator().manual_seed(7)
     for radius in range(1, 8):
         for _, shape in SHAPES:
             seeds = 3 * torch.randn(2, radius + 1, *shape, dtype=dtype, generator=generator)
-            assert_op_matches("isotropic_kernels", [seeds], (support,), ["grad seeds"], f"R {radius} {shape}")
+            assert_op_matches(
+                "isotropic_kernels",
+                [seeds],
+                (support,),
+                ["grad seeds"],
+                f"R {radius} {shape} index64 {index64}",
+                {"index64": index64},
+            )
+
+
+def test_isotropic_kernels_emulated_large_radius_and_specials():
+    """R = 12 (generic kernels); NaN and infinite seeds propagate as on the CPU (a NaN pixel's disk
+    corners are NaN too); channels_last seeds; an empty batch."""
+    generator = torch.Generator().manual_seed(12)
+    seeds = 3 * torch.randn(2, 13, 6, 5, dtype=torch.float64, generator=generator)
+    for support in ("window", "disk"):
+        assert_op_matches("isotropic_kernels", [seeds], (support,), ["grad seeds"], f"R 12 {support}")
+    for radius in (7, 4):
+        seeds = 3 * torch.randn(2, radius + 1, 9, 7, generator=generator)
+        seeds[0, 0, 1, 1] = float("nan")
+        seeds[0, radius, 2, 3] = float("inf")
+        seeds[1, 1, 4, 4] = float("-inf")
+        seeds[1, :, 5, 5] = float("-inf")
+        for support in ("window", "disk"):
+            assert_op_matches(
+                "isotropic_kernels",
+                [seeds.contiguous(memory_format=torch.channels_last)],
+                (support,),
+                ["grad seeds"],
+                f"R {radius} with NaN and inf, {support}",
+            )
+    empty = torch.zeros(0, 8, 5, 4)
+    assert emulated.isotropic_kernels(empty).shape == (0, 225, 5, 4)
+    assert emulated._isotropic_kernels_backward(torch.zeros(0, 225, 5, 4), empty, "window").shape == (0, 8, 5, 4)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -223,3 +320,39 @@ def test_reblur_emulated_half_precision_matches_cpu_float32(dtype, levels):
         for name, got_grad, expected_grad in zip(["grad image", "grad seeds", "grad weights"], got_grads, expected_grads):
             assert got_grad.dtype == dtype, f"{what} {name}: dtype {got_grad.dtype}"
             assert_scaled_close(got_grad.float(), expected_grad, tol, f"reblur {what} {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("radius", [3, 7])
+def test_sv_conv_and_isotropic_kernels_emulated_half_precision_match_cpu_float32(dtype, radius):
+    """float16/bfloat16 sv_conv and isotropic_kernels (R = 7: the specializations; R = 3: the generic
+    kernels), accumulating in float32 as on CUDA, against the CPU ops in float32 on the same rounded
+    inputs; the tolerance is a few roundings to dtype, as for reblur."""
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype]
+    generator = torch.Generator().manual_seed(200 + radius)
+    what = f"R {radius} {dtype}"
+    image, kernels = [t.to(dtype) for t in sv_conv_inputs(2, 5, 17, 18, radius, torch.float32, generator)]
+    kernels = kernels / (2 * radius + 1)  # outputs of order 1
+    grad = torch.randn(image.shape, generator=generator).to(dtype)
+    for padding_mode in ("replicate", "zeros"):
+        expected = cpu.sv_conv(image.float(), kernels.float(), padding_mode=padding_mode)
+        got = emulated.sv_conv(image, kernels, padding_mode=padding_mode)
+        assert got.dtype == dtype
+        assert_scaled_close(got.float(), expected, tol, f"sv_conv {what} {padding_mode} output")
+        expected_grads = cpu._sv_conv_backward(grad.float(), image.float(), kernels.float(), padding_mode)
+        got_grads = emulated._sv_conv_backward(grad, image, kernels, padding_mode)
+        for name, got_grad, expected_grad in zip(["grad image", "grad kernels"], got_grads, expected_grads):
+            assert got_grad.dtype == dtype, f"sv_conv {what} {name}: dtype {got_grad.dtype}"
+            assert_scaled_close(got_grad.float(), expected_grad, tol, f"sv_conv {what} {padding_mode} {name}")
+    seeds = (3 * torch.randn(2, radius + 1, 5, 19, generator=generator)).to(dtype)
+    taps = (2 * radius + 1) ** 2
+    grad = torch.randn(2, taps, 5, 19, generator=generator).to(dtype)
+    for support in ("window", "disk"):
+        expected = cpu.isotropic_kernels(seeds.float(), support=support)
+        got = emulated.isotropic_kernels(seeds, support=support)
+        assert got.dtype == dtype
+        assert_scaled_close(got.float(), expected, tol, f"isotropic_kernels {what} {support} output")
+        expected_grad = cpu._isotropic_kernels_backward(grad.float(), seeds.float(), support)
+        got_grad = emulated._isotropic_kernels_backward(grad, seeds, support)
+        assert got_grad.dtype == dtype
+        assert_scaled_close(got_grad.float(), expected_grad, tol, f"isotropic_kernels {what} {support} grad seeds")

@@ -27,26 +27,12 @@ inline unsigned int blocks_for(int64_t work) {
   return static_cast<unsigned int>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
 
-// Blocks for a kernel whose threads each own a slot of a scratch tensor (reused along the
-// grid-stride loop): no more than `resident` (the blocks the device holds at once), so that the
-// scratch does not grow with the image.
-inline unsigned int slot_blocks_for(int64_t work, int64_t resident) {
-  const int64_t blocks = blocks_for(work);
-  return static_cast<unsigned int>(blocks < resident ? blocks : resident);
-}
-
-// The launch of a kernel with one thread per pixel over a grid-stride loop (`resident`: at most that
-// many blocks, for the kernels with per-thread scratch slots).
+// The launch of a kernel with one thread per pixel (flow_warp: over a grid-stride loop;
+// isotropic_kernels: a grid of its own, blockIdx.z over the batch).
 struct PixelGrid {
   dim3 grid, block;
 };
-inline PixelGrid pixel_grid(int64_t work, int64_t resident = kMaxBlocks) {
-  return {dim3(slot_blocks_for(work, resident)), dim3(kThreadsPerBlock)};
-}
-
-// A thread's slot in a per-thread scratch tensor, and the number of slots (threads in the grid).
-__device__ __forceinline__ int64_t thread_slot() { return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
-__device__ __forceinline__ int64_t slot_count() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+inline PixelGrid pixel_grid(int64_t work) { return {dim3(blocks_for(work)), dim3(kThreadsPerBlock)}; }
 
 #if defined(__CUDACC__)
 // The block's dynamic shared memory (the third launch parameter), as an array of T.

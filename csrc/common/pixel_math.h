@@ -1,9 +1,12 @@
 // Per-pixel arithmetic shared by the CPU and the CUDA kernels.
 //
 // Everything here is a small inline function that compiles for the host and, under nvcc, for the
-// device. The CPU kernels and the CUDA kernels call the same functions, so the CPU tests exercise
-// the arithmetic that the GPU runs. SPEC.md sections 1 to 5 define what is computed; the comments
-// here say how.
+// device. The CPU kernels and the CUDA kernels call the same functions (the orbits and their polar
+// interpolation, the NaN rules, the border folding, the bilinear taps), so the CPU tests exercise
+// the arithmetic that the GPU runs. The span functions below (the level softmax over a row of
+// pixels) are the CPU's; the CUDA kernels compute the same softmax per pixel in registers from the
+// same orbit functions (common/cuda_level_softmax.cuh), and the emulated tests compare the two.
+// SPEC.md sections 1 to 5 define what is computed; the comments here say how.
 #pragma once
 
 #include <cmath>
@@ -170,7 +173,8 @@ JDRL_HD float softmax_exp(float x) {
 JDRL_HD double softmax_exp(double x) { return exp(x); }
 
 // The functions below work on a span of `span` consecutive pixels (pixel x of the span at offset
-// x): the CPU passes a row, so its loops over x vectorize; the GPU passes one pixel (span 1).
+// x): the CPU passes a row, so its loops over x vectorize (the CUDA kernels use the per-pixel form
+// of common/cuda_level_softmax.cuh instead).
 // Per-channel arrays are `..._stride` apart; per-pixel scratch comes from the caller.
 
 // Per-tap softmax weights k_r(o) of level `radius` into probs[o * probs_stride + x] for the orbits

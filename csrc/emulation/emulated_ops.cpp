@@ -1,11 +1,10 @@
 // The CUDA kernels of the four ops, run on the CPU by the host emulation of common/cuda_host_emulation.h,
-// as the test-only operators torch.ops.jdrl_emulated.* (CPU tensors, float32/float64; reblur also
-// float16/bfloat16): the same __global__ functions (the op folders' *_kernels.cuh / *_device.cuh,
+// as the test-only operators torch.ops.jdrl_emulated.* (CPU tensors, float32/float64; reblur, sv_conv
+// and isotropic_kernels also float16/bfloat16): the same __global__ functions (the op folders' *_kernels.cuh / *_device.cuh,
 // which the .cu files include), against the CPU kernels in tests/test_cuda_emulated.py. The kernel
 // arguments, launch geometry and scratch come from those headers' run_forward/run_backward, which
 // the .cu files call too; only the `launch` differs: emulation::launch here instead of <<<...>>> on
-// a stream (and, for isotropic_kernels, kEmulatedResidentBlocks and an orbit table filled on the
-// host), with no device guard.
+// a stream, with no device guard.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -31,10 +30,6 @@
 namespace jdrl {
 namespace {
 
-// Where a CUDA launcher asks the device how many blocks it holds at once (the kernels with
-// per-thread scratch slots), the emulation takes this many, so that the grid-stride loops wrap.
-constexpr int64_t kEmulatedResidentBlocks = 2;
-
 template <typename Kernel, typename... Args>
 void emulate(const cuda::PixelGrid& g, Kernel kernel, Args... args) {
   emulation::launch(g.grid, g.block, 0, [&] { kernel(args...); });
@@ -46,35 +41,32 @@ struct EmulatedPixelLaunch {
   void operator()(Kernel kernel, const cuda::PixelGrid& g, Args... args) const {
     emulate(g, kernel, args...);
   }
-  template <typename Kernel>
-  int64_t resident_blocks(Kernel) const {
-    return kEmulatedResidentBlocks;
-  }
 };
 
+// The `launch` of the tiled ops' run_forward/run_backward (cuda::StreamTileLaunch on CUDA).
 struct EmulatedLaunch {
   // The device's opt-in shared memory per block (the schemas' max_shared_bytes, by default an
-  // H100/H200's 227 KB; 48 KB, as before Volta, makes m = 8 take the generic kernels).
+  // H100/H200's 227 KB; 48 KB, as before Volta, makes reblur's m = 8 take the generic kernels).
   int64_t shared_limit;
   int64_t max_shared_bytes() const { return shared_limit; }
-  template <typename Kernel, typename Params>
-  void operator()(Kernel kernel, const reblur_kernels::Geometry& g, const Params& params) const {
+  template <typename Kernel, typename Geometry, typename Params>
+  void operator()(Kernel kernel, const Geometry& g, const Params& params) const {
     emulation::launch(g.grid, g.block, g.shared_bytes, [&] { kernel(params); });
   }
 };
 
 // ---- reblur (also float16 and bfloat16, accumulated in float32, as on CUDA)
 
-void check_reblur_emulated_dtype(const at::Tensor& t, const char* name) {
+void check_emulated_half_dtype(const at::Tensor& t, const char* name) {
   const at::ScalarType dtype = t.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, name,
-                   ": the emulated reblur takes float32, float64, float16 or bfloat16, got ", dtype);
+                   ": the emulated reblur, sv_conv and isotropic_kernels take float32, float64, float16 or bfloat16, got ", dtype);
 }
 
 at::Tensor reblur_emulated(const at::Tensor& image_in, const at::Tensor& seeds_in, const at::Tensor& weights_in,
                            c10::string_view support, c10::string_view padding_mode, int64_t max_shared_bytes) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
-  check_reblur_emulated_dtype(image_in, "image");
+  check_emulated_half_dtype(image_in, "image");
   const at::Tensor image = image_in.contiguous();
   const at::Tensor seeds = seeds_in.contiguous();
   const at::Tensor weights = weights_in.contiguous();
@@ -95,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at
                                                                         c10::string_view padding_mode,
                                                                         int64_t max_shared_bytes) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
-  check_reblur_emulated_dtype(image_in, "image");
+  check_emulated_half_dtype(image_in, "image");
   check_grad(grad_in, image_in, "grad");
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor image = image_in.contiguous();
@@ -114,26 +106,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at
   return {std::get<0>(grads), std::get<1>(grads).to(seeds.scalar_type()), std::get<2>(grads)};
 }
 
-// ---- sv_conv
+// ---- sv_conv (also float16 and bfloat16, accumulated in float32, as on CUDA)
 
-at::Tensor sv_conv_emulated(const at::Tensor& image_in, const at::Tensor& kernels_in, c10::string_view padding_mode) {
+// sv_conv's and isotropic_kernels' index64 (tests only): the 64-bit index kernels, which the CUDA
+// launchers take only for batch items too large for 32-bit offsets.
+sv_conv_kernels::IndexWidth sv_conv_index_width(bool index64) {
+  return index64 ? sv_conv_kernels::IndexWidth::kInt64 : sv_conv_kernels::IndexWidth::kFitting;
+}
+
+at::Tensor sv_conv_emulated(const at::Tensor& image_in, const at::Tensor& kernels_in, c10::string_view padding_mode,
+                            bool index64, int64_t max_shared_bytes) {
   const SvConvArgs args = check_sv_conv(image_in, kernels_in, padding_mode);
-  check_cpu_dtype(image_in, "image");
+  check_emulated_half_dtype(image_in, "image");
   const at::Tensor image = image_in.contiguous();
   const at::Tensor kernels = kernels_in.contiguous();
   at::Tensor out = at::empty(image.sizes(), image.options());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "sv_conv_emulated", [&] {
-    sv_conv_kernels::run_forward<scalar_t, scalar_t>(image, kernels, out, args, EmulatedPixelLaunch{});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "sv_conv_emulated", [&] {
+    sv_conv_kernels::run_forward<scalar_t, at::opmath_type<scalar_t>>(
+        image, kernels, out, args, EmulatedLaunch{max_shared_bytes}, sv_conv_index_width(index64));
   });
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> sv_conv_backward_emulated(const at::Tensor& grad_in, const at::Tensor& image_in,
                                                              const at::Tensor& kernels_in,
-                                                             c10::string_view padding_mode) {
+                                                             c10::string_view padding_mode, bool index64,
+                                                             int64_t max_shared_bytes) {
   const SvConvArgs args = check_sv_conv(image_in, kernels_in, padding_mode);
-  check_cpu_dtype(image_in, "image");
+  check_emulated_half_dtype(image_in, "image");
   check_grad(grad_in, image_in, "grad");
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor image = image_in.contiguous();
@@ -143,58 +144,51 @@ std::tuple<at::Tensor, at::Tensor> sv_conv_backward_emulated(const at::Tensor& g
   }
   at::Tensor grad_image = at::empty(image.sizes(), image.options());
   at::Tensor grad_kernels = at::empty(kernels.sizes(), kernels.options());
-  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "sv_conv_backward_emulated", [&] {
-    sv_conv_kernels::run_backward<scalar_t, scalar_t>(grad, image, kernels, grad_image, grad_kernels, args,
-                                                      EmulatedPixelLaunch{});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "sv_conv_backward_emulated", [&] {
+    sv_conv_kernels::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, image, kernels, grad_image, grad_kernels,
+                                                                       args, EmulatedLaunch{max_shared_bytes},
+                                                                       sv_conv_index_width(index64));
   });
   return {grad_image, grad_kernels};
 }
 
-// ---- isotropic_kernels
+// ---- isotropic_kernels (also float16 and bfloat16, accumulated in float32, as on CUDA)
 
-template <typename acc_t>
-at::Tensor orbit_table_tensor(int levels) {
-  const int64_t bytes = static_cast<int64_t>(orbit_count(levels)) * static_cast<int64_t>(sizeof(OrbitPolar<acc_t>));
-  at::Tensor table = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
-  fill_orbit_table<acc_t>(levels, reinterpret_cast<OrbitPolar<acc_t>*>(table.data_ptr<uint8_t>()));
-  return table;
+isotropic_device::IndexWidth isotropic_index_width(bool index64) {
+  return index64 ? isotropic_device::IndexWidth::kInt64 : isotropic_device::IndexWidth::kFitting;
 }
 
-// The orbit table filled on the host (the CUDA launch fills it on the device).
-struct EmulatedIsotropicLaunch : EmulatedPixelLaunch {
-  template <typename acc_t>
-  at::Tensor orbit_table(int levels, const at::Tensor&) const {
-    return orbit_table_tensor<acc_t>(levels);
-  }
-};
-
-at::Tensor isotropic_kernels_emulated(const at::Tensor& seeds_in, c10::string_view support) {
+at::Tensor isotropic_kernels_emulated(const at::Tensor& seeds_in, c10::string_view support, bool index64) {
   const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
-  check_cpu_dtype(seeds_in, "seeds");
+  check_emulated_half_dtype(seeds_in, "seeds");
   const at::Tensor seeds = seeds_in.contiguous();
   const int64_t batch = seeds.size(0), height = seeds.size(2), width = seeds.size(3);
   const int64_t size = 2 * args.radius + 1;
   at::Tensor kernels = at::empty({batch, size * size, height, width}, seeds.options());
   if (kernels.numel() == 0) return kernels;
-  AT_DISPATCH_FLOATING_TYPES(seeds.scalar_type(), "isotropic_kernels_emulated", [&] {
-    isotropic_device::run_forward<scalar_t, scalar_t>(seeds, kernels, args, EmulatedIsotropicLaunch{});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, seeds.scalar_type(), "isotropic_kernels_emulated", [&] {
+    isotropic_device::run_forward<scalar_t, at::opmath_type<scalar_t>>(seeds, kernels, args, EmulatedPixelLaunch{},
+                                                                       isotropic_index_width(index64));
   });
   return kernels;
 }
 
 at::Tensor isotropic_kernels_backward_emulated(const at::Tensor& grad_in, const at::Tensor& seeds_in,
-                                               c10::string_view support) {
+                                               c10::string_view support, bool index64) {
   const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
-  check_cpu_dtype(seeds_in, "seeds");
+  check_emulated_half_dtype(seeds_in, "seeds");
   check_same_kind(grad_in, "grad", seeds_in, "seeds");
   const at::Tensor seeds = seeds_in.contiguous();
   const at::Tensor grad = grad_in.contiguous();
-  at::Tensor grad_seeds = at::empty(seeds.sizes(), seeds.options());
-  if (grad_seeds.numel() == 0) return grad_seeds;
-  AT_DISPATCH_FLOATING_TYPES(seeds.scalar_type(), "isotropic_kernels_backward_emulated", [&] {
-    isotropic_device::run_backward<scalar_t, scalar_t>(grad, seeds, grad_seeds, args, EmulatedIsotropicLaunch{});
-  });
-  return grad_seeds;
+  if (seeds.numel() == 0) return at::empty(seeds.sizes(), seeds.options());
+  at::Tensor grad_seeds;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, seeds.scalar_type(), "isotropic_kernels_backward_emulated",
+                                  [&] {
+                                    grad_seeds = isotropic_device::run_backward<scalar_t, at::opmath_type<scalar_t>>(
+                                        grad, seeds, args, EmulatedPixelLaunch{}, isotropic_index_width(index64));
+                                  });
+  // the generic kernels accumulate in the accumulation dtype; the CUDA op converts the same way
+  return grad_seeds.to(seeds.scalar_type());
 }
 
 // ---- flow_warp
@@ -243,10 +237,16 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_emulated(const at::Tensor&
 
 // Test-only operators: the schemas of torch.ops.jdrl_ext (forward and backward of each op).
 TORCH_LIBRARY(jdrl_emulated, m) {
-  m.def("isotropic_kernels(Tensor seeds, *, str support=\"window\") -> Tensor");
-  m.def("_isotropic_kernels_backward(Tensor grad, Tensor seeds, str support) -> Tensor");
-  m.def("sv_conv(Tensor image, Tensor kernels, *, str padding_mode=\"replicate\") -> Tensor");
-  m.def("_sv_conv_backward(Tensor grad, Tensor image, Tensor kernels, str padding_mode) -> (Tensor, Tensor)");
+  // isotropic_kernels' and sv_conv's index64 (test-only): force the 64-bit index kernels; sv_conv's
+  // max_shared_bytes (test-only): the device's opt-in shared memory per block (227 KB: H100)
+  m.def("isotropic_kernels(Tensor seeds, *, str support=\"window\", bool index64=False) -> Tensor");
+  m.def("_isotropic_kernels_backward(Tensor grad, Tensor seeds, str support, bool index64=False) -> Tensor");
+  m.def(
+      "sv_conv(Tensor image, Tensor kernels, *, str padding_mode=\"replicate\", bool index64=False, "
+      "int max_shared_bytes=232448) -> Tensor");
+  m.def(
+      "_sv_conv_backward(Tensor grad, Tensor image, Tensor kernels, str padding_mode, bool index64=False, "
+      "int max_shared_bytes=232448) -> (Tensor, Tensor)");
   // reblur's max_shared_bytes (test-only): the device's opt-in shared memory per block (227 KB: H100)
   m.def(
       "reblur(Tensor image, Tensor seeds, Tensor weights, *, str support=\"window\", "

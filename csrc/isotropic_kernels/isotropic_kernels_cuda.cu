@@ -1,9 +1,6 @@
-// isotropic_kernels on CUDA: one thread per pixel through the shared functions of
-// common/pixel_math.h that the CPU kernel calls (with a span of one pixel), in float32 for
-// float16/bfloat16 inputs. A thread's per-orbit values live in its slot of a scratch tensor: one
-// slot per resident thread, reused along the grid-stride loop. The kernels, their geometry and
-// arguments are in isotropic_kernels_device.cuh (shared with the host emulation that tests them);
-// this file checks the arguments, picks the device and stream, and launches.
+// isotropic_kernels on CUDA: the kernels of isotropic_kernels_device.cuh (one thread per pixel, the
+// level softmax in registers; shared with the host emulation that tests them, with their grid,
+// variants and arguments); this file checks the arguments, picks the device and stream, and launches.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -15,25 +12,10 @@
 #include "common/checks.h"
 #include "common/cuda_launch.cuh"
 #include "isotropic_kernels/isotropic_kernels_device.cuh"
-#include "common/cuda_orbit_table.cuh"
-#include "common/pixel_math.h"
 #include "isotropic_kernels/isotropic_kernels.h"
 
 namespace jdrl {
 namespace {
-
-// The launch of isotropic_device::run_forward/run_backward on a stream: the device's resident
-// blocks, and the orbit table filled on the device.
-struct IsotropicStreamLaunch : cuda::StreamPixelLaunch {
-  template <typename Kernel>
-  int64_t resident_blocks(Kernel kernel) const {
-    return cuda::resident_blocks(kernel);
-  }
-  template <typename acc_t>
-  at::Tensor orbit_table(int levels, const at::Tensor& like) const {
-    return cuda::orbit_table_on_device<acc_t>(levels, like, stream);
-  }
-};
 
 at::Tensor isotropic_kernels_cuda(const at::Tensor& seeds_in, c10::string_view support) {
   const IsotropicKernelsArgs args = check_isotropic_kernels(seeds_in, support);
@@ -43,7 +25,7 @@ at::Tensor isotropic_kernels_cuda(const at::Tensor& seeds_in, c10::string_view s
   const int64_t size = 2 * args.radius + 1;
   at::Tensor kernels = at::empty({batch, size * size, height, width}, seeds.options());
   if (kernels.numel() == 0) return kernels;
-  const IsotropicStreamLaunch launch{{c10::cuda::getCurrentCUDAStream()}};
+  const cuda::StreamPixelLaunch launch{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, seeds.scalar_type(), "isotropic_kernels_cuda", [&] {
         isotropic_device::run_forward<scalar_t, at::opmath_type<scalar_t>>(seeds, kernels, args, launch);
@@ -63,12 +45,12 @@ at::Tensor isotropic_kernels_backward_cuda(const at::Tensor& grad_in, const at::
   const c10::cuda::CUDAGuard device_guard(seeds_in.device());
   const at::Tensor seeds = seeds_in.contiguous();
   const at::Tensor grad = grad_in.contiguous();
-  at::Tensor grad_seeds = at::empty(seeds.sizes(), seeds.options().dtype(cuda::accumulate_dtype(seeds.scalar_type())));
-  if (grad_seeds.numel() == 0) return cuda::in_dtype(grad_seeds, seeds.scalar_type());
-  const IsotropicStreamLaunch launch{{c10::cuda::getCurrentCUDAStream()}};
+  if (seeds.numel() == 0) return at::empty(seeds.sizes(), seeds.options());
+  at::Tensor grad_seeds;
+  const cuda::StreamPixelLaunch launch{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, seeds.scalar_type(), "isotropic_kernels_backward_cuda", [&] {
-        isotropic_device::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, seeds, grad_seeds, args, launch);
+        grad_seeds = isotropic_device::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, seeds, args, launch);
       });
   return cuda::in_dtype(grad_seeds, seeds.scalar_type());
 }

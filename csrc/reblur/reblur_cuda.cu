@@ -19,26 +19,6 @@
 namespace jdrl {
 namespace {
 
-// Launches one reblur kernel on the current stream (opting in to the shared memory it needs).
-struct StreamLaunch {
-  cudaStream_t stream;
-  // The opt-in limit of shared memory per block on the current device (48 KB before Volta).
-  int64_t max_shared_bytes() const {
-    int bytes = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, c10::cuda::current_device()));
-    return bytes;
-  }
-  template <typename Kernel, typename Params>
-  void operator()(Kernel kernel, const reblur_kernels::Geometry& g, const Params& params) const {
-    if (static_cast<int64_t>(g.shared_bytes) > cuda::kDefaultSharedBytes) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(g.shared_bytes)));
-    }
-    kernel<<<g.grid, g.block, g.shared_bytes, stream>>>(params);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-};
-
 at::Tensor reblur_cuda(const at::Tensor& image_in, const at::Tensor& seeds_in, const at::Tensor& weights_in,
                        c10::string_view support, c10::string_view padding_mode) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
@@ -48,7 +28,7 @@ at::Tensor reblur_cuda(const at::Tensor& image_in, const at::Tensor& seeds_in, c
   const at::Tensor weights = weights_in.contiguous();
   at::Tensor out = at::empty(image.sizes(), image.options());
   if (out.numel() == 0) return out;
-  const StreamLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  const cuda::StreamTileLaunch launch{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "reblur_cuda",
                                   [&] {
                                     reblur_kernels::run_forward<scalar_t, at::opmath_type<scalar_t>>(
@@ -71,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_cuda(
     return {at::zeros(image.sizes(), image.options()), at::zeros(seeds.sizes(), seeds.options()),
             at::zeros(weights.sizes(), weights.options())};
   }
-  const StreamLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  const cuda::StreamTileLaunch launch{c10::cuda::getCurrentCUDAStream()};
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(),
                                   "reblur_backward_cuda", [&] {

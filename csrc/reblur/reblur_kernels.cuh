@@ -9,7 +9,8 @@
 //
 // The radial kernel of a pixel, Wt(o) = [o == 0] w_0 + sum_{r >= a(o)} w_r k_r(o), is built level
 // by level: per level r, one pass over its orbits for the maximum logit, one for the softmax sum
-// (bias_r = max + log2(sum), logits in log2 units: k_r(o) = exp2(z_r(o) - bias_r)), one adding
+// (bias_r = max + log2(sum), logits in log2 units: k_r(o) = exp2(z_r(o) - bias_r); base e in
+// float64), one adding
 // w_r k_r(o) to Wt. With m = 8 known at compile time (kLevels = 8, the common case; float
 // accumulation only, see kSpecializes) the orbits' polar positions are constants, the level's 8
 // seeds are registers, and the 36 values of Wt are per-thread slots in shared memory (SlotArray; 36
@@ -43,14 +44,23 @@
 #include <type_traits>
 
 #include "common/cuda_kernel_support.cuh"
+#include "common/cuda_level_softmax.cuh"
+#include "common/cuda_tile.cuh"
 #include "common/pixel_math.h"
 #include "reblur/reblur.h"
 
 namespace jdrl {
 namespace reblur_kernels {
 
-constexpr int kTile = 16;                // a block is kTile x kTile threads
-constexpr int kThreads = kTile * kTile;
+using cuda::softmax_pow;
+using cuda::level_bias;
+using cuda::level_logit;
+using cuda::level_seeds;
+using cuda::load_tile;
+using cuda::PixelSeeds;
+
+constexpr int kTile = cuda::kTile;       // a block is kTile x kTile threads
+constexpr int kThreads = cuda::kTileThreads;
 // Blocks of kThreads that a streaming multiprocessor should hold at once: 4 x 256 threads = 50% of
 // its 2048, which caps the kernels at 64 registers per thread (65536 / (4 x 256)).
 constexpr int kMinBlocks = 4;
@@ -173,115 +183,8 @@ __device__ __forceinline__ SlotArray<acc_t> thread_slots(acc_t* shared) {
 template <typename acc_t, int kLevels>
 using OrbitArray = std::conditional_t<(kLevels > 0), SlotArray<acc_t>, PixelArray<acc_t, 0>>;
 
-// The hardware's base-2 exponential and logarithm in float32 (exp2f, log2f); exact ones in float64.
-JDRL_HD float log2_of(float x) { return log2f(x); }
-JDRL_HD double log2_of(double x) { return log2(x); }
-JDRL_HD float exp2_of(float x) { return exp2f(x); }
-JDRL_HD double exp2_of(double x) { return exp2(x); }
-
-template <typename acc_t>
-constexpr acc_t kLog2e = acc_t(1.4426950408889634073599246810019);
-
-// The seeds of one pixel, read as logits in log2 units: seed(s) = log2(e) * seeds[s].
-template <typename scalar_t, typename acc_t, typename index_t>
-struct PixelSeeds {
-  const scalar_t* __restrict__ pixel;  // seeds[b, 0, y, x]
-  index_t plane;
-  __device__ __forceinline__ acc_t operator()(int s) const {
-    return kLog2e<acc_t> * static_cast<acc_t>(pixel[static_cast<index_t>(s) * plane]);
-  }
-};
-
-// The seeds of level `radius` of one pixel, s = 0..radius (its first seed is seed_offset(radius)):
-// in the specialized kernels, read once into registers (s is a compile-time constant wherever the
-// level's orbits are unrolled); in the generic ones, read from the pixel's seeds where needed.
-//
-// Each pass over a level's orbits computes their logits anew from the seeds: `forget()`, an empty
-// asm statement that claims to change the seed registers, keeps the compiler from reusing the
-// logits (and exponentials) of the previous pass instead, which would hold up to 36 more registers.
-template <typename acc_t, int kLevels>
-struct LevelSeedRegisters {
-  acc_t values[kLevels];
-  __device__ __forceinline__ acc_t operator()(int s) const { return values[s]; }
-  __device__ __forceinline__ void forget() {
-#if defined(__CUDA_ARCH__)
-    JDRL_UNROLL
-    for (int s = 0; s < kLevels; ++s) {
-      if constexpr (sizeof(acc_t) == 8) {
-        asm volatile("" : "+d"(values[s]));
-      } else {
-        asm volatile("" : "+f"(values[s]));
-      }
-    }
-#endif
-  }
-};
-
-template <typename Seeds>
-struct LevelSeedView {
-  const Seeds& seed;
-  int first;
-  __device__ __forceinline__ auto operator()(int s) const { return seed(first + s); }
-  __device__ __forceinline__ void forget() {}
-};
-
-template <typename acc_t, int kLevels, typename Seeds>
-__device__ __forceinline__ auto level_seeds(const Seeds& seed, int radius) {
-  const int first = seed_offset(radius);
-  if constexpr (kLevels > 0) {
-    LevelSeedRegisters<acc_t, kLevels> level;
-    JDRL_UNROLL
-    for (int s = 0; s < kLevels; ++s) level.values[s] = s <= radius ? seed(first + s) : acc_t(0);
-    return level;
-  } else {
-    return LevelSeedView<Seeds>{seed, first};
-  }
-}
-
-// Logit of orbit `polar` at level `radius` in log2 units (`level`: the level's seeds), and whether
-// the orbit takes part in the level's softmax (a corner under "disk" does not).
-template <typename acc_t, typename Level>
-__device__ __forceinline__ bool level_logit(const Level& level, int radius, bool disk, const OrbitPolar<acc_t>& polar,
-                                            acc_t* logit) {
-  if (polar.squared <= radius * radius) {
-    const acc_t lower = level(polar.lower);
-    // f == 0 reads a_l alone (0 * inf would be NaN)
-    *logit = polar.frac == acc_t(0) ? lower : (acc_t(1) - polar.frac) * lower + polar.frac * level(polar.upper);
-    return true;
-  }
-  *logit = acc_t(0);  // window support: the corners keep logit 0
-  return !disk;
-}
-
-// bias = max + log2(sum of the level's exponentials): k(o) = exp2(z(o) - bias). A NaN or infinite
-// logit makes the bias NaN (NaN - NaN, inf - inf), so the level's kernel is NaN, as on the CPU.
-template <typename acc_t, int kLevels, typename Level>
-__device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk) {
-  acc_t max_logit = level(0);
-  JDRL_UNROLL
-  for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
-    if (a > radius) break;
-    JDRL_UNROLL
-    for (int b = 0; b <= a; ++b) {
-      acc_t z;
-      if (level_logit(level, radius, disk, orbit_polar<acc_t>(a, b), &z)) max_logit = nan_max(max_logit, z);
-    }
-  }
-  level.forget();
-  acc_t sum = 0;
-  JDRL_UNROLL
-  for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
-    if (a > radius) break;
-    JDRL_UNROLL
-    for (int b = 0; b <= a; ++b) {
-      const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, b);
-      acc_t z;
-      if (level_logit(level, radius, disk, polar, &z)) sum += polar.size * exp2_of(z - max_logit);
-    }
-  }
-  level.forget();
-  return max_logit + log2_of(sum);
-}
+// The per-pixel level softmax (seeds in registers, exp2 on log2(e)-scaled logits in float32, exp in
+// float64): common/cuda_level_softmax.cuh.
 
 // Where radial_kernel need not keep the level biases (the specialized kernels recompute a level's
 // bias where they need it again).
@@ -299,7 +202,7 @@ __device__ __forceinline__ void radial_kernel(const Seeds& seed, const Weights& 
   wt[0] = weight(0);
   JDRL_NO_UNROLL
   for (int radius = 1; radius < levels; ++radius) {
-    auto level = level_seeds<acc_t, kLevels>(seed, radius);
+    auto level = level_seeds<acc_t, kLevels>(seed, radius, seed_offset(radius));
     const acc_t level_bias_value = level_bias<acc_t, kLevels>(level, radius, disk);
     if constexpr (!std::is_same_v<BiasArray, NoBiases>) bias[radius] = level_bias_value;
     const acc_t level_weight = weight(radius);
@@ -310,38 +213,14 @@ __device__ __forceinline__ void radial_kernel(const Seeds& seed, const Weights& 
       for (int b = 0; b <= a; ++b) {
         acc_t z;
         if (level_logit(level, radius, disk, orbit_polar<acc_t>(a, b), &z)) {
-          wt[orbit_index(a, b)] += level_weight * exp2_of(z - level_bias_value);
+          wt[orbit_index(a, b)] += level_weight * softmax_pow(z - level_bias_value);
         }
       }
     }
   }
 }
 
-// Loads channels [0, count) of `source` (a (count, H, W) view, `plane` apart) around the block's
-// tile into `tile`: element (i, j) of plane k is the extended image at (y0 - R + i, x0 - R + j),
-// "replicate" clamping the coordinates, zeros reading 0 outside. Every thread of the block calls it.
-template <typename scalar_t, typename acc_t, typename index_t>
-__device__ __forceinline__ void load_tile(const scalar_t* __restrict__ source, index_t plane, int count, int height,
-                                          int width, int y0, int x0, int radius, int side, bool replicate,
-                                          acc_t* __restrict__ tile) {
-  const int elements = side * side;
-  for (int e = threadIdx.y * kTile + threadIdx.x; e < count * elements; e += kTile * kTile) {
-    const int k = e / elements;
-    const int within = e - k * elements;
-    const int i = within / side;
-    int y = y0 - radius + i;
-    int x = x0 - radius + (within - i * side);
-    acc_t value = acc_t(0);
-    if (replicate) {
-      y = y < 0 ? 0 : (y >= height ? height - 1 : y);
-      x = x < 0 ? 0 : (x >= width ? width - 1 : x);
-      value = static_cast<acc_t>(source[k * plane + static_cast<index_t>(y) * width + x]);
-    } else if (y >= 0 && y < height && x >= 0 && x < width) {
-      value = static_cast<acc_t>(source[k * plane + static_cast<index_t>(y) * width + x]);
-    }
-    tile[e] = value;
-  }
-}
+// The image tile with its halo: common/cuda_tile.cuh (load_tile).
 
 // S_o[j] for j < kChannelChunk: the tile summed over the offsets of orbit (a, b) around the
 // thread's pixel, at tile position `centre` = (ty + R) * side + (tx + R).
@@ -505,7 +384,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
     JDRL_NO_UNROLL
     for (int r = 1; r < levels; ++r) {
       const int first = seed_offset(r);
-      auto level = level_seeds<acc_t, kLevels>(seed, r);
+      auto level = level_seeds<acc_t, kLevels>(seed, r, seed_offset(r));
       acc_t level_bias_value;
       if constexpr (kLevels > 0) {
         // recomputed: a rolled loop cannot keep the level biases in registers
@@ -533,7 +412,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
             const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, bb);
             acc_t z;
             if (!level_logit(level, r, p.disk, polar, &z)) continue;
-            const acc_t k = exp2_of(z - level_bias_value);
+            const acc_t k = softmax_pow(z - level_bias_value);
             const acc_t kg = k * orbit_grad[orbit_index(a, bb)];
             grad_weight += kg;  // d/dw_r = sum_o k_r(o) orbit_grad(o)
             if (polar.squared > r * r) continue;  // corner logits are constant
@@ -563,7 +442,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
           for (int bb = 0; bb <= a; ++bb) {
             acc_t z;
             if (level_logit(level, r, p.disk, orbit_polar<acc_t>(a, bb), &z)) {
-              grad_weight += exp2_of(z - level_bias_value) * orbit_grad[orbit_index(a, bb)];
+              grad_weight += softmax_pow(z - level_bias_value) * orbit_grad[orbit_index(a, bb)];
             }
           }
         }
@@ -577,7 +456,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
             if (polar.squared > r * r) continue;  // corner logits are constant
             acc_t z;
             level_logit(level, r, p.disk, polar, &z);
-            const acc_t dz = level_weight * exp2_of(z - level_bias_value) *
+            const acc_t dz = level_weight * softmax_pow(z - level_bias_value) *
                              (orbit_grad[orbit_index(a, bb)] - polar.size * grad_weight);
             acc_t& lower = level_grad_out[static_cast<index_t>(polar.lower) * plane];
             if (polar.frac == acc_t(0)) {

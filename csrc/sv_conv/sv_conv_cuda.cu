@@ -1,8 +1,8 @@
-// sv_conv on CUDA: one thread per pixel running the gather loops of common/gather_conv.h with plane
-// t(d) = (dy + R) * K + (dx + R). The kernels and their arguments are in sv_conv_kernels.cuh (shared
-// with the host emulation that tests them); this file checks the arguments, picks the device and
-// stream, and launches. The backward pass has no atomics: the kernel gradient is per pixel
-// and the image gradient gathers from the neighbours (the transposed convolution as a gather).
+// sv_conv on CUDA: the tiled kernels of sv_conv_kernels.cuh (shared with the host emulation that
+// tests them: their geometry, variants and arguments are there too); this file checks the arguments,
+// picks the device and stream, and launches. The backward pass has no atomics: the kernel gradient
+// is per pixel and the image gradient gathers from the neighbours (the transposed convolution as a
+// gather).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -16,9 +16,8 @@
 
 #include "common/checks.h"
 #include "common/cuda_launch.cuh"
-#include "sv_conv/sv_conv_kernels.cuh"
-#include "common/gather_conv.h"
 #include "sv_conv/sv_conv.h"
+#include "sv_conv/sv_conv_kernels.cuh"
 
 namespace jdrl {
 namespace {
@@ -30,7 +29,7 @@ at::Tensor sv_conv_cuda(const at::Tensor& image_in, const at::Tensor& kernels_in
   const at::Tensor kernels = kernels_in.contiguous();
   at::Tensor out = at::empty(image.sizes(), image.options());
   if (out.numel() == 0) return out;
-  const cuda::StreamPixelLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  const cuda::StreamTileLaunch launch{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "sv_conv_cuda", [&] {
         sv_conv_kernels::run_forward<scalar_t, at::opmath_type<scalar_t>>(image, kernels, out, args, launch);
@@ -52,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor> sv_conv_backward_cuda(const at::Tensor& grad_
   // Both kernels write every element of their output.
   at::Tensor grad_image = at::empty(image.sizes(), image.options());
   at::Tensor grad_kernels = at::empty(kernels.sizes(), kernels.options());
-  const cuda::StreamPixelLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  const cuda::StreamTileLaunch launch{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::Half, at::ScalarType::BFloat16, image.scalar_type(), "sv_conv_backward_cuda", [&] {
         sv_conv_kernels::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, image, kernels, grad_image,

@@ -1,0 +1,134 @@
+// The per-pixel softmax of one blur level on the GPU, for the CUDA kernels of reblur (every level of
+// a pixel's radial kernel) and isotropic_kernels (its one level): the level's seeds read once (into
+// registers where the level count is a compile-time constant), each orbit's logit from the polar
+// interpolation of common/pixel_math.h (orbit_polar, whose fields fold to constants for a
+// compile-time orbit), and the softmax as k(o) = exp2(z(o) - bias) with logits in log2 units and
+// bias = max + log2(sum), so that float32 uses the hardware's exp2f/log2f; float64 keeps base e
+// (exp and log on the logits as they are, as the CPU computes them). What is computed is SPEC
+// section 2's level softmax, as the CPU's level_tap_weights computes it.
+#pragma once
+
+#include <cmath>
+
+#include "common/cuda_kernel_support.cuh"
+#include "common/pixel_math.h"
+
+namespace jdrl {
+namespace cuda {
+
+// The softmax's exponential and logarithm: base 2 in float32 (the hardware's exp2f, log2f, on logits
+// scaled by log2(e): kLogitScale), base e in float64 (exp, log; scale 1).
+JDRL_HD float softmax_log(float x) { return log2f(x); }
+JDRL_HD double softmax_log(double x) { return log(x); }
+JDRL_HD float softmax_pow(float x) { return exp2f(x); }
+JDRL_HD double softmax_pow(double x) { return exp(x); }
+
+template <typename acc_t>
+constexpr acc_t kLogitScale = sizeof(acc_t) == sizeof(float) ? acc_t(1.4426950408889634073599246810019) : acc_t(1);
+
+// The seeds of one pixel, read as logits in the softmax's units: seed(s) = kLogitScale * seeds[s].
+template <typename scalar_t, typename acc_t, typename index_t>
+struct PixelSeeds {
+  const scalar_t* __restrict__ pixel;  // seeds[b, 0, y, x]
+  index_t plane;
+  __device__ __forceinline__ acc_t operator()(int s) const {
+    return kLogitScale<acc_t> * static_cast<acc_t>(pixel[static_cast<index_t>(s) * plane]);
+  }
+};
+
+// The seeds of level `radius` of one pixel, s = 0..radius (its first seed is seed_offset(radius)):
+// in the specialized kernels, read once into registers (s is a compile-time constant wherever the
+// level's orbits are unrolled); in the generic ones, read from the pixel's seeds where needed.
+//
+// Each pass over a level's orbits computes their logits anew from the seeds: `forget()`, an empty
+// asm statement that claims to change the seed registers, keeps the compiler from reusing the
+// logits (and exponentials) of the previous pass instead, which would hold up to 36 more registers.
+template <typename acc_t, int kLevels>
+struct LevelSeedRegisters {
+  acc_t values[kLevels];
+  __device__ __forceinline__ acc_t operator()(int s) const { return values[s]; }
+  __device__ __forceinline__ void forget() {
+#if defined(__CUDA_ARCH__)
+    JDRL_UNROLL
+    for (int s = 0; s < kLevels; ++s) {
+      if constexpr (sizeof(acc_t) == 8) {
+        asm volatile("" : "+d"(values[s]));
+      } else {
+        asm volatile("" : "+f"(values[s]));
+      }
+    }
+#endif
+  }
+};
+
+template <typename Seeds>
+struct LevelSeedView {
+  const Seeds& seed;
+  int first;
+  __device__ __forceinline__ auto operator()(int s) const { return seed(first + s); }
+  __device__ __forceinline__ void forget() {}
+};
+
+// `first`: the level's first seed among the pixel's seeds (seed_offset(radius) in reblur's packed layout,
+// 0 for isotropic_kernels, whose seeds are one level's).
+template <typename acc_t, int kLevels, typename Seeds>
+__device__ __forceinline__ auto level_seeds(const Seeds& seed, int radius, int first) {
+  if constexpr (kLevels > 0) {
+    LevelSeedRegisters<acc_t, kLevels> level;
+    JDRL_UNROLL
+    for (int s = 0; s < kLevels; ++s) level.values[s] = s <= radius ? seed(first + s) : acc_t(0);
+    return level;
+  } else {
+    return LevelSeedView<Seeds>{seed, first};
+  }
+}
+
+// Logit of orbit `polar` at level `radius` in the softmax's units (`level`: the level's seeds), and whether
+// the orbit takes part in the level's softmax (a corner under "disk" does not).
+template <typename acc_t, typename Level>
+__device__ __forceinline__ bool level_logit(const Level& level, int radius, bool disk, const OrbitPolar<acc_t>& polar,
+                                            acc_t* logit) {
+  if (polar.squared <= radius * radius) {
+    const acc_t lower = level(polar.lower);
+    // f == 0 reads a_l alone (0 * inf would be NaN)
+    *logit = polar.frac == acc_t(0) ? lower : (acc_t(1) - polar.frac) * lower + polar.frac * level(polar.upper);
+    return true;
+  }
+  *logit = acc_t(0);  // window support: the corners keep logit 0
+  return !disk;
+}
+
+// bias = max + log2(sum of the level's exponentials): k(o) = exp2(z(o) - bias) (float64: log and
+// exp). A NaN or infinite logit makes the bias NaN (NaN - NaN, inf - inf), so the level's kernel is
+// NaN, as on the CPU.
+template <typename acc_t, int kLevels, typename Level>
+__device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk) {
+  acc_t max_logit = level(0);
+  JDRL_UNROLL
+  for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
+    if (a > radius) break;
+    JDRL_UNROLL
+    for (int b = 0; b <= a; ++b) {
+      acc_t z;
+      if (level_logit(level, radius, disk, orbit_polar<acc_t>(a, b), &z)) max_logit = nan_max(max_logit, z);
+    }
+  }
+  level.forget();
+  acc_t sum = 0;
+  JDRL_UNROLL
+  for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
+    if (a > radius) break;
+    JDRL_UNROLL
+    for (int b = 0; b <= a; ++b) {
+      const OrbitPolar<acc_t> polar = orbit_polar<acc_t>(a, b);
+      acc_t z;
+      if (level_logit(level, radius, disk, polar, &z)) sum += polar.size * softmax_pow(z - max_logit);
+    }
+  }
+  level.forget();
+  return max_logit + softmax_log(sum);
+}
+
+
+}  // namespace cuda
+}  // namespace jdrl
