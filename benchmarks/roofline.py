@@ -10,13 +10,15 @@ and direction (forward; backward = the op's backward op, given the output gradie
   tables below: ``today`` models csrc/*/*_cuda.cu as they are; ``tiled`` models the redesign of
   issue 10 (shared-memory tile + halo, per-pixel values on chip: registers and shared-memory slots,
   gradients stored once). sv_conv and isotropic_kernels are that redesign today (the two columns
-  agree); reblur's and flow_warp's ``today`` rows model their kernels before it;
+  agree). reblur's DRAM rows model its tiled kernels too: they differ from ``tiled`` only where
+  its backward still writes the seed gradient of a half input in float32 and converts it. flow_warp
+  keeps one thread per output pixel and its image-gradient atomics (both columns);
 - the expected time of each design on an H100 (3.35 TB/s) and an H200 (4.8 TB/s) if it ran at the
   card's DRAM bandwidth: a lower bound that holds only when the kernel is memory-bound;
 - ``on-chip``: the approximate bytes per pixel that today's design loads and stores through L1/L2
-  (neighbour reads, per-pixel global scratch, halo loads; see on_chip_bytes_per_pixel); it is why
-  the untiled kernels were expected to run far above the DRAM bound (the issue estimates 10-25x for
-  reblur), and it is not turned into a time.
+  (halo loads, neighbour reads, stored per-pixel values; see on_chip_bytes_per_pixel); before the
+  tiling it was why the kernels were expected to run far above the DRAM bound (the issue estimated
+  10-25x for reblur); it is not turned into a time.
 
 Every number comes from the tables ``TRAFFIC`` and ``ON_CHIP`` below, whose assumptions are written
 next to them: update them when a kernel changes, and replace the model by bench_ops.py's
@@ -143,15 +145,14 @@ HALO = (TILE + 2 * RADIUS) ** 2 / TILE**2  # 900 / 256 = 3.52 for sv_conv's R = 
 
 def on_chip_bytes_per_pixel(op: str, direction: str, channels: int, s: int, a: int) -> float:
     """Approximate bytes per pixel that today's kernels move through L1/L2 (global loads and stores;
-    shared memory not counted). reblur and flow_warp: every neighbour read counted (225 taps x
-    channels for reblur's K = 15 gathers, 4 bilinear taps), and reblur's per-pixel global scratch:
-    each level's softmax values (119 over the 7 levels) and a read-modify-write of the 36 orbit
-    weights per level (reblur's rows model its kernels before issue 10's tiling: an overcount now). sv_conv (tiled since issue 10): the image / output-gradient tile with its halo (HALO loads a
+    shared memory not counted). flow_warp: its 4 bilinear taps per channel, every read counted.
+    reblur (tiled since issue 10, m = 8): the image / output-gradient tile with its halo, the
+    pixel's seeds and weights, and in the backward the radial kernel Wt that pass A stores and pass
+    B reads at every tap; no per-pixel scratch. sv_conv (tiled since issue 10): the image / output-gradient tile with its halo (HALO loads a
     pixel and channel), the 225 kernel taps of the pixel (backward: the neighbours' taps, one read per
     tap, mostly L1/L2 hits), the outputs. isotropic_kernels (since issue 10): the seeds, the 225 taps
     written (backward: read) and the seed gradients; no scratch."""
     c = channels
-    gather = TAPS * c * s  # 225 neighbours x C channels
     if op == "isotropic_kernels":
         return ISO_SEEDS * s + TAPS * s + (0 if direction == "forward" else ISO_SEEDS * s)
     if op == "sv_conv":
@@ -161,12 +162,18 @@ def on_chip_bytes_per_pixel(op: str, direction: str, channels: int, s: int, a: i
         # gradient's tile, the neighbours' 225 taps, the pixel's C values written
         return (HALO * c * s + c * s + TAPS * s) + (HALO * c * s + TAPS * s + c * s)
     if op == "reblur":
-        radial = (2 * LEVEL_ORBITS + 2 * (LEVELS - 1) * ORBITS + ORBITS) * a + (SEEDS + LEVELS) * s
+        # The m = 8 kernels (float32 and half; float64 and other m take the generic kernels with a
+        # per-pixel global scratch, not modelled): the image (pass B: the output gradient) through a
+        # shared tile with its R = 7 halo, the pixel's seeds and weights, Wt in shared-memory slots.
+        params = (SEEDS + LEVELS) * s
         if direction == "forward":
-            return gather + radial + c * s
-        # pass A: correlation gather + radial kernel + its backward (softmax values again); pass B:
-        # the neighbours' Wt and gradients.
-        return 2 * gather + 2 * radial + TAPS * a + (SEEDS + LEVELS) * a
+            return HALO * c * s + params + c * s
+        # pass A: image tile, the pixel's gradient, seeds and weights in; Wt (accumulation type) and
+        # the seed (accumulation type) and weight gradients out. pass B: the gradient's tile, the
+        # neighbours' Wt (one orbit value per tap), the image gradient out.
+        pass_a = HALO * c * s + c * s + params + ORBITS * a + SEEDS * a + LEVELS * s
+        pass_b = HALO * c * s + TAPS * a + c * s
+        return pass_a + pass_b
     if op == "flow_warp":
         return (2 + 4 * c + c) * s if direction == "forward" else (2 + 2 * 4 * c + 2 * c) * s + 4 * c * a * 2
     raise ValueError(f"unknown op {op!r}")
