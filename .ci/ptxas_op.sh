@@ -17,13 +17,8 @@ venv="${1:?usage: .ci/ptxas_op.sh VENV OP [OP ...]}"
 shift
 [ $# -gt 0 ] || { echo "usage: .ci/ptxas_op.sh VENV OP [OP ...] (OP: isotropic_kernels, sv_conv, reblur, flow_warp)" >&2; exit 1; }
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-nvcc="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
-[ -x "$nvcc" ] || nvcc="$(command -v nvcc)" || { echo "ptxas_op: no nvcc (set CUDA_HOME)" >&2; exit 1; }
-arch="${TORCH_CUDA_ARCH_LIST:-9.0}"
-arch="sm_$(echo "${arch%% *}" | tr -d '.')"
-site="$("$venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
-includes=(-I"$repo/csrc" -isystem "$site/torch/include" -isystem "$site/torch/include/torch/csrc/api/include")
-for d in "$site"/nvidia/*/include; do includes+=(-isystem "$d"); done
+# shellcheck source=nvcc_env.sh
+source "$repo/.ci/nvcc_env.sh"  # nvcc, arch, includes
 work="$(mktemp -d "${TMPDIR:-/tmp}/ptxas_op.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 status=0

@@ -16,13 +16,8 @@ shift
 kernels=("$@")
 [ ${#kernels[@]} -gt 0 ] || kernels=(forward_kernel param_backward_kernel image_backward_kernel)
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-nvcc="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
-[ -x "$nvcc" ] || nvcc="$(command -v nvcc)" || { echo "ptxas_reblur: no nvcc (set CUDA_HOME)" >&2; exit 1; }
-arch="${TORCH_CUDA_ARCH_LIST:-9.0}"
-arch="sm_$(echo "${arch%% *}" | tr -d '.')"
-site="$("$venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
-includes=(-I"$repo/csrc" -isystem "$site/torch/include" -isystem "$site/torch/include/torch/csrc/api/include")
-for d in "$site"/nvidia/*/include; do includes+=(-isystem "$d"); done
+# shellcheck source=nvcc_env.sh
+source "$repo/.ci/nvcc_env.sh"  # nvcc, arch, includes
 work="$(mktemp -d "${TMPDIR:-/tmp}/ptxas_reblur.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 cat >"$work/one.cu" <<'CU'

@@ -129,6 +129,25 @@ __device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk)
   return max_logit + softmax_log(sum);
 }
 
+// One orbit's share of a level's seed gradient, in the one-pass form of the specialized backward
+// kernels (reblur's param_backward_kernel, isotropic_kernels' backward_kernel): with c(o, s) the
+// share of seed s in the logit of orbit o ((1 - f, f) at (l, l + 1), or 1 at l), they sum
+// weighted[s] += c(o, s) k(o) g(o) (kg) and sized[s] += c(o, s) |o| k(o) (ks) over the level's inside
+// orbits, then d/da_s = weighted[s] - (sum_o k(o) g(o)) sized[s] (times the level's weight in reblur).
+template <typename acc_t>
+__device__ __forceinline__ void add_orbit_seed_shares(const OrbitPolar<acc_t>& polar, acc_t kg, acc_t ks,
+                                                      acc_t* weighted, acc_t* sized) {
+  if (polar.frac == acc_t(0)) {  // a rim orbit reads a_l alone
+    weighted[polar.lower] += kg;
+    sized[polar.lower] += ks;
+  } else {
+    weighted[polar.lower] += (acc_t(1) - polar.frac) * kg;
+    sized[polar.lower] += (acc_t(1) - polar.frac) * ks;
+    weighted[polar.upper] += polar.frac * kg;
+    sized[polar.upper] += polar.frac * ks;
+  }
+}
+
 
 }  // namespace cuda
 }  // namespace jdrl

@@ -158,16 +158,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const sc
                                        const acc_t kg = k * orbit_grad(a, b, size);
                                        grad_weight += kg;
                                        if (polar.squared > radius * radius) return;  // corner logits are constant
-                                       const acc_t ks = polar.size * k;
-                                       if (polar.frac == acc_t(0)) {  // a rim orbit reads a_l alone
-                                         weighted[polar.lower] += kg;
-                                         sized[polar.lower] += ks;
-                                       } else {
-                                         weighted[polar.lower] += (acc_t(1) - polar.frac) * kg;
-                                         sized[polar.lower] += (acc_t(1) - polar.frac) * ks;
-                                         weighted[polar.upper] += polar.frac * kg;
-                                         sized[polar.upper] += polar.frac * ks;
-                                       }
+                                       cuda::add_orbit_seed_shares(polar, kg, polar.size * k, weighted, sized);
                                      });
       JDRL_UNROLL
       for (int s = 0; s <= kRadius; ++s) {

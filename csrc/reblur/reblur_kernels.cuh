@@ -416,16 +416,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
             const acc_t kg = k * orbit_grad[orbit_index(a, bb)];
             grad_weight += kg;  // d/dw_r = sum_o k_r(o) orbit_grad(o)
             if (polar.squared > r * r) continue;  // corner logits are constant
-            const acc_t ks = polar.size * k;
-            if (polar.frac == acc_t(0)) {  // a rim orbit reads a_l alone
-              weighted[polar.lower] += kg;
-              sized[polar.lower] += ks;
-            } else {
-              weighted[polar.lower] += (acc_t(1) - polar.frac) * kg;
-              sized[polar.lower] += (acc_t(1) - polar.frac) * ks;
-              weighted[polar.upper] += polar.frac * kg;
-              sized[polar.upper] += polar.frac * ks;
-            }
+            cuda::add_orbit_seed_shares(polar, kg, polar.size * k, weighted, sized);
           }
         }
         pixel_grad_weights[static_cast<index_t>(r) * plane] = static_cast<scalar_t>(grad_weight);
