@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", choices=("aligned", "warped"), default="aligned")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--kernel-lr-scale", type=float, default=1.0,
+                        help="R_kpn (the seeds' branch) at this fraction of --lr (optim.reblur_kernel_lr_scale)")
     parser.add_argument("--seed-bound", type=float, default=6.0)
     parser.add_argument("--logit-bound", type=float, default=6.0, help="R_wpn logit bound (0: unbounded)")
     parser.add_argument("--space", choices=("srgb", "linear"), default="srgb")
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     config = LossConfig(seed_bound=args.seed_bound, weight_logit_bound=args.logit_bound, reblur_space=args.space,
                         reblur_transfer=args.transfer)
     net = build_reblur_net(config, args.levels)
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(net.parameter_groups(args.lr, args.kernel_lr_scale))
     began = time.perf_counter()
     history = []
     order = np.random.default_rng(args.seed)

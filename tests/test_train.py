@@ -121,6 +121,8 @@ def test_config_yaml_with_set_overrides(tmp_path):
         ("model.arch=unet", r"loss\.pseudo_supervision=true needs a net that predicts a defocus map"),
         ("optim.lr", r"expected KEY=VALUE"),
         ("optim.reblur_lr=0", r"optim\.reblur_lr must be > 0"),
+        ("optim.reblur_kernel_lr_scale=0", r"optim\.reblur_kernel_lr_scale must be a finite number > 0"),
+        ("optim.reblur_kernel_lr_scale=nan", r"optim\.reblur_kernel_lr_scale must be a finite number > 0"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, override, message):
@@ -264,6 +266,21 @@ def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):
     # Resuming it with reblur_lr set is an error that names the key, not a bare ValueError.
     with pytest.raises(ConfigError, match="optim.reblur_lr"):
         train(tiny_config(pairs, tmp_path / "one", **{**overrides, "train.epochs": 2, "optim.lr": 2e-5}), resume="auto")
+
+
+def test_reblur_kernel_lr_scale_gives_the_seeds_branch_a_group_of_its_own(pairs, tmp_path):
+    overrides = {"optim.reblur_kernel_lr_scale": 1e-6, "loss.flow_warmup_epochs": 0, "train.max_steps_per_epoch": 2,
+                 "train.epochs": 1}
+    train(tiny_config(pairs, tmp_path, **overrides))
+    first = load_checkpoint(tmp_path / "last.pt")
+    # F at lr, R at min(lr, REBLUR_LR_CAP), R_kpn at that times the scale.
+    assert [group["lr"] for group in first["optimizer"]["param_groups"]] == pytest.approx([1e-3, 1e-4, 1e-10])
+    train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2}), resume="auto")
+    second = load_checkpoint(tmp_path / "last.pt")
+    moved = {k: (second["reblur"][k] - first["reblur"][k]).abs().max().item() for k in first["reblur"]}
+    kernel_moved = max(value for key, value in moved.items() if key.startswith("kernel_net."))
+    weight_moved = max(value for key, value in moved.items() if key.startswith("weight_net."))
+    assert kernel_moved < 1e-8 and weight_moved > 1e-6
 
 
 def test_resume_reports_loss_settings_that_changed(pairs, tmp_path, capsys):

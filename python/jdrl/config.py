@@ -12,6 +12,7 @@ Unknown keys and wrongly typed values are errors that name the key (and the file
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -115,6 +116,9 @@ class OptimConfig:
     0.19 on the test pairs), and at 2e-4 in the demo's joint training the seeds saturated (``benchmarks/RESULTS.md``, "R's learning rate,
     measured again"). So short CPU runs that train F at 5e-4-1e-3 keep R at 1e-4. See
     :meth:`effective_reblur_lr`.
+
+    ``reblur_kernel_lr_scale``: R_kpn, the branch that predicts the kernel seeds, trains at this
+    fraction of R's rate (a group of its own when not 1; ``ReblurNet.parameter_groups``).
     """
 
     lr: float = 2e-5
@@ -123,6 +127,7 @@ class OptimConfig:
     lr_step: int = 60
     lr_gamma: float = 0.5
     reblur_lr: float | None = None
+    reblur_kernel_lr_scale: float = 1.0
 
     def effective_reblur_lr(self) -> float:
         """The reblurring net's learning rate: ``reblur_lr``, or ``min(lr, REBLUR_LR_CAP)`` when None."""
@@ -132,13 +137,15 @@ class OptimConfig:
         """Whether R gets an Adam parameter group of its own: when ``reblur_lr`` is set or ``lr`` is
         above the cap (a run at ``lr <= REBLUR_LR_CAP`` without it keeps one group, so its
         checkpoints resume as before)."""
-        return self.reblur_lr is not None or self.lr > REBLUR_LR_CAP
+        return self.reblur_lr is not None or self.lr > REBLUR_LR_CAP or self.reblur_kernel_lr_scale != 1.0
 
     def validate(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.reblur_lr is not None and not self.reblur_lr > 0:
             raise ConfigError(f"optim.reblur_lr must be > 0 or null, got {self.reblur_lr}")
+        if not (self.reblur_kernel_lr_scale > 0 and math.isfinite(self.reblur_kernel_lr_scale)):
+            raise ConfigError(f"optim.reblur_kernel_lr_scale must be a finite number > 0, got {self.reblur_kernel_lr_scale}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
         if self.eps <= 0:

@@ -43,6 +43,7 @@ from jdrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from jdrl.config import REBLUR_LR_CAP, Config, ConfigError, load_config, save_config_yaml
 from jdrl.losses import JDRLLoss, LossOutput
 from jdrl.errors import JdrlError
+from jdrl.models.reblur_net import ReblurNet
 
 __all__ = ["NonFiniteLossError", "TrainResult", "train", "register", "run"]
 
@@ -352,7 +353,7 @@ def _restore(
     except ValueError as error:  # a different number or size of parameter groups
         raise ConfigError(
             f"--resume {str(path)!r}: the checkpoint's optimizer does not fit this config ({error}); "
-            "was optim.reblur_lr set in one run and not in the other? Unset, it is "
+            "were optim.reblur_lr or optim.reblur_kernel_lr_scale set in one run and not in the other? Unset, it is "
             f"min(optim.lr, {REBLUR_LR_CAP:g}), a group of its own when optim.lr > {REBLUR_LR_CAP:g}, "
             "where runs of older code had one group; set optim.reblur_lr to the checkpoint's rate to resume it"
         ) from error
@@ -419,12 +420,19 @@ def _build_optimizer(config: Config, net: nn.Module, loss: JDRLLoss, step_module
     """Adam over F and R: one parameter group, or a second for R when its rate differs."""
     reblur_parameters = list(loss.parameters())
     if config.optim.reblur_group_needed() and reblur_parameters:
-        # Two groups only when R's rate differs or is asked for, so that checkpoints of one-group
-        # runs (lr <= REBLUR_LR_CAP, no reblur_lr) still resume.
-        parameter_groups = [
-            {"params": list(net.parameters())},
-            {"params": reblur_parameters, "lr": config.optim.effective_reblur_lr()},
-        ]
+        # Groups of R's own only when its rate differs or is asked for, so that checkpoints of
+        # one-group runs (lr <= REBLUR_LR_CAP, no reblur_lr) still resume.
+        reblur_lr, kernel_scale = config.optim.effective_reblur_lr(), config.optim.reblur_kernel_lr_scale
+        if isinstance(loss.reblur_net, ReblurNet):
+            reblur_groups = loss.reblur_net.parameter_groups(reblur_lr, kernel_scale)
+        elif kernel_scale == 1.0:  # a reblurring net of the caller's own: one group
+            reblur_groups = [{"params": reblur_parameters, "lr": reblur_lr}]
+        else:
+            raise ConfigError("optim.reblur_kernel_lr_scale needs jdrl's ReblurNet (it names the seeds' branch)")
+        in_groups = {id(parameter) for group in reblur_groups for parameter in group["params"]}
+        if {id(parameter) for parameter in reblur_parameters} != in_groups:
+            raise RuntimeError("the loss has trainable parameters outside its reblurring net; _build_optimizer must place them")
+        parameter_groups = [{"params": list(net.parameters())}, *reblur_groups]
     else:
         parameter_groups = [{"params": list(step_module.parameters())}]
     return torch.optim.Adam(parameter_groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps)

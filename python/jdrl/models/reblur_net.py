@@ -117,6 +117,21 @@ class ReblurNet(nn.Module):
     def predict_weights(self) -> bool:
         return self.weight_net is not None
 
+    def parameter_groups(self, lr: float, kernel_lr_scale: float = 1.0) -> list[dict]:
+        """Adam parameter groups: one at ``lr``, or, when ``kernel_lr_scale != 1``, R_kpn (the
+        seeds' branch) at ``lr * kernel_lr_scale`` and the rest at ``lr``.
+
+        Why a slower R_kpn can be asked for: at 3e-4 the seeds of about one run in three run into
+        their bound (mean |seed| 4.5-5.3 of 6) and the kernels stop carrying the blur. With R_kpn at
+        a tenth of the rate the seeds stay near 1.2-1.6, but R still failed in one run of three
+        (``benchmarks/RESULTS.md``, "Why R's result depends on the run"): so the default is 1."""
+        if kernel_lr_scale == 1.0 or self.kernel_net is None:
+            return [{"params": list(self.parameters()), "lr": lr}]
+        kernel = list(self.kernel_net.parameters())
+        kernel_ids = {id(parameter) for parameter in kernel}
+        rest = [parameter for parameter in self.parameters() if id(parameter) not in kernel_ids]
+        return [{"params": rest, "lr": lr}, {"params": kernel, "lr": lr * kernel_lr_scale}]
+
     def forward(self, sharp_est: torch.Tensor, blurry: torch.Tensor) -> ReblurOutput:
         # Imported here, not at the top, so that the deblurring networks (all that inference
         # needs) import without the compiled ops; training cannot run without them.
