@@ -89,6 +89,10 @@ inline Geometry geometry(int64_t batch, int64_t channels, int64_t height, int64_
                          int64_t item_numel, size_t accumulate_bytes, int64_t max_shared_bytes, IndexWidth width_kind) {
   const int64_t tiles_x = (width + kTile - 1) / kTile, tiles_y = (height + kTile - 1) / kTile;
   TORCH_CHECK_VALUE(tiles_y <= 65535, "sv_conv on CUDA: height ", height, " is over ", 65535 * kTile);
+  // Params keeps C and W as int (the tile arithmetic is 32-bit even in the 64-bit kernels): larger
+  // values would wrap and leave the output unwritten.
+  TORCH_CHECK_VALUE(width <= INT32_MAX - kTile && channels <= INT32_MAX, "sv_conv on CUDA: width ", width,
+                    " and channels ", channels, " must each be below 2^31 - ", kTile);
   const int64_t side = kTile + 2 * static_cast<int64_t>(radius);
   const int64_t tile_bytes = side * side * static_cast<int64_t>(accumulate_bytes);
   int chunk = static_cast<int>(std::min<int64_t>(std::max<int64_t>(channels, 1), kChannelChunk));
