@@ -395,3 +395,23 @@ def test_sample_sink_equals_samples_of_the_whole_image(bit_depth, gray, alpha):
     sink = _SampleSink(97, 83, bit_depth, gray, alpha_channel)
     assert deblur_tiled(net, image, tile=48, overlap=16, sharp_sink=sink).sharp is None
     assert sink.pixels.dtype == expected.dtype and np.array_equal(sink.pixels, expected)
+
+
+def test_deblur_tile_defaults_to_384_on_the_cpu(tmp_path, tiny_checkpoint, monkeypatch):
+    """Without --tile the CPU gets 384 tiles (peak memory under 1.5 GB at 4K, benchmarks/RESULTS.md)."""
+    import jdrl.inference as inference
+    from jdrl.cli import main
+
+    used = []
+    original = inference.deblur_tiled
+
+    def recorded(net, image, **kwargs):
+        used.append((kwargs["tile"], kwargs["overlap"]))
+        return original(net, image, **kwargs)
+
+    monkeypatch.setattr(inference, "deblur_tiled", recorded)
+    write_image(tmp_path / "in.png", photo(40, 40))
+    common = ["deblur", str(tmp_path / "in.png"), "--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--tile", "512"]) == 0
+    assert used == [(inference.DEFAULT_TILE["cpu"], 64), (512, 64)] and inference.DEFAULT_TILE["cpu"] == 384

@@ -330,15 +330,76 @@ def test_inference_forward_in_halves_equals_the_training_forward(preset, size):
     image = torch.rand(1, 3, *size)
     called = []
     original = GatedFeedForward._forward_in_halves
-    GatedFeedForward._forward_in_halves = lambda self, x: (called.append(1), original(self, x))[1]
+
+    def unsplit(self, x):  # what forward computes with gradients, here with no_grad's 1x1 convolutions
+        content, gate = self.local(self.expand(x)).chunk(2, dim=1)
+        return self.project_out(torch.nn.functional.gelu(gate) * content)
+
     try:
+        GatedFeedForward._forward_in_halves = lambda self, x: (called.append(1), original(self, x))[1]
         with torch.no_grad():
             halves = net(image)
+        GatedFeedForward._forward_in_halves = unsplit
+        with torch.no_grad():
+            whole = net(image)
     finally:
         GatedFeedForward._forward_in_halves = original
-    whole = net(image)  # gradients enabled: the unsplit forward
     # Equal to the bit on this project's machines; the tolerance only admits last-bit differences of
     # CPU kernels whose vector width differs elsewhere (an error in the halves would be far larger).
-    assert called
-    torch.testing.assert_close(halves.sharp, whole.sharp.detach(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(halves.defocus_map, whole.defocus_map.detach(), rtol=1e-6, atol=1e-6)
+    assert called and halves.sharp.is_contiguous() and halves.defocus_map.is_contiguous()
+    torch.testing.assert_close(halves.sharp, whole.sharp, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(halves.defocus_map, whole.defocus_map, rtol=1e-6, atol=1e-6)
+    # The autograd path (F.conv2d's 1x1 convolutions instead of oneDNN's): the same up to rounding.
+    trained = net(image)
+    scale = trained.sharp.abs().max().item()
+    torch.testing.assert_close(halves.sharp, trained.sharp.detach(), rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(halves.defocus_map, trained.defocus_map.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_channel_attention_equals_the_normalized_query_key_form():
+    """MDTA computes its cosine similarities from (c x c) products instead of F.normalize (faster
+    on a CPU); both must give the same attention, values and gradients, zero rows included."""
+    from jdrl.models.restormer import ChannelAttention
+
+    def normalized_form(module, x):
+        batch, channels, height, width = x.shape
+        query, key, value = module.qkv_local(module.to_qkv(x)).chunk(3, dim=1)
+        shape = (batch, module.heads, channels // module.heads, height * width)
+        query = torch.nn.functional.normalize(query.reshape(shape), dim=-1)
+        key = torch.nn.functional.normalize(key.reshape(shape), dim=-1)
+        attention = torch.softmax(query @ key.transpose(-2, -1) * module.temperature, dim=-1)
+        return module.project_out((attention @ value.reshape(shape)).reshape(batch, channels, height, width))
+
+    torch.manual_seed(0)
+    module = ChannelAttention(8, 2).double()
+    with torch.no_grad():
+        module.temperature.uniform_(0.5, 3.0)
+        module.to_qkv.weight[0].zero_()  # query channel 0 is all zeros: the eps clamp of F.normalize
+    x = torch.randn(2, 8, 7, 5, dtype=torch.float64, requires_grad=True)
+    expected, actual = normalized_form(module, x), module(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    grads_expected = torch.autograd.grad(expected.square().sum(), [x, *module.parameters()])
+    grads_actual = torch.autograd.grad(actual.square().sum(), [x, *module.parameters()])
+    for got, want in zip(grads_actual, grads_expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    channels_last = x.detach().float().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(module.float()(channels_last), normalized_form(module, channels_last), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_conv_equals_conv2d(channels_last):
+    from jdrl.models.common import PointwiseConv2d, pointwise_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 9, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    layer = PointwiseConv2d(5, 6)
+    expected = torch.nn.functional.conv2d(x, layer.weight, layer.bias)
+    with torch.no_grad():  # the oneDNN path
+        torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(pointwise_conv(x.double(), layer.weight.double()), torch.nn.functional.conv2d(
+            x.double(), layer.weight.double()), rtol=1e-12, atol=1e-12)
+    grad = torch.autograd.grad(layer(x).square().sum(), layer.weight)[0]  # with gradients: F.conv2d's path
+    torch.testing.assert_close(grad, torch.autograd.grad(expected.square().sum(), layer.weight)[0])
+    assert list(layer.state_dict()) == ["weight", "bias"]

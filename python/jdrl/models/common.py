@@ -13,10 +13,12 @@ from torch import nn
 
 __all__ = [
     "DeblurOutput",
+    "PointwiseConv2d",
     "ResidualBlock",
     "TwoScaleResNet",
     "he_initialize",
     "pad_to_multiple",
+    "pointwise_conv",
     "seed_channels",
 ]
 
@@ -31,6 +33,36 @@ class DeblurOutput(NamedTuple):
 
     sharp: torch.Tensor
     defocus_map: torch.Tensor | None
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias)`` for a ``(C_out, C_in, 1, 1)`` weight.
+
+    Without gradients on the CPU it calls oneDNN's convolution directly: ``F.conv2d`` sends 1x1
+    convolutions to its generic GEMM path, which took 1.3-2x as long for the Restormer's 1x1
+    layers at 512x512 (e.g. 32 -> 96 channels, channels_last: 87 vs 54 ms, one thread), with
+    outputs equal to the bit in those cases. With gradients, the standard path (and its backward).
+    """
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and x.dim() == 4
+        and torch.backends.mkldnn.is_available()
+    ):
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, [0, 0], [1, 1], [1, 1], 1)
+    return F.conv2d(x, weight, bias)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d(in_channels, out_channels, 1)`` computed by :func:`pointwise_conv` (same weights,
+    same state-dict keys)."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise_conv(x, self.weight, self.bias)
 
 
 def seed_channels(levels: int) -> int:
