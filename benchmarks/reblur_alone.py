@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--kernel-lr-scale", type=float, default=1.0,
                         help="R_kpn (the seeds' branch) at this fraction of --lr (optim.reblur_kernel_lr_scale)")
+    parser.add_argument("--seed-penalty", type=float, default=0.0,
+                        help="weight of mean(relu(|seed| - margin)^2) added to L_R (loss.seed_penalty)")
+    parser.add_argument("--seed-penalty-margin", type=float, default=3.0, help="(loss.seed_penalty_margin)")
     parser.add_argument("--seed-bound", type=float, default=6.0)
     parser.add_argument("--logit-bound", type=float, default=6.0, help="R_wpn logit bound (0: unbounded)")
     parser.add_argument("--space", choices=("srgb", "linear"), default="srgb")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from jdrl.ablation import SMALL_SCALE_DATA
     from jdrl.flow import build_flow_estimator
-    from jdrl.losses import LossConfig, build_reblur_net, charbonnier
+    from jdrl.losses import LossConfig, build_reblur_net, charbonnier, seed_penalty
     from jdrl.synth import make_synthetic_dataset
 
     data = args.data
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         pair = train_pairs[int(order.integers(len(train_pairs)))]
         out = net(pair["sharp"], pair["blurry"])
         loss = charbonnier(out.reblurred - pair["blurry"])
+        if args.seed_penalty:
+            loss = loss + seed_penalty(out.seeds, args.seed_penalty, args.seed_penalty_margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -275,7 +275,8 @@ def test_eq2_and_eq1_by_hand():
     pseudo = (math.sqrt(0.25 + EPS2) + math.sqrt(1.0 + EPS2)) / 2
 
     fake = FixedReblur()
-    eq2 = JDRLLoss(LossConfig(), estimator, levels=2, reblur_net=fake)
+    # The paper's equations: without our seed penalty (tested on its own below).
+    eq2 = JDRLLoss(LossConfig(seed_penalty=0.0), estimator, levels=2, reblur_net=fake)
     defocus_map = torch.zeros(1, 2, 1, 4, dtype=torch.float64, requires_grad=True)
     out = eq2(blurry, row(SHARP), row(ESTIMATE), defocus_map, epoch=100)
     assert out.terms["deblur"].item() == pytest.approx(deblur, rel=1e-12)
@@ -288,14 +289,55 @@ def test_eq2_and_eq1_by_hand():
     assert defocus_map.grad is not None and defocus_map.grad.abs().sum() > 0
     assert fake.last_seeds.grad is None
 
-    raw = JDRLLoss(LossConfig(weighted_pseudo_map=False), estimator, levels=2, reblur_net=FixedReblur())
+    raw = JDRLLoss(LossConfig(weighted_pseudo_map=False, seed_penalty=0.0), estimator, levels=2, reblur_net=FixedReblur())
     out = raw(blurry, row(SHARP), row(ESTIMATE), torch.zeros(1, 2, 1, 4, dtype=torch.float64), epoch=100)
     assert out.terms["pseudo"].item() == pytest.approx((math.sqrt(4 + EPS2) + math.sqrt(16 + EPS2)) / 2, rel=1e-12)
 
-    eq1 = JDRLLoss(LossConfig(pseudo_supervision=False, alpha=0.3), estimator, levels=2, reblur_net=FixedReblur())
+    eq1 = JDRLLoss(LossConfig(pseudo_supervision=False, alpha=0.3, seed_penalty=0.0), estimator, levels=2, reblur_net=FixedReblur())
     out = eq1(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
     assert set(out.terms) == {"deblur", "reblur"}
     assert out.total.item() == pytest.approx(deblur + 0.3 * reblur, rel=1e-12)
+
+
+def test_seed_penalty_by_hand():
+    """Seeds (2, 4) with margin 3: only the 4 is penalized, by (4 - 3)^2, averaged over the two
+    seed channels: 0.5 * weight, inside L_R (scaled by alpha); switched off, no term."""
+    estimator = ConstantFlow([1.0, 1.0, 1.0, 1.0])
+    blurry = row([0.3] * 4)
+    plain = JDRLLoss(LossConfig(pseudo_supervision=False, seed_penalty=0.0), estimator, levels=2, reblur_net=FixedReblur())
+    base = plain(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
+    assert "seed_penalty" not in base.terms
+    fake = FixedReblur()
+    penalized = JDRLLoss(
+        LossConfig(pseudo_supervision=False, seed_penalty=0.1, seed_penalty_margin=3.0), estimator, levels=2,
+        reblur_net=fake,
+    )
+    out = penalized(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
+    assert out.terms["seed_penalty"].item() == pytest.approx(0.1 * 0.5, rel=1e-12)
+    assert out.total.item() == pytest.approx(base.total.item() + 0.5 * 0.1 * 0.5, rel=1e-12)
+    out.total.backward()
+    grad = fake.last_seeds.grad  # d/ds of 0.5 * 0.1 * mean over 2 channels and 4 pixels of relu(s - 3)^2
+    assert torch.all(grad[:, 0] == 0)
+    torch.testing.assert_close(grad[:, 1], torch.full_like(grad[:, 1], 0.5 * 0.1 * 2 * 1.0 / 8))
+    # During the warm-up it joins R's fit on the aligned target, scaled the same way.
+    warm = JDRLLoss(LossConfig(flow_warmup_epochs=3, seed_penalty=0.1), estimator, levels=2, reblur_net=FixedReblur())
+    out = warm(blurry, row(SHARP), row(ESTIMATE), None, epoch=0)
+    assert set(out.terms) == {"deblur", "reblur_pretrain", "seed_penalty"}
+    expected = out.terms["deblur"] + 0.5 * (out.terms["reblur_pretrain"] + 0.1 * 0.5)
+    assert out.total.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"seed_penalty": -1.0}, "loss.seed_penalty must be a finite number >= 0"),
+        ({"seed_penalty_margin": float("inf")}, "loss.seed_penalty_margin must be a finite number >= 0"),
+        ({"seed_penalty": 0.01, "seed_penalty_margin": 6.0}, "must be below loss.seed_bound"),
+    ],
+)
+def test_seed_penalty_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        LossConfig(**settings)
 
 
 def test_reblurring_joins_after_the_warm_up_when_asked():
@@ -312,13 +354,13 @@ def test_reblurring_joins_after_the_warm_up_when_asked():
     assert set(out.terms) == {"deblur"} and out.reblurred is None
     assert out.total.item() == out.terms["deblur"].item()
     out = delayed(blurry, sharp, estimate, defocus_map, epoch=3)
-    assert set(out.terms) == {"deblur", "reblur", "pseudo"}
+    assert set(out.terms) == {"deblur", "reblur", "pseudo", "seed_penalty"}
     out.total.backward()
     assert fake.scale.grad is not None
 
     from_start = JDRLLoss(LossConfig(flow_warmup_epochs=3, reblur_after_warmup=False), estimator, levels=2, reblur_net=FixedReblur())
     assert from_start.reblur_active(0)
-    assert set(from_start(blurry, sharp, estimate, defocus_map, epoch=0).terms) == {"deblur", "reblur", "pseudo"}
+    assert set(from_start(blurry, sharp, estimate, defocus_map, epoch=0).terms) == {"deblur", "reblur", "pseudo", "seed_penalty"}
     assert not JDRLLoss(deblur_only(), estimator).reblur_active(100)
 
 
@@ -328,7 +370,7 @@ def test_reblur_pretraining_trains_r_on_the_aligned_target_during_the_warm_up():
     blurry, sharp = row([0.3] * 4), row(SHARP)
     estimate = row(ESTIMATE).requires_grad_(True)
     fake = FixedReblur()
-    loss = JDRLLoss(LossConfig(flow_warmup_epochs=3), estimator, levels=2, reblur_net=fake)
+    loss = JDRLLoss(LossConfig(flow_warmup_epochs=3, seed_penalty=0.0), estimator, levels=2, reblur_net=fake)
     assert [loss.pretrain_active(epoch) for epoch in range(5)] == [True, True, True, False, False]
     out = loss(blurry, sharp, estimate, torch.zeros(1, 2, 1, 4, dtype=torch.float64), epoch=1)
     assert set(out.terms) == {"deblur", "reblur_pretrain"}
@@ -378,7 +420,8 @@ def test_anchored_r_learns_only_from_the_aligned_target_and_l_r_trains_f_alone()
     blurry, sharp = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
     output = net(blurry)
     out = loss(blurry, sharp, output.sharp, output.defocus_map, epoch=1)
-    assert set(out.terms) == {"deblur", "reblur_fit", "reblur", "pseudo"}
+    # The seed penalty joins the fit, not L_R (whose R outputs are constants here).
+    assert set(out.terms) == {"deblur", "reblur_fit", "reblur", "pseudo", "seed_penalty"}
     r_params, f_params = list(loss.reblur_net.parameters()), list(net.parameters())
     # L_R and L_P: a gradient for F, none for R.
     for name in ("reblur", "pseudo"):
@@ -455,6 +498,8 @@ def test_every_variant_runs_and_has_its_terms(name):
         expected_terms.add("reblur")
     if config.loss.pseudo_supervision:
         expected_terms.add("pseudo")
+    if config.loss.reblurring and config.loss.predict_seeds and config.loss.seed_penalty > 0:
+        expected_terms.add("seed_penalty")
     assert set(out.terms) == expected_terms
     if loss.reblur_net is not None:
         assert loss.reblur_net.predict_seeds == config.loss.predict_seeds

@@ -287,8 +287,8 @@ def test_resume_reports_loss_settings_that_changed(pairs, tmp_path, capsys):
     overrides = {"train.max_steps_per_epoch": 1, "train.epochs": 1}
     train(tiny_config(pairs, tmp_path, **overrides))
     capsys.readouterr()
-    train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2, "loss.seed_bound": 3.0}), resume="auto")
-    assert "loss.seed_bound: 6.0 -> 3.0" in capsys.readouterr().err
+    train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2, "loss.seed_bound": 4.0}), resume="auto")
+    assert "loss.seed_bound: 6.0 -> 4.0" in capsys.readouterr().err
 
 
 def test_cli_train_and_resume_auto(pairs, tmp_path, capsys):
