@@ -315,45 +315,69 @@ def test_reblur_net_arguments_are_checked():
         ReblurNet(width=8)(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 17))
 
 
-@pytest.mark.parametrize("preset, size", [("tiny", (37, 53)), ("small", (64, 48))])
-def test_inference_forward_in_halves_equals_the_training_forward(preset, size):
-    """Without gradients on the CPU the gated feed-forward runs its two branches one after the other
-    (less memory); it must give exactly what the autograd path gives."""
-    from jdrl.models.restormer import GatedFeedForward
+@pytest.mark.parametrize("preset, size, batch", [("tiny", (37, 53), 2), ("small", (64, 48), 1)])
+@pytest.mark.parametrize("band_bytes", [1, None])
+def test_inference_in_bands_equals_the_training_forward(preset, size, batch, band_bytes, monkeypatch):
+    """Without gradients on the CPU each transformer block runs a band of rows at a time (two passes
+    for the attention); it must give what the whole-image path gives, up to the order of the
+    attention's sums. band_bytes=1: bands of 4 rows (many bands, every halo case); None: the
+    default (one band per level at these sizes)."""
+    from jdrl.models import restormer
+    from jdrl.models.restormer import GatedFeedForward, TransformerBlock
 
+    if band_bytes is not None:
+        monkeypatch.setattr(restormer, "BAND_BYTES", band_bytes)
     torch.manual_seed(0)
     net = build_deblur_net("jdrl", preset, 8).eval()
-    with torch.no_grad():  # random, not He-scaled, weights so that every value matters
+    with torch.no_grad():  # random, not He-scaled, output layers so that every value matters
         for module in net.modules():
             if isinstance(module, GatedFeedForward):
                 module.project_out.weight.normal_()
-    image = torch.rand(1, 3, *size)
+            if isinstance(module, TransformerBlock):
+                module.attention.temperature.uniform_(0.5, 3.0)
+                module.attention.project_out.weight.normal_()
+    image = torch.rand(batch, 3, *size)
+    if batch == 1:  # as `jdrl deblur` passes a tile: a view of an (H, W, 3) photo, batch stride 3
+        image = image[0].permute(1, 2, 0).contiguous().permute(2, 0, 1).unsqueeze(0)
+        assert image.stride()[0] == 3
     called = []
-    original = GatedFeedForward._forward_in_halves
+    banded = TransformerBlock._forward_in_bands
+    monkeypatch.setattr(TransformerBlock, "_forward_in_bands", lambda self, x: (called.append(1), banded(self, x))[1])
+    with torch.no_grad():
+        bands = net(image)
+    assert called and bands.sharp.is_contiguous() and bands.defocus_map.is_contiguous()
 
-    def unsplit(self, x):  # what forward computes with gradients, here with no_grad's 1x1 convolutions
-        content, gate = self.local(self.expand(x)).chunk(2, dim=1)
-        return self.project_out(torch.nn.functional.gelu(gate) * content)
+    def whole_image(self, x):  # forward's whole-image path, here with no_grad's 1x1 convolutions
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.feed_forward(self.feed_forward_norm(x))
 
-    try:
-        GatedFeedForward._forward_in_halves = lambda self, x: (called.append(1), original(self, x))[1]
-        with torch.no_grad():
-            halves = net(image)
-        GatedFeedForward._forward_in_halves = unsplit
-        with torch.no_grad():
-            whole = net(image)
-    finally:
-        GatedFeedForward._forward_in_halves = original
-    # Equal to the bit on this project's machines; the tolerance only admits last-bit differences of
-    # CPU kernels whose vector width differs elsewhere (an error in the halves would be far larger).
-    assert called and halves.sharp.is_contiguous() and halves.defocus_map.is_contiguous()
-    torch.testing.assert_close(halves.sharp, whole.sharp, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(halves.defocus_map, whole.defocus_map, rtol=1e-6, atol=1e-6)
-    # The autograd path (F.conv2d's 1x1 convolutions instead of oneDNN's): the same up to rounding.
+    monkeypatch.setattr(TransformerBlock, "_forward_in_bands", whole_image)
+    with torch.no_grad():
+        whole = net(image)
+    scale = whole.sharp.abs().max().item()
+    torch.testing.assert_close(bands.sharp, whole.sharp, rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(bands.defocus_map, whole.defocus_map)  # F_B has no transformer blocks
+    # The autograd path (contiguous layout, F.conv2d's 1x1 convolutions): the same up to rounding.
     trained = net(image)
-    scale = trained.sharp.abs().max().item()
-    torch.testing.assert_close(halves.sharp, trained.sharp.detach(), rtol=1e-5, atol=1e-5 * scale)
-    torch.testing.assert_close(halves.defocus_map, trained.defocus_map.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bands.sharp, trained.sharp.detach(), rtol=1e-5, atol=1e-5 * scale)
+    if band_bytes == 1:  # a missing halo row (a wrong bottom neighbour) is far beyond that tolerance
+        correct = restormer.row_bands
+        monkeypatch.setattr(restormer, "row_bands", lambda height, rows: [
+            (start, stop, halo_start, stop) for start, stop, halo_start, _ in correct(height, rows)
+        ])
+        monkeypatch.setattr(TransformerBlock, "_forward_in_bands", banded)
+        with torch.no_grad():
+            broken = net(image)
+        assert (broken.sharp - whole.sharp).abs().max().item() > 1e-3 * scale
+
+
+def test_row_bands_cover_the_rows_with_one_row_of_halo():
+    from jdrl.models import restormer
+    from jdrl.models.restormer import band_rows, row_bands
+
+    assert row_bands(10, 4) == [(0, 4, 0, 5), (4, 8, 3, 9), (8, 10, 7, 10)]
+    assert row_bands(3, 4) == [(0, 3, 0, 3)]
+    assert band_rows(10**12) == 4 and band_rows(1024) == restormer.BAND_BYTES // 1024
 
 
 def test_channel_attention_equals_the_normalized_query_key_form():

@@ -65,11 +65,11 @@ __all__ = [
 ]
 
 
-# `jdrl deblur`'s tile side when --tile is not given. On the CPU 384: a 4096x2160 photo with the
-# small preset then peaks at ~1.3 GB instead of ~1.8 GB with 512 tiles (the network's activations
-# and the heap they fragment grow with the tile) for ~10% more arithmetic in the overlaps
-# (benchmarks/RESULTS.md, "jdrl deblur of one 4096x2160 photo"). A GPU's memory is not the limit.
-DEFAULT_TILE = {"cpu": 384, "cuda": 512}
+# `jdrl deblur`'s tile side when --tile is not given. A 4096x2160 photo with the small preset on
+# the CPU peaks at ~1.1 GB with 512 tiles now that the transformer blocks run in bands of rows
+# without gradients (~1.7-1.9 GB before), and 512 tiles spend ~8% less arithmetic in the overlaps
+# than 384 tiles (benchmarks/RESULTS.md, "Transformer blocks in bands of rows").
+DEFAULT_TILE = 512
 
 
 def tile_spans(length: int, tile: int, overlap: int, align: int = 32) -> list[tuple[int, int]]:
@@ -601,9 +601,8 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by jdrl train")
     parser.add_argument("--out", required=True, help="output folder (created); <name>.png per input")
     parser.add_argument(
-        "--tile", type=int, default=None,
-        help=f"tile side in pixels; 0 = whole image at once (default {DEFAULT_TILE['cpu']} on the CPU, "
-        f"{DEFAULT_TILE['cuda']} on a GPU)",
+        "--tile", type=int, default=DEFAULT_TILE,
+        help=f"tile side in pixels; 0 = whole image at once (default {DEFAULT_TILE})",
     )
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels (default 64)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
@@ -789,8 +788,6 @@ def run(args: argparse.Namespace) -> int:
     from jdrl.process_env import keep_freed_memory
 
     device = resolve_device(args.device)
-    if args.tile is None:
-        args.tile = DEFAULT_TILE["cuda" if device.type == "cuda" else "cpu"]
     if args.tile < 0 or args.overlap < 0:
         raise UsageError(f"--tile and --overlap must be >= 0, got {args.tile} and {args.overlap}")
     if args.tile and (args.tile - args.overlap) // 32 < 1:

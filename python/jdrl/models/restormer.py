@@ -159,33 +159,8 @@ class GatedFeedForward(nn.Module):
         self.project_out = PointwiseConv2d(hidden, channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
-            return self._forward_in_halves(x)
         content, gate = self.local(self.expand(x)).chunk(2, dim=1)
         return self.project_out(F.gelu(gate) * content)
-
-    def _forward_in_halves(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward`` without gradients on the CPU, to the bit, holding 3 instead of 4 hidden-sized
-        tensors at its peak (the largest of the whole network at full resolution: at level 1 of
-        the small preset, 85 channels, 85 MB each for a 512x512 tile).
-
-        The two branches are computed one after the other (a 1x1 and a depthwise convolution
-        compute each output channel on its own, so halving them changes no value). GELU is
-        evaluated on the gate laid out as in the unsplit output, each pixel's ``hidden`` channels
-        followed by a gap, because the CPU kernel computes a row's tail elements with scalar code
-        whose last bit may differ from the vector code a gapless layout would run there.
-        """
-        hidden = self.project_out.in_channels
-        expand, local = self.expand.weight, self.local.weight
-        content = F.conv2d(pointwise_conv(x, expand[:hidden]), local[:hidden], padding=1, groups=hidden)
-        gate = F.conv2d(pointwise_conv(x, expand[hidden:]), local[hidden:], padding=1, groups=hidden)
-        batch, _, height, width = gate.shape
-        spaced = torch.empty(batch, height, width, hidden + 1, dtype=gate.dtype).permute(0, 3, 1, 2)[:, :hidden]
-        spaced.copy_(gate)
-        del gate
-        activated = F.gelu(spaced)
-        del spaced
-        return self.project_out(activated.mul_(content))  # multiplication is exact in either order
 
 
 class TransformerBlock(nn.Module):
@@ -199,8 +174,99 @@ class TransformerBlock(nn.Module):
         self.feed_forward = GatedFeedForward(channels, ffn_expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+            return self._forward_in_bands(x)
         x = x + self.attention(self.attention_norm(x))
         return x + self.feed_forward(self.feed_forward_norm(x))
+
+    def _forward_in_bands(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` without gradients on the CPU (channels-last input), a band of rows at a time.
+
+        Whole-image layers hold 3C (queries, keys, values) and 2 x hidden (the feed-forward's two
+        branches, 170 channels at level 1 of the small preset) channels at full resolution; in
+        bands only x, the values and the output are whole-image tensors. `jdrl deblur` of a
+        4096x2160 photo (small preset, 512 tiles) peaks at ~1.1 GB instead of ~1.7-1.9 GB, in the
+        same time (benchmarks/RESULTS.md, "Transformer blocks in bands of rows"). The attention
+        needs all pixels before any output, so it takes two passes over the bands:
+
+        1. ``norm``, ``to_qkv`` and the depthwise 3x3 on each band (and one row of halo on each
+           side), accumulating ``Q^T K`` and the squared norms of the queries' and keys' channels
+           (in float64), and storing the values.
+        2. The attention of each head is then a ``(c x c)`` matrix, and with ``project_out`` one
+           ``(C x C)`` 1x1 convolution of the values; each band (with its halo rows) adds it to
+           ``x`` and runs the feed-forward, whose depthwise 3x3 needs that halo.
+
+        The halo rows give each band's depthwise convolutions the neighbours the whole image has
+        (its zero padding only at the image's top and bottom), so only the order of the sums in
+        ``Q^T K`` differs from ``forward``: equal up to float rounding (tested).
+        """
+        out = torch.empty_like(x)
+        for index in range(x.shape[0]):
+            self._image_in_bands(x[index : index + 1], out[index : index + 1])
+        return out
+
+    def _image_in_bands(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """:meth:`_forward_in_bands` for one image ``(1, C, H, W)``, written into ``out``."""
+        attention, feed_forward = self.attention, self.feed_forward
+        _, channels, height, width = x.shape
+        hidden = feed_forward.project_out.in_channels
+        bands = row_bands(height, band_rows(max(3 * channels, 2 * hidden) * width * x.element_size()))
+
+        values = torch.empty_like(x)
+        query_key = torch.zeros(channels, channels, dtype=torch.float64)
+        query_square = torch.zeros(channels, dtype=torch.float64)
+        key_square = torch.zeros(channels, dtype=torch.float64)
+        for start, stop, halo_start, halo_stop in bands:
+            qkv = attention.qkv_local(attention.to_qkv(self.attention_norm(x[:, :, halo_start:halo_stop])))
+            qkv = qkv[:, :, start - halo_start : stop - halo_start]
+            pixels = qkv.permute(0, 2, 3, 1).reshape(-1, 3 * channels)  # (pixels, 3C)
+            query, key = pixels[:, :channels], pixels[:, channels : 2 * channels]
+            query_key += (query.transpose(0, 1) @ key).double()
+            query_square += query.square().sum(0).double()
+            key_square += key.square().sum(0).double()
+            values[:, :, start:stop] = qkv[:, 2 * channels :]
+
+        # As ChannelAttention.forward: cosine similarities within each head, softmax over keys.
+        query_norm = query_square.clamp_min(1e-24).sqrt()
+        key_norm = key_square.clamp_min(1e-24).sqrt()
+        cosine = (query_key / (query_norm.unsqueeze(1) * key_norm.unsqueeze(0))).to(x.dtype)
+        per_head = channels // attention.heads
+        mixing = torch.zeros(channels, channels, dtype=x.dtype)
+        for head in range(attention.heads):
+            block = slice(head * per_head, (head + 1) * per_head)
+            mixing[block, block] = torch.softmax(cosine[block, block] * attention.temperature[head], dim=-1)
+        project_out = attention.project_out
+        attend_and_project = (project_out.weight.view(channels, channels) @ mixing).view(channels, channels, 1, 1)
+
+        for start, stop, halo_start, halo_stop in bands:
+            attended = x[:, :, halo_start:halo_stop] + pointwise_conv(
+                values[:, :, halo_start:halo_stop], attend_and_project, project_out.bias
+            )
+            branches = feed_forward.local(feed_forward.expand(self.feed_forward_norm(attended)))
+            content, gate = branches[:, :, start - halo_start : stop - halo_start].chunk(2, dim=1)
+            inner = attended[:, :, start - halo_start : stop - halo_start]
+            out[:, :, start:stop] = inner + feed_forward.project_out(F.gelu(gate) * content)
+
+
+# A band's largest intermediate (3C or 2 x hidden channels) in bytes: 48 rows of a 512-wide tile's
+# level 1 in the small preset, half the size of one whole-image tensor of that level (x: 32
+# channels). One 512x512 tile, two threads: 0.90-0.95 s with bands of 16 or 64 MB as without bands,
+# noisier with 4 MB (0.77-1.13 s).
+BAND_BYTES = 16 << 20
+
+
+def band_rows(bytes_per_row: int) -> int:
+    """Rows per band so that a band's largest intermediate is about ``BAND_BYTES`` (at least 4)."""
+    return max(4, BAND_BYTES // max(1, bytes_per_row))
+
+
+def row_bands(height: int, rows: int) -> list[tuple[int, int, int, int]]:
+    """``(start, stop, halo_start, halo_stop)`` of consecutive bands of ``rows`` rows covering
+    ``height``, each with one row of halo on each side where the image has one (3x3 neighbours)."""
+    return [
+        (start, min(start + rows, height), max(start - 1, 0), min(start + rows + 1, height))
+        for start in range(0, height, rows)
+    ]
 
 
 def transformer_stage(channels: int, heads: int, ffn_expansion: float, count: int) -> nn.Sequential:
@@ -336,7 +402,11 @@ class JDRLDeblurNet(nn.Module):
         # returned contiguous (NCHW), as with gradients.
         inference_on_cpu = blurry.device.type == "cpu" and not torch.is_grad_enabled()
         if inference_on_cpu:
-            blurry = blurry.contiguous(memory_format=torch.channels_last)
+            # A copy, not .contiguous(): a tile of an (H, W, 3) photo is a (1, 3, h, w) view whose
+            # batch stride is 3, which .contiguous(channels_last) keeps (a size-1 dimension's stride
+            # does not count there) but the convolutions then read as NCHW and return NCHW, so no
+            # layer ran channels-last in `jdrl deblur`. The copy is one tile of 3 channels.
+            blurry = blurry.clone(memory_format=torch.channels_last)
         defocus_map = self.defocus_map_net(blurry)
         # Fusion before padding, so the squeeze-excitation averages over the real image only.
         fused = pad_to_multiple(self.fusion(blurry, defocus_map), SIZE_MULTIPLE)
