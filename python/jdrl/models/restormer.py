@@ -238,14 +238,24 @@ class TransformerBlock(nn.Module):
         project_out = attention.project_out
         attend_and_project = (project_out.weight.view(channels, channels) @ mixing).view(channels, channels, 1, 1)
 
+        # The feed-forward's two branches computed apart (a 1x1 and a depthwise convolution compute
+        # each output channel on its own): GELU on a channel half of one channels-last tensor
+        # strides through memory and took 5-6 ms for 85 x 48 x 512 values, on a tensor of its own
+        # 1.4 ms (two threads).
+        expand, local = feed_forward.expand.weight, feed_forward.local.weight
         for start, stop, halo_start, halo_stop in bands:
             attended = x[:, :, halo_start:halo_stop] + pointwise_conv(
                 values[:, :, halo_start:halo_stop], attend_and_project, project_out.bias
             )
-            branches = feed_forward.local(feed_forward.expand(self.feed_forward_norm(attended)))
-            content, gate = branches[:, :, start - halo_start : stop - halo_start].chunk(2, dim=1)
-            inner = attended[:, :, start - halo_start : stop - halo_start]
-            out[:, :, start:stop] = inner + feed_forward.project_out(F.gelu(gate) * content)
+            normalized = self.feed_forward_norm(attended)
+            inner = slice(start - halo_start, stop - halo_start)
+            gate = F.conv2d(pointwise_conv(normalized, expand[hidden:]), local[hidden:], padding=1, groups=hidden)
+            activated = F.gelu(gate[:, :, inner])
+            del gate
+            content = F.conv2d(pointwise_conv(normalized, expand[:hidden]), local[:hidden], padding=1, groups=hidden)
+            torch.add(
+                attended[:, :, inner], feed_forward.project_out(activated.mul_(content[:, :, inner])), out=out[:, :, start:stop]
+            )
 
 
 # A band's largest intermediate (3C or 2 x hidden channels) in bytes: 48 rows of a 512-wide tile's
