@@ -129,6 +129,14 @@ def test_ablation_runner_two_variants_two_steps(synthetic, tmp_path, monkeypatch
     monkeypatch.setattr(ablation, "train_and_evaluate", no_training)
     again = run_ablation(synthetic, out, ["l1", "no_kpn"], budget, preset="tiny", device="cpu", log=lambda _: None)
     assert [record["means"] for record in again] == [record["means"] for record in records]
+    # A result trained with other resolved settings (as before a default changed) is not reused.
+    stored_path = out / "results" / "no_kpn_seed0.json"
+    stored = json.loads(stored_path.read_text())
+    assert stored["trained_with"]["loss"]["seed_penalty"] == 0.01
+    stored["trained_with"]["loss"]["seed_penalty"] = 0.0
+    stored_path.write_text(json.dumps(stored))
+    with pytest.raises(AssertionError, match="must not run"):
+        run_ablation(synthetic, out, ["no_kpn"], budget, preset="tiny", device="cpu", log=lambda _: None)
 
     rows = summarize(again, order=["no_kpn", "l1"])
     assert [row["variant"] for row in rows] == ["no_kpn", "l1"]

@@ -17,7 +17,8 @@ between R's implied blur radius on the test pairs (R run on the prediction and t
 and the true radius map (:mod:`jdrl.defocus`); each result file holds the other correlations.
 
 Every (variant, seed) run keeps its result in ``OUT/results/VARIANT_seedS.json``; a rerun with the
-same settings reuses it, so an interrupted ablation resumes where it stopped, and a later call
+same settings (data, budget, and the model, loss and optimizer settings it resolved to, defaults
+included) reuses it, so an interrupted ablation resumes where it stopped, and a later call
 with ``--seeds 1 --variants l1,unet_eq1`` adds a second seed to some rows. The report
 (``OUT/ablation.md`` and ``OUT/ablation.json``) is built from every result in that folder that
 was made with the current budget and data.
@@ -361,6 +362,13 @@ def _settings(data_root: Path, budget: Budget, preset: str, extra: dict[str, Any
     return settings
 
 
+def _trained_with(config) -> dict[str, Any]:
+    """The model, loss and optimizer sections of a variant's resolved config, as JSON gives them
+    back: a stored result trained with other values (e.g. before a default changed) is not reused."""
+    plain = config.to_dict()
+    return json.loads(json.dumps({name: plain[name] for name in ("model", "loss", "optim")}))
+
+
 def train_and_evaluate(
     variant: str,
     overrides: dict[str, Any],
@@ -421,8 +429,8 @@ def run_ablation(
 
     ``extra_overrides`` (dotted config keys, as ``--set`` gives) apply to every variant after its
     own. Results already in ``out_dir/results`` made with the same settings (data, budget, preset,
-    extra overrides) are reused unless ``overwrite``; the settings do not include the code's
-    defaults, so after a change of defaults retrain with ``overwrite``. Training runs go to
+    extra overrides) and the same resolved model, loss and optimizer settings (so a change of the
+    code's defaults retrains) are reused unless ``overwrite``. Training runs go to
     ``out_dir/runs/VARIANT_seedS``.
     """
     from jdrl.flow import build_flow_estimator
@@ -434,8 +442,12 @@ def run_ablation(
         raise AblationError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     extra_overrides = dict(extra_overrides or {})
     # Every variant's config is built (and checked) before the first one trains for minutes.
-    for variant in variants:
-        variant_config({**VARIANTS[variant], **extra_overrides}, data_root, out_dir, budget, preset=preset, device=device)
+    trained_with = {
+        variant: _trained_with(
+            variant_config({**VARIANTS[variant], **extra_overrides}, data_root, out_dir, budget, preset=preset, device=device)
+        )
+        for variant in variants
+    }
     settings = _settings(data_root, budget, preset, extra_overrides)
     flow_estimator = build_flow_estimator("dis")
     records = []
@@ -444,7 +456,7 @@ def run_ablation(
         path = _result_path(out_dir, variant, seed)
         if path.is_file() and not overwrite:
             stored = json.loads(path.read_text())
-            if stored.get("settings") == settings:
+            if stored.get("settings") == settings and stored.get("trained_with") == trained_with[variant]:
                 log(f"[{index}/{total}] {variant} seed {seed}: reusing {path}")
                 records.append(stored)
                 continue
@@ -461,6 +473,7 @@ def run_ablation(
             flow_estimator=flow_estimator,
         )
         record["settings"] = settings
+        record["trained_with"] = trained_with[variant]
         _write_json(path, record)
         means = record["means"]
         log(
@@ -663,7 +676,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every variant, VALUE read as YAML (repeatable), "
                              "e.g. --set loss.seed_bound=0; a stored result is reused only for the same "
-                             "overrides (one result per variant and seed: another set replaces it)")
+                             "overrides and resolved settings (one result per variant and seed: another set "
+                             "replaces it)")
     parser.set_defaults(func=run)
 
 
