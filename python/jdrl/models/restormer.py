@@ -185,8 +185,9 @@ class TransformerBlock(nn.Module):
         Whole-image layers hold 3C (queries, keys, values) and 2 x hidden (the feed-forward's two
         branches, 170 channels at level 1 of the small preset) channels at full resolution; in
         bands only x, the values and the output are whole-image tensors. `jdrl deblur` of a
-        4096x2160 photo (small preset, 512 tiles) peaks at ~1.1 GB instead of ~1.7-1.9 GB, in the
-        same time (benchmarks/RESULTS.md, "Transformer blocks in bands of rows"). The attention
+        4096x2160 photo (small preset, 512 tiles) peaks at ~1.1 GB instead of ~1.7-1.9 GB, and with
+        the feed-forward's branches apart (below) a 512x512 tile takes 0.62-0.66 s instead of
+        0.79-0.83 s (two threads; benchmarks/RESULTS.md, "Transformer blocks in bands of rows"). The attention
         needs all pixels before any output, so it takes two passes over the bands:
 
         1. ``norm``, ``to_qkv`` and the depthwise 3x3 on each band (and one row of halo on each
@@ -241,7 +242,7 @@ class TransformerBlock(nn.Module):
         # The feed-forward's two branches computed apart (a 1x1 and a depthwise convolution compute
         # each output channel on its own): GELU on a channel half of one channels-last tensor
         # strides through memory and took 5-6 ms for 85 x 48 x 512 values, on a tensor of its own
-        # 1.4 ms (two threads).
+        # 1.4 ms (two threads). expand and local have no bias (GatedFeedForward).
         expand, local = feed_forward.expand.weight, feed_forward.local.weight
         for start, stop, halo_start, halo_stop in bands:
             attended = x[:, :, halo_start:halo_stop] + pointwise_conv(
@@ -260,8 +261,8 @@ class TransformerBlock(nn.Module):
 
 # A band's largest intermediate (3C or 2 x hidden channels) in bytes: 48 rows of a 512-wide tile's
 # level 1 in the small preset, half the size of one whole-image tensor of that level (x: 32
-# channels). One 512x512 tile, two threads: 0.90-0.95 s with bands of 16 or 64 MB as without bands,
-# noisier with 4 MB (0.77-1.13 s).
+# channels). One 512x512 tile, two threads, before the feed-forward's branches were split:
+# 0.90-0.95 s with bands of 16 or 64 MB as without bands, noisier with 4 MB (0.77-1.13 s).
 BAND_BYTES = 16 << 20
 
 
