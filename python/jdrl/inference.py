@@ -787,13 +787,13 @@ def run(args: argparse.Namespace) -> int:
     from jdrl.cli import error_line
     from jdrl.process_env import keep_freed_memory
 
-    device = resolve_device(args.device)
     if args.tile < 0 or args.overlap < 0:
         raise UsageError(f"--tile and --overlap must be >= 0, got {args.tile} and {args.overlap}")
     if args.tile and (args.tile - args.overlap) // 32 < 1:
         raise UsageError(
             f"--tile {args.tile} minus --overlap {args.overlap} must be at least 32 (tiles start on a 32-pixel grid)"
         )
+    device = resolve_device(args.device)
     files, problems = _collect_inputs(args.inputs)
     out = _writable_folder(Path(args.out))
     net = load_deblur_net(args.checkpoint, map_location="cpu").to(device).eval()
