@@ -347,11 +347,8 @@ def test_inference_in_bands_equals_the_training_forward(preset, size, batch, ban
         bands = net(image)
     assert called and bands.sharp.is_contiguous() and bands.defocus_map.is_contiguous()
 
-    def whole_image(self, x):  # forward's whole-image path, here with no_grad's 1x1 convolutions
-        x = x + self.attention(self.attention_norm(x))
-        return x + self.feed_forward(self.feed_forward_norm(x))
-
-    monkeypatch.setattr(TransformerBlock, "_forward_in_bands", whole_image)
+    # forward's whole-image path, here with no_grad's 1x1 convolutions
+    monkeypatch.setattr(TransformerBlock, "_forward_in_bands", TransformerBlock._forward_whole_image)
     with torch.no_grad():
         whole = net(image)
     scale = whole.sharp.abs().max().item()
@@ -378,6 +375,25 @@ def test_row_bands_cover_the_rows_with_one_row_of_halo():
     assert row_bands(10, 4) == [(0, 4, 0, 5), (4, 8, 3, 9), (8, 10, 7, 10)]
     assert row_bands(3, 4) == [(0, 3, 0, 3)]
     assert band_rows(10**12) == 4 and band_rows(1024) == restormer.BAND_BYTES // 1024
+
+
+def test_bench_tile_times_both_paths_and_restores_the_module(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from jdrl.models import restormer
+    from jdrl.models.restormer import TransformerBlock
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_tile.py"
+    spec = importlib.util.spec_from_file_location("bench_tile", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    banded, band_bytes, threads = TransformerBlock._forward_in_bands, restormer.BAND_BYTES, torch.get_num_threads()
+    assert bench.main(["--tile", "32", "--preset", "tiny", "--threads", "1", "--repeats", "1", "--band-mb", "1,2"]) == 0
+    printed = capsys.readouterr().out
+    assert "whole image: median" in printed and "bands of 1 MB" in printed and "bands of 2 MB" in printed
+    assert TransformerBlock._forward_in_bands is banded and restormer.BAND_BYTES == band_bytes
+    assert torch.get_num_threads() == threads
 
 
 def test_channel_attention_equals_the_normalized_query_key_form():

@@ -137,13 +137,26 @@ class ChannelAttention(nn.Module):
         # Cosine similarity of L2-normalized rows (F.normalize's eps of 1e-12 included), from products
         # only: on a CPU, F.normalize's norm over the 262144 pixels of a 512x512 tile took ~7x as
         # long as these (c x c) products, and at full resolution this attention was 29% of a tile's
-        # forward. The clamp comes before the square root, whose gradient at 0 is infinite.
-        query_norm = (query @ query.transpose(-2, -1)).diagonal(dim1=-2, dim2=-1).clamp_min(1e-24).sqrt()
-        key_norm = (key @ key.transpose(-2, -1)).diagonal(dim1=-2, dim2=-1).clamp_min(1e-24).sqrt()
-        cosine = (query @ key.transpose(-2, -1)) / (query_norm.unsqueeze(-1) * key_norm.unsqueeze(-2))
-        attention = torch.softmax(cosine * self.temperature, dim=-1)
+        # forward.
+        attention = self.attention_from_products(
+            query @ key.transpose(-2, -1),
+            (query @ query.transpose(-2, -1)).diagonal(dim1=-2, dim2=-1),
+            (key @ key.transpose(-2, -1)).diagonal(dim1=-2, dim2=-1),
+        )
         out = (attention @ value.reshape(shape)).reshape(batch, channels, height, width)
         return self.project_out(out)
+
+    def attention_from_products(
+        self, query_key: torch.Tensor, query_square: torch.Tensor, key_square: torch.Tensor
+    ) -> torch.Tensor:
+        """Each head's ``(c x c)`` attention from ``Q K^T (..., heads, c, c)`` and the squared norms of
+        the query and key channels ``(..., heads, c)``: softmax over keys of the cosine similarity
+        times the head's temperature. The clamp comes before the square root, whose gradient at 0
+        is infinite."""
+        query_norm = query_square.clamp_min(1e-24).sqrt()
+        key_norm = key_square.clamp_min(1e-24).sqrt()
+        cosine = query_key / (query_norm.unsqueeze(-1) * key_norm.unsqueeze(-2))
+        return torch.softmax(cosine * self.temperature, dim=-1)
 
 
 class GatedFeedForward(nn.Module):
@@ -176,6 +189,9 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
             return self._forward_in_bands(x)
+        return self._forward_whole_image(x)
+
+    def _forward_whole_image(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x))
         return x + self.feed_forward(self.feed_forward_norm(x))
 
@@ -186,8 +202,8 @@ class TransformerBlock(nn.Module):
         branches, 170 channels at level 1 of the small preset) channels at full resolution; in
         bands only x, the values and the output are whole-image tensors. `jdrl deblur` of a
         4096x2160 photo (small preset, 512 tiles) peaks at ~1.1 GB instead of ~1.7-1.9 GB, and with
-        the feed-forward's branches apart (below) a 512x512 tile takes 0.62-0.66 s instead of
-        0.79-0.83 s (two threads; benchmarks/RESULTS.md, "Transformer blocks in bands of rows"). The attention
+        the feed-forward's branches apart (below) a tile is faster too (``benchmarks/bench_tile.py``;
+        benchmarks/RESULTS.md, "Transformer blocks in bands of rows"). The attention
         needs all pixels before any output, so it takes two passes over the bands:
 
         1. ``norm``, ``to_qkv`` and the depthwise 3x3 on each band (and one row of halo on each
@@ -227,22 +243,20 @@ class TransformerBlock(nn.Module):
             key_square += key.square().sum(0).double()
             values[:, :, start:stop] = qkv[:, 2 * channels :]
 
-        # As ChannelAttention.forward: cosine similarities within each head, softmax over keys.
-        query_norm = query_square.clamp_min(1e-24).sqrt()
-        key_norm = key_square.clamp_min(1e-24).sqrt()
-        cosine = (query_key / (query_norm.unsqueeze(1) * key_norm.unsqueeze(0))).to(x.dtype)
-        per_head = channels // attention.heads
-        mixing = torch.zeros(channels, channels, dtype=x.dtype)
-        for head in range(attention.heads):
-            block = slice(head * per_head, (head + 1) * per_head)
-            mixing[block, block] = torch.softmax(cosine[block, block] * attention.temperature[head], dim=-1)
+        # Each head's (c x c) diagonal block of the products, as ChannelAttention.forward has them.
+        heads, per_head = attention.heads, channels // attention.heads
+        head_blocks = query_key.view(heads, per_head, heads, per_head).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+        per_head_attention = attention.attention_from_products(
+            head_blocks.to(x.dtype), query_square.view(heads, per_head).to(x.dtype), key_square.view(heads, per_head).to(x.dtype)
+        )
+        mixing = torch.block_diag(*per_head_attention)
         project_out = attention.project_out
         attend_and_project = (project_out.weight.view(channels, channels) @ mixing).view(channels, channels, 1, 1)
 
         # The feed-forward's two branches computed apart (a 1x1 and a depthwise convolution compute
-        # each output channel on its own): GELU on a channel half of one channels-last tensor
-        # strides through memory and took 5-6 ms for 85 x 48 x 512 values, on a tensor of its own
-        # 1.4 ms (two threads). expand and local have no bias (GatedFeedForward).
+        # each output channel on its own), so that GELU runs on a tensor of its own instead of a
+        # channel half of one channels-last tensor, which it strides through (~4x slower).
+        # expand and local have no bias (GatedFeedForward).
         expand, local = feed_forward.expand.weight, feed_forward.local.weight
         for start, stop, halo_start, halo_stop in bands:
             attended = x[:, :, halo_start:halo_stop] + pointwise_conv(
@@ -261,8 +275,7 @@ class TransformerBlock(nn.Module):
 
 # A band's largest intermediate (3C or 2 x hidden channels) in bytes: 48 rows of a 512-wide tile's
 # level 1 in the small preset, half the size of one whole-image tensor of that level (x: 32
-# channels). One 512x512 tile, two threads, before the feed-forward's branches were split:
-# 0.90-0.95 s with bands of 16 or 64 MB as without bands, noisier with 4 MB (0.77-1.13 s).
+# channels). Timed with `benchmarks/bench_tile.py --band-mb 4,16,64` (benchmarks/RESULTS.md).
 BAND_BYTES = 16 << 20
 
 
