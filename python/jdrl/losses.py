@@ -470,14 +470,14 @@ class JDRLLoss(nn.Module):
         return loss, stats, aligned
 
     def _seed_penalty(self, seeds: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor | float:
-        """``seed_penalty * mean(relu(|seeds| - margin)^2)`` (LossConfig), added to
-        ``terms["seed_penalty"]``; 0.0 when the penalty is off or the seeds are constants (no R_kpn)."""
+        """``seed_penalty * mean(relu(|seeds| - margin)^2)`` (LossConfig), also stored as
+        ``terms["seed_penalty"]``; 0.0 when the penalty is off or the seeds are constants (no R_kpn,
+        or an anchored R's outputs in L_R). R is fitted or trained by L_R, never both, in one step."""
         cfg = self.config
         if cfg.seed_penalty <= 0 or not seeds.requires_grad:
             return 0.0
-        penalty = seed_penalty(seeds, cfg.seed_penalty, cfg.seed_penalty_margin)
-        terms["seed_penalty"] = terms["seed_penalty"] + penalty if "seed_penalty" in terms else penalty
-        return penalty
+        terms["seed_penalty"] = seed_penalty(seeds, cfg.seed_penalty, cfg.seed_penalty_margin)
+        return terms["seed_penalty"]
 
     def forward(
         self,
@@ -525,8 +525,7 @@ class JDRLLoss(nn.Module):
                 out = self.reblur_net(sharp_est, blurry)
             reblurred = out.reblurred
             terms["reblur"] = charbonnier(reblurred - blurry, eps=cfg.eps)
-            penalty = self._seed_penalty(out.seeds, terms) if not anchored else 0.0  # anchored: constants
-            total = total + cfg.alpha * (terms["reblur"] + penalty)
+            total = total + cfg.alpha * (terms["reblur"] + self._seed_penalty(out.seeds, terms))
             if cfg.pseudo_supervision:
                 if defocus_map is None:
                     raise ValueError(
