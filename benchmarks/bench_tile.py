@@ -21,8 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, git_commit  # noqa: E402
 
-sys.path[:0] = [str(REPO_ROOT / "python"), str(REPO_ROOT)]
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,4 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run from a checkout: this tree's code. Only here, not on import: the tests import this file,
+    # and the source folder (no compiled _C) must not shadow the installed jdrl_ext there.
+    sys.path[:0] = [str(REPO_ROOT / "python"), str(REPO_ROOT)]
     raise SystemExit(main())
