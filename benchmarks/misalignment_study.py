@@ -1,22 +1,30 @@
-"""How misalignment of the training pairs hurts naive training, and what the reblurring-guided loss keeps.
+"""How misalignment hurts naive training, and what the reblurring-guided loss keeps.
 
 The same network (the UNet of the paper's ablation, ``small`` preset) is trained with a plain L1
 loss (``jdrl.losses.VARIANTS["l1"]``) and with the reblurring-guided loss of Eq. 1
 (``VARIANTS["unet_eq1"]``: flow-deformed cycle loss, calibration mask, reblurring module) on
 synthetic pairs whose sharp target is
 
-- shifted by 0, 1, 2 or 4 px (no zoom), or
-- zoomed by 0.5%, 1% or 2% (no shift).
+- aligned (no misalignment of any kind: the zero point of every series),
+- shifted by 1, 2 or 4 px, or zoomed by 0.5%, 1% or 2% (a global motion optical flow follows),
+- seen with a depth-dependent parallax of up to 1.5, 3 or 6 px (near and far points move opposite
+  ways and occluders uncover background that the blurry image does not show: what flow cannot
+  follow everywhere),
+- misaligned as ``jdrl synth``'s defaults make it ("camera-like": shift 2 px, zoom 1%, parallax
+  3 px, a non-rigid warp of 1 px and a small exposure / colour change; the data of ``jdrl demo``
+  and ``jdrl ablate``).
 
-``jdrl.synth.make_synthetic_dataset`` with one seed gives the same blurry images and the same
-``gt_aligned`` at every setting (checked here); only ``gt`` moves. So every run is evaluated on the
-very same test pairs against ``gt_aligned`` (PSNR/SSIM), and the flow-aligned metrics of the paper
-are reported beside. Every run has the same budget, seed and learning rate.
+Each series changes one kind of misalignment and leaves the others off. ``jdrl.synth``
+draws the blurry image before the misalignment, so one seed gives the same blurry images and the
+same ``gt_aligned`` in every setting (checked here); only ``gt`` moves. So every run is evaluated
+on the very same test pairs against ``gt_aligned`` (PSNR/SSIM), and the flow-aligned metrics of
+the paper are reported beside. Every run has the same budget, seed and learning rate.
 
 Outputs: ``OUT/misalignment.md`` and ``OUT/misalignment.json`` (table, settings, machine facts), and
 the plot (``--plot``, default ``benchmarks/misalignment.png``): PSNR against gt_aligned versus the
-misalignment, for both losses, with the blurry input as a reference line. Each (setting, loss) run
-is cached in ``OUT/SETTING/results`` (see ``jdrl.ablation``), so an interrupted study resumes.
+misalignment, one panel per series, for both losses, with the blurry input as a reference line.
+Each (setting, loss) run is cached in ``OUT/SETTING/results`` (see ``jdrl.ablation``), so an
+interrupted study resumes.
 
 Example (the command behind the table in ``benchmarks/RESULTS.md``)::
 
@@ -50,17 +58,34 @@ from jdrl.ablation import (
 )
 from jdrl.synth import make_synthetic_dataset, synth_defaults_meta
 
-# (name, shift in px, zoom as a fraction); "aligned" is the zero point of both series.
-SETTINGS: tuple[tuple[str, float, float], ...] = (
-    ("aligned", 0.0, 0.0),
-    ("shift1", 1.0, 0.0),
-    ("shift2", 2.0, 0.0),
-    ("shift4", 4.0, 0.0),
-    ("zoom0.5", 0.0, 0.005),
-    ("zoom1", 0.0, 0.01),
-    ("zoom2", 0.0, 0.02),
+# Every kind of misalignment jdrl.synth makes, off: the "aligned" setting and the base of each series.
+# (Its occluders stay: they are part of both images, and only parallax makes them uncover anything.)
+NO_MISALIGNMENT: dict[str, float] = {
+    "shift": 0.0, "zoom": 0.0, "parallax": 0.0, "nonrigid": 0.0, "exposure": 0.0, "white_balance": 0.0, "gamma": 0.0,
+}
+# One series per kind of misalignment: (key, axis label, {setting name: (x on the axis, synth params)}).
+SERIES: tuple[tuple[str, str, dict[str, tuple[float, dict[str, float]]]], ...] = (
+    ("shift", "shift of gt (px)", {f"shift{x:g}": (x, {"shift": x}) for x in (1.0, 2.0, 4.0)}),
+    ("zoom", "zoom of gt (%)", {f"zoom{x:g}": (x, {"zoom": x / 100}) for x in (0.5, 1.0, 2.0)}),
+    ("parallax", "largest parallax of gt (px)", {f"parallax{x:g}": (x, {"parallax": x}) for x in (1.5, 3.0, 6.0)}),
 )
+# jdrl synth's defaults: shift 2 px, zoom 1%, parallax 3 px, non-rigid 1 px, exposure/colour change.
+CAMERA_LIKE = {"shift": 2.0, "zoom": 0.01}
+SETTINGS: dict[str, dict[str, float]] = {
+    "aligned": dict(NO_MISALIGNMENT),
+    **{name: {**NO_MISALIGNMENT, **params} for _, _, points in SERIES for name, (_, params) in points.items()},
+    "camera_like": dict(CAMERA_LIKE),
+}
+LABELS: dict[str, str] = {
+    "aligned": "none",
+    **{f"shift{x:g}": f"shift {x:g} px" for x in (1.0, 2.0, 4.0)},
+    **{f"zoom{x:g}": f"zoom {x:g}%" for x in (0.5, 1.0, 2.0)},
+    **{f"parallax{x:g}": f"parallax up to {x:g} px" for x in (1.5, 3.0, 6.0)},
+    "camera_like": "camera-like (jdrl synth defaults)",
+}
 LOSSES: dict[str, str] = {"l1": "L1", "unet_eq1": "reblurring-guided (Eq. 1)"}
+# The file in each setting's data folder that says what it was made with (reused only if it matches).
+SETTING_FILE = "study_setting.json"
 
 
 def _digest(path: Path) -> str:
@@ -68,20 +93,22 @@ def _digest(path: Path) -> str:
 
 
 def make_datasets(out_dir: Path, args: argparse.Namespace) -> dict[str, Path]:
-    """One synthetic set per setting (reused when its meta.json matches); checks that the blurry
-    and gt_aligned images are identical across settings."""
+    """One synthetic set per setting (reused when it was made with the same parameters); checks
+    that the blurry and gt_aligned images are identical across settings."""
     roots = {}
-    for name, shift, zoom in SETTINGS:
+    for name, params in SETTINGS.items():
         root = out_dir / name / "data"
-        expected = {"seed": args.data_seed, "size": args.size, "shift": [shift, shift], "zoom": [zoom, zoom],
-                    "counts": {"train": args.train, "test": args.test}, **synth_defaults_meta()}
-        meta_path = root / "meta.json"
-        if not (meta_path.is_file() and all(json.loads(meta_path.read_text()).get(k) == v for k, v in expected.items())):
-            make_synthetic_dataset(root, args.train, args.test, size=args.size, shift=shift, zoom=zoom,
+        made_with = {"seed": args.data_seed, "size": args.size, "train": args.train, "test": args.test,
+                     "max_radius": SMALL_SCALE_DATA["max_radius"], "scale": list(SMALL_SCALE_DATA["scale"]),
+                     "misalignment": params, "defaults_of_the_rest": synth_defaults_meta()}
+        record = root / SETTING_FILE
+        if not (record.is_file() and json.loads(record.read_text()) == made_with):
+            make_synthetic_dataset(root, args.train, args.test, size=args.size,
                                    max_radius=SMALL_SCALE_DATA["max_radius"], scale=SMALL_SCALE_DATA["scale"],
-                                   seed=args.data_seed, overwrite=True)
+                                   seed=args.data_seed, overwrite=True, **params)
+            record.write_text(json.dumps(made_with, indent=2) + "\n")
         roots[name] = root
-    reference = roots[SETTINGS[0][0]]
+    reference = roots["aligned"]
     for name, root in roots.items():
         for split in ("train", "test"):
             for folder in ("blur", "gt_aligned"):
@@ -100,15 +127,12 @@ def plot(path: Path, table: dict[str, dict[str, Any]], blurry_psnr: float, capti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    series = (
-        ("shift of gt (px)", [("aligned", 0.0), ("shift1", 1.0), ("shift2", 2.0), ("shift4", 4.0)]),
-        ("zoom of gt (%)", [("aligned", 0.0), ("zoom0.5", 0.5), ("zoom1", 1.0), ("zoom2", 2.0)]),
-    )
-    for axis, (xlabel, points) in zip(axes, series, strict=True):
-        xs = [x for _, x in points]
+    figure, axes = plt.subplots(1, len(SERIES), figsize=(5 * len(SERIES), 4), sharey=True)
+    for axis, (_, xlabel, points) in zip(axes, SERIES, strict=True):
+        xs = [0.0] + [x for x, _ in points.values()]
+        names = ["aligned", *points]
         for loss, label, marker in (("l1", "L1", "o"), ("unet_eq1", "reblurring-guided (Eq. 1)", "s")):
-            axis.plot(xs, [table[name][loss]["psnr_gt"] for name, _ in points], marker=marker, label=label)
+            axis.plot(xs, [table[name][loss]["psnr_gt"] for name in names], marker=marker, label=label)
         axis.axhline(blurry_psnr, color="gray", linestyle="--", label="blurry input")
         axis.set_xlabel(xlabel)
         axis.set_xticks(xs)
@@ -152,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     blurry = evaluate_synthetic(None, roots["aligned"]).means
 
     table: dict[str, dict[str, Any]] = {}
-    for name, shift, zoom in SETTINGS:
+    for name, params in SETTINGS.items():
         records = run_ablation(roots[name], args.out / name, list(LOSSES), budget, seeds=[args.seed],
                                preset=args.preset, device=args.device,
                                log=lambda text, name=name: print(f"[{name}] {text}", flush=True))
-        table[name] = {"shift": shift, "zoom": zoom}
+        table[name] = {"misalignment": params}
         for record in records:
             table[name][record["variant"]] = {**record["means"], "steps": record["steps"],
                                               "train_seconds": record["train_seconds"]}
@@ -165,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
               "| L1: PSNR flow-aligned | ours: PSNR flow-aligned |")
     lines = [header, "|---|---|---|---|---|---|",
              f"| (blurry input) | {blurry['psnr_gt']:.2f} / {blurry['ssim_gt']:.4f} | | | {blurry['psnr_flow']:.2f} | |"]
-    for name, shift, zoom in SETTINGS:
+    for name in SETTINGS:
         row = table[name]
-        label = "none" if shift == 0 and zoom == 0 else (f"shift {shift:g} px" if shift else f"zoom {100 * zoom:g}%")
+        label = LABELS[name]
         l1, ours = row["l1"], row["unet_eq1"]
         lines.append(
             f"| {label} | {l1['psnr_gt']:.2f} / {l1['ssim_gt']:.4f} | {ours['psnr_gt']:.2f} / {ours['ssim_gt']:.4f} "
