@@ -63,11 +63,12 @@ from jdrl.synth import make_synthetic_dataset, synth_defaults_meta
 NO_MISALIGNMENT: dict[str, float] = {
     "shift": 0.0, "zoom": 0.0, "parallax": 0.0, "nonrigid": 0.0, "exposure": 0.0, "white_balance": 0.0, "gamma": 0.0,
 }
-# One series per kind of misalignment: (key, axis label, {setting name: (x on the axis, synth params)}).
+# One series per kind of misalignment: (axis label, row label of x, {setting name: (x on the axis, synth params)}).
 SERIES: tuple[tuple[str, str, dict[str, tuple[float, dict[str, float]]]], ...] = (
-    ("shift", "shift of gt (px)", {f"shift{x:g}": (x, {"shift": x}) for x in (1.0, 2.0, 4.0)}),
-    ("zoom", "zoom of gt (%)", {f"zoom{x:g}": (x, {"zoom": x / 100}) for x in (0.5, 1.0, 2.0)}),
-    ("parallax", "largest parallax of gt (px)", {f"parallax{x:g}": (x, {"parallax": x}) for x in (1.5, 3.0, 6.0)}),
+    ("shift of gt (px)", "shift {:g} px", {f"shift{x:g}": (x, {"shift": x}) for x in (1.0, 2.0, 4.0)}),
+    ("zoom of gt (%)", "zoom {:g}%", {f"zoom{x:g}": (x, {"zoom": x / 100}) for x in (0.5, 1.0, 2.0)}),
+    ("largest parallax of gt (px)", "parallax up to {:g} px",
+     {f"parallax{x:g}": (x, {"parallax": x}) for x in (1.5, 3.0, 6.0)}),
 )
 # jdrl synth's defaults: shift 2 px, zoom 1%, parallax 3 px, non-rigid 1 px, exposure/colour change.
 CAMERA_LIKE = {"shift": 2.0, "zoom": 0.01}
@@ -78,9 +79,7 @@ SETTINGS: dict[str, dict[str, float]] = {
 }
 LABELS: dict[str, str] = {
     "aligned": "none",
-    **{f"shift{x:g}": f"shift {x:g} px" for x in (1.0, 2.0, 4.0)},
-    **{f"zoom{x:g}": f"zoom {x:g}%" for x in (0.5, 1.0, 2.0)},
-    **{f"parallax{x:g}": f"parallax up to {x:g} px" for x in (1.5, 3.0, 6.0)},
+    **{name: row_label.format(x) for _, row_label, points in SERIES for name, (x, _) in points.items()},
     "camera_like": "camera-like (jdrl synth defaults)",
 }
 LOSSES: dict[str, str] = {"l1": "L1", "unet_eq1": "reblurring-guided (Eq. 1)"}
@@ -128,7 +127,7 @@ def plot(path: Path, table: dict[str, dict[str, Any]], blurry_psnr: float, capti
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(SERIES), figsize=(5 * len(SERIES), 4), sharey=True)
-    for axis, (_, xlabel, points) in zip(axes, SERIES, strict=True):
+    for axis, (xlabel, _, points) in zip(axes, SERIES, strict=True):
         xs = [0.0] + [x for x, _ in points.values()]
         names = ["aligned", *points]
         for loss, label, marker in (("l1", "L1", "o"), ("unet_eq1", "reblurring-guided (Eq. 1)", "s")):
