@@ -59,6 +59,7 @@ def measure(net, pairs, levels: int, seed_bound: float) -> dict[str, float]:
 
     net.eval()
     predicted, from_pseudo_map, psnr_reblur, psnr_identity, spread, seeds = [], [], [], [], [], []
+    level_means, level_spatial_std = [], []
     for pair in pairs:
         out = net(pair["sharp"], pair["blurry"])
         predicted.append(implied_radius(out.seeds, out.weights, net.support)[0])
@@ -71,6 +72,10 @@ def measure(net, pairs, levels: int, seed_bound: float) -> dict[str, float]:
         if out.level_logits is not None:
             spread.append((out.level_logits.amax(dim=1) - out.level_logits.amin(dim=1)).mean().item())
         seeds.append(out.seeds.abs().mean().item())
+        # Whether R_wpn chooses levels per pixel: each level's mean weight, and how much it varies
+        # over the image (0 when the weight logits sit at their bound everywhere).
+        level_means.append(out.weights.mean(dim=(0, 2, 3)))
+        level_spatial_std.append(out.weights.std(dim=(2, 3)).mean().item())
     net.train()
     true_radius, aligned = [p["radius"] for p in pairs], [p["aligned"] for p in pairs]
     correlations = defocus_correlations(predicted, true_radius, aligned, levels - 1)
@@ -81,6 +86,8 @@ def measure(net, pairs, levels: int, seed_bound: float) -> dict[str, float]:
         **{key: value for key, value in correlations.items() if key != "pixels"},
         "logit_spread": float(np.mean(spread)) if spread else float("nan"),
         "mean_abs_seed": float(np.mean(seeds)),
+        "level_weight_means": [round(float(w), 4) for w in torch.stack(level_means).mean(dim=0)],
+        "level_weight_spatial_std": float(np.mean(level_spatial_std)),
         "mean_radius": float(np.mean([p.mean().item() for p in predicted])),
         "pseudo_map_spearman": pseudo["spearman"],
         "pseudo_map_spearman_all": pseudo["spearman_all"],
@@ -103,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-penalty", type=float, default=0.0,
                         help="weight of mean(relu(|seed| - margin)^2) added to L_R (loss.seed_penalty)")
     parser.add_argument("--seed-penalty-margin", type=float, default=3.0, help="(loss.seed_penalty_margin)")
+    parser.add_argument("--logit-penalty", type=float, default=0.0,
+                        help="weight of the hinge penalty on R's level logits past the margin (loss.logit_penalty)")
+    parser.add_argument("--logit-penalty-margin", type=float, default=3.0, help="(loss.logit_penalty_margin)")
     parser.add_argument("--seed-bound", type=float, default=6.0)
     parser.add_argument("--logit-bound", type=float, default=6.0, help="R_wpn logit bound (0: unbounded)")
     parser.add_argument("--space", choices=("srgb", "linear"), default="srgb")
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from jdrl.ablation import SMALL_SCALE_DATA
     from jdrl.flow import build_flow_estimator
-    from jdrl.losses import LossConfig, build_reblur_net, charbonnier, seed_penalty
+    from jdrl.losses import LossConfig, build_reblur_net, charbonnier, logit_penalty, seed_penalty
     from jdrl.synth import make_synthetic_dataset
 
     data = args.data
@@ -145,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         loss = charbonnier(out.reblurred - pair["blurry"])
         if args.seed_penalty:
             loss = loss + seed_penalty(out.seeds, args.seed_penalty, args.seed_penalty_margin)
+        if args.logit_penalty and out.level_logits is not None:
+            loss = loss + logit_penalty(out.level_logits, args.logit_penalty, args.logit_penalty_margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     for split in ("train", "test"):
         values = result[split]
-        print(f"{name} {split}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        print(f"{name} {split}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
     return 0
 
 

@@ -259,12 +259,13 @@ def test_anchored_reblur_net_is_scored_on_the_flow_aligned_sharp_image():
 
 def test_a_checkpoint_takes_the_loss_settings_of_its_time():
     """Keys a checkpoint's config predates are read as they were then (no bound, sRGB, no
-    pretraining, no anchor, no seed penalty), not as today's defaults; what it has is kept."""
+    pretraining, no anchor, no seed or logit penalty), not as today's defaults; what it has is kept."""
     from jdrl.defocus import checkpoint_loss_config
 
     old = checkpoint_loss_config({"config": {"loss": {"alpha": 0.5, "seed_bound": 2.0}}})
     assert (old.seed_bound, old.weight_logit_bound, old.reblur_space) == (2.0, 0.0, "srgb")
-    assert (old.reblur_pretrain, old.reblur_anchor, old.seed_penalty) == (False, False, 0.0)
+    assert (old.reblur_pretrain, old.reblur_anchor, old.seed_penalty, old.logit_penalty) == (False, False, 0.0, 0.0)
     new = checkpoint_loss_config({"config": {"loss": {"seed_penalty": 0.01, "seed_penalty_margin": 3.0}}})
-    assert new.seed_penalty == 0.01 and new.seed_bound == 0.0
-    assert checkpoint_loss_config({}).seed_penalty == 0.01  # not written by jdrl train: today's defaults
+    assert new.seed_penalty == 0.01 and new.seed_bound == 0.0 and new.logit_penalty == 0.0
+    # not written by jdrl train: today's defaults
+    assert (checkpoint_loss_config({}).seed_penalty, checkpoint_loss_config({}).logit_penalty) == (0.01, 0.01)

@@ -333,11 +333,57 @@ def test_seed_penalty_by_hand():
         ({"seed_penalty": -1.0}, "loss.seed_penalty must be a finite number >= 0"),
         ({"seed_penalty_margin": float("inf")}, "loss.seed_penalty_margin must be a finite number >= 0"),
         ({"seed_penalty": 0.01, "seed_penalty_margin": 6.0}, "must be below loss.seed_bound"),
+        ({"logit_penalty": float("nan")}, "loss.logit_penalty must be a finite number >= 0"),
+        ({"logit_penalty_margin": -1.0}, "loss.logit_penalty_margin must be a finite number >= 0"),
+        ({"logit_penalty": 0.01, "logit_penalty_margin": 7.0}, "must be below loss.weight_logit_bound"),
     ],
 )
-def test_seed_penalty_settings_are_checked(settings, message):
+def test_bound_penalty_settings_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):
         LossConfig(**settings)
+    # Unbounded (bound 0), any margin is allowed; so is any margin when the penalty is off.
+    LossConfig(weight_logit_bound=0.0, logit_penalty_margin=7.0)
+    LossConfig(logit_penalty=0.0, logit_penalty_margin=7.0)
+
+
+class ReblurWithLogits(FixedReblur):
+    """FixedReblur whose output also carries level logits (5, -1), as R_wpn's would."""
+
+    def forward(self, sharp_est: torch.Tensor, blurry: torch.Tensor):
+        out = super().forward(sharp_est, blurry)
+        batch, _, height, width = sharp_est.shape
+        logits = torch.tensor([5.0, -1.0], dtype=sharp_est.dtype).view(1, 2, 1, 1).expand(batch, 2, height, width)
+        out.level_logits = self.last_logits = logits.clone().requires_grad_(True)
+        return out
+
+
+def test_logit_penalty_by_hand():
+    """Logits (5, -1) with margin 3: only the 5 is penalized, by (5 - 3)^2, averaged over the two
+    levels: 2 * weight, inside L_R (scaled by alpha) beside the seed penalty; off, no term."""
+    estimator = ConstantFlow([1.0, 1.0, 1.0, 1.0])
+    blurry = row([0.3] * 4)
+    off = JDRLLoss(LossConfig(pseudo_supervision=False, seed_penalty=0.0, logit_penalty=0.0), estimator, levels=2,
+                   reblur_net=ReblurWithLogits())
+    base = off(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
+    assert set(base.terms) == {"deblur", "reblur"}
+    fake = ReblurWithLogits()
+    on = JDRLLoss(
+        LossConfig(pseudo_supervision=False, seed_penalty=0.0, logit_penalty=0.1, logit_penalty_margin=3.0), estimator,
+        levels=2, reblur_net=fake,
+    )
+    out = on(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
+    assert set(out.terms) == {"deblur", "reblur", "logit_penalty"}
+    assert out.terms["logit_penalty"].item() == pytest.approx(0.1 * 2.0, rel=1e-12)
+    assert out.total.item() == pytest.approx(base.total.item() + 0.5 * 0.1 * 2.0, rel=1e-12)
+    out.total.backward()
+    grad = fake.last_logits.grad  # d/dl of 0.5 * 0.1 * mean over 2 levels and 4 pixels of relu(l - 3)^2
+    assert torch.all(grad[:, 1] == 0)
+    torch.testing.assert_close(grad[:, 0], torch.full_like(grad[:, 0], 0.5 * 0.1 * 2 * 2.0 / 8))
+    # Both hinges at once (the defaults' shape): each its own term.
+    both = JDRLLoss(LossConfig(pseudo_supervision=False, seed_penalty=0.1, logit_penalty=0.1), estimator, levels=2,
+                    reblur_net=ReblurWithLogits())
+    out = both(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
+    assert out.total.item() == pytest.approx(base.total.item() + 0.5 * (0.1 * 0.5 + 0.1 * 2.0), rel=1e-12)
 
 
 def test_reblurring_joins_after_the_warm_up_when_asked():
@@ -420,8 +466,8 @@ def test_anchored_r_learns_only_from_the_aligned_target_and_l_r_trains_f_alone()
     blurry, sharp = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
     output = net(blurry)
     out = loss(blurry, sharp, output.sharp, output.defocus_map, epoch=1)
-    # The seed penalty joins the fit, not L_R (whose R outputs are constants here).
-    assert set(out.terms) == {"deblur", "reblur_fit", "reblur", "pseudo", "seed_penalty"}
+    # The seed and logit penalties join the fit, not L_R (whose R outputs are constants here).
+    assert set(out.terms) == {"deblur", "reblur_fit", "reblur", "pseudo", "seed_penalty", "logit_penalty"}
     r_params, f_params = list(loss.reblur_net.parameters()), list(net.parameters())
     # L_R and L_P: a gradient for F, none for R.
     for name in ("reblur", "pseudo"):
@@ -500,6 +546,8 @@ def test_every_variant_runs_and_has_its_terms(name):
         expected_terms.add("pseudo")
     if config.loss.reblurring and config.loss.predict_seeds and config.loss.seed_penalty > 0:
         expected_terms.add("seed_penalty")
+    if config.loss.reblurring and config.loss.predict_weights and config.loss.logit_penalty > 0:
+        expected_terms.add("logit_penalty")
     assert set(out.terms) == expected_terms
     if loss.reblur_net is not None:
         assert loss.reblur_net.predict_seeds == config.loss.predict_seeds

@@ -255,10 +255,10 @@ def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):
     deblur_moved = max((second["model"][k] - first["model"][k]).abs().max().item() for k in first["model"])
     assert reblur_moved < 1e-7 and deblur_moved > 1e-4
     # Without reblur_lr and F faster than the cap: R trains at REBLUR_LR_CAP in a group of its own.
-    capped = tiny_config(pairs, tmp_path / "capped", **{**overrides, "optim.reblur_lr": None})
+    capped = tiny_config(pairs, tmp_path / "capped", **{**overrides, "optim.reblur_lr": None, "optim.lr": 2e-3})
     train(capped)
     groups = load_checkpoint(tmp_path / "capped" / "last.pt")["optimizer"]["param_groups"]
-    assert [group["lr"] for group in groups] == [1e-3, REBLUR_LR_CAP] and REBLUR_LR_CAP == 1e-4
+    assert [group["lr"] for group in groups] == [2e-3, REBLUR_LR_CAP] and REBLUR_LR_CAP == 1e-3
     # Without reblur_lr at lr <= the cap (the paper's 2e-5): one group, as before (older checkpoints resume).
     one = tiny_config(pairs, tmp_path / "one", **{**overrides, "optim.reblur_lr": None, "optim.lr": 2e-5})
     train(one)
@@ -270,11 +270,11 @@ def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):
 
 def test_reblur_kernel_lr_scale_gives_the_seeds_branch_a_group_of_its_own(pairs, tmp_path):
     overrides = {"optim.reblur_kernel_lr_scale": 1e-6, "loss.flow_warmup_epochs": 0, "train.max_steps_per_epoch": 2,
-                 "train.epochs": 1}
+                 "train.epochs": 1, "optim.lr": 2e-3}
     train(tiny_config(pairs, tmp_path, **overrides))
     first = load_checkpoint(tmp_path / "last.pt")
     # F at lr, R at min(lr, REBLUR_LR_CAP), R_kpn at that times the scale.
-    assert [group["lr"] for group in first["optimizer"]["param_groups"]] == pytest.approx([1e-3, 1e-4, 1e-10])
+    assert [group["lr"] for group in first["optimizer"]["param_groups"]] == pytest.approx([2e-3, 1e-3, 1e-9])
     train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2}), resume="auto")
     second = load_checkpoint(tmp_path / "last.pt")
     moved = {k: (second["reblur"][k] - first["reblur"][k]).abs().max().item() for k in first["reblur"]}

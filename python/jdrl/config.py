@@ -47,7 +47,7 @@ PRESETS = ("paper", "small", "tiny")
 # Keys of jdrl.metrics.aligned_metrics that best.pt can be chosen by (all higher-is-better).
 VAL_METRICS = ("psnr", "ssim", "psnr_unaligned", "ssim_unaligned")
 # The fastest Adam rate the reblurring net gets by default (OptimConfig.reblur_lr = None).
-REBLUR_LR_CAP = 1e-4
+REBLUR_LR_CAP = 1e-3
 
 
 class ConfigError(UsageError, ValueError):
@@ -108,13 +108,14 @@ class OptimConfig:
 
     ``reblur_lr``: a learning rate of its own for the reblurring net; StepLR scales both alike.
     None (the default): ``min(lr, REBLUR_LR_CAP)``, i.e. ``lr`` as in the paper (one optimizer, one
-    rate) up to 1e-4, and 1e-4 when the deblurring net runs faster. Trained alone R learns the blur
-    at 1e-4 and not at 1e-3 (its level logits blow up within ~50 Adam steps and its radius map is
-    constant) nor at 5e-4 (seeds saturated after 270 steps); 2e-4-3e-4 learn faster (Spearman
-    0.75-0.84 between R's implied radius and the true one after 270-450 steps) but depend on the
-    initial weights and the order of the pairs (3e-4 with another seed: 0.67 on the training pairs,
-    0.19 on the test pairs), and at 2e-4 in the demo's joint training the seeds saturated (``benchmarks/RESULTS.md``, "R's learning rate,
-    measured again"). So short CPU runs that train F at 5e-4-1e-3 keep R at 1e-4. See
+    rate) up to 1e-3, and 1e-3 when the deblurring net runs faster. Without the seed penalty
+    (``loss.seed_penalty``) R trained alone learned the blur at 1e-4 and not from 5e-4 on (seeds
+    or level logits at their bound, a constant radius map), so the cap was 1e-4 until 2026-12-01.
+    With the penalty R learns at 1e-3 (trained alone: 7 of 7 runs, test Spearman 0.58-0.75), and
+    in the demo's joint training R at 1e-3 gave R a better map (0.56 and 0.45 against 0.29 and
+    0.27) and ours a higher PSNR (+0.26 and +0.11 dB) than 1e-4 on the two seeds compared
+    (``benchmarks/RESULTS.md``). Runs at ``lr`` in (1e-4, 1e-3] written before then have R in a
+    group of its own at 1e-4: resume them with ``optim.reblur_lr: 1e-4``. See
     :meth:`effective_reblur_lr`.
 
     ``reblur_kernel_lr_scale``: R_kpn, the branch that predicts the kernel seeds, trains at this

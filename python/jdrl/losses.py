@@ -38,6 +38,7 @@ __all__ = [
     "charbonnier",
     "calibration_mask",
     "pseudo_defocus_map",
+    "logit_penalty",
     "seed_penalty",
     "variant_overrides",
 ]
@@ -167,6 +168,12 @@ def seed_penalty(seeds: torch.Tensor, weight: float, margin: float) -> torch.Ten
     return weight * torch.relu(seeds.abs() - margin).square().mean()
 
 
+def logit_penalty(level_logits: torch.Tensor, weight: float, margin: float) -> torch.Tensor:
+    """``weight * mean(relu(|level_logits| - margin)^2)``: keeps R's level logits off their bound
+    (``LossConfig.logit_penalty``), the same hinge as :func:`seed_penalty`."""
+    return weight * torch.relu(level_logits.abs() - margin).square().mean()
+
+
 @dataclass
 class LossConfig:
     """What the training objective contains. Defaults are the paper's full method (Eq. 2).
@@ -198,6 +205,16 @@ class LossConfig:
             -0.22 and -0.06 on the test pairs); with 0.01 beyond 3 it followed the blur in 5 of 5
             (0.76-0.84), seeds 0.5-0.9 (``benchmarks/RESULTS.md``, "Why R's result depends on the
             run"). Seeds below the margin cost nothing, so the kernels keep their full range.
+        logit_penalty, logit_penalty_margin: ``L_R`` gains ``logit_penalty * mean(relu(|logit| -
+            margin)^2)`` over R's level logits (after their bound; 0: no term, the paper). Our
+            addition, the seeds' hinge for R_wpn: without it the logits reach their bound within
+            ~90 Adam steps in every run and stay there, the same levels take all the weight at
+            every pixel (1/3 each on levels 0-2 trained alone; 1/2 on levels 0-1, or all on
+            level 1, in the demo's joint runs) and R's map comes only from the shape of its
+            smallest kernels. With 0.01 beyond 3, trained alone at 1e-3 (3 of 3 runs), all eight
+            levels take part, the weights vary over the image, R explains the blur better
+            (reblurred vs blurry +0.7-1.0 dB) and its pseudo map follows the blur (Spearman
+            0.62-0.72 against 0.10-0.52; ``benchmarks/RESULTS.md``, "R's level weights").
         reblur_space, reblur_transfer: ``"srgb"`` reblurs the sRGB values (the paper);
             ``"linear"`` (the default, a departure from the paper) reblurs in linear light (SPEC
             section 7), with the IEC 61966-2-1 sRGB curve (``reblur_transfer: "srgb"``) or
@@ -253,6 +270,8 @@ class LossConfig:
     weight_logit_bound: float = 6.0
     seed_penalty: float = 0.01
     seed_penalty_margin: float = 3.0
+    logit_penalty: float = 0.01
+    logit_penalty_margin: float = 3.0
     reblur_space: str = "linear"
     reblur_transfer: str = "srgb"
     reblur_pretrain: bool = True
@@ -287,15 +306,16 @@ class LossConfig:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.eps <= 0:
             raise ValueError(f"loss.eps must be > 0, got {self.eps}")
-        for name in ("seed_penalty", "seed_penalty_margin"):
+        for name in ("seed_penalty", "seed_penalty_margin", "logit_penalty", "logit_penalty_margin"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if self.seed_penalty > 0 and self.seed_bound and self.seed_penalty_margin >= self.seed_bound:
-            raise ValueError(
-                f"loss.seed_penalty_margin ({self.seed_penalty_margin}) must be below loss.seed_bound "
-                f"({self.seed_bound}), or the penalty never applies: lower the margin or set "
-                "loss.seed_penalty=0"
-            )
+        for what, bound_name in (("seed", "seed_bound"), ("logit", "weight_logit_bound")):
+            weight, margin, bound = getattr(self, f"{what}_penalty"), getattr(self, f"{what}_penalty_margin"), getattr(self, bound_name)
+            if weight > 0 and bound and margin >= bound:
+                raise ValueError(
+                    f"loss.{what}_penalty_margin ({margin}) must be below loss.{bound_name} ({bound}), or the "
+                    f"penalty never applies: lower the margin or set loss.{what}_penalty=0"
+                )
         for name in ("seed_bound", "weight_logit_bound"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"loss.{name} must be a finite number (0: unbounded), got {getattr(self, name)}")
@@ -469,15 +489,22 @@ class JDRLLoss(nn.Module):
             stats["mask_kept"] = torch.stack([m.float().mean() for m in masks]).mean().detach()
         return loss, stats, aligned
 
-    def _seed_penalty(self, seeds: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor | float:
-        """``seed_penalty * mean(relu(|seeds| - margin)^2)`` (LossConfig), also stored as
-        ``terms["seed_penalty"]``; 0.0 when the penalty is off or the seeds are constants (no R_kpn,
-        or an anchored R's outputs in L_R). R is fitted or trained by L_R, never both, in one step."""
+    def _bound_penalties(self, out: ReblurOutput, terms: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        """The hinges that keep R's seeds and level logits off their bounds (``seed_penalty`` and
+        ``logit_penalty`` of LossConfig), also stored as ``terms["seed_penalty"]`` and
+        ``terms["logit_penalty"]``; each left out when it is off or its tensor is a constant (no
+        R_kpn / R_wpn, or an anchored R's outputs in L_R). R is fitted or trained by L_R, never
+        both, in one step."""
         cfg = self.config
-        if cfg.seed_penalty <= 0 or not seeds.requires_grad:
-            return 0.0
-        terms["seed_penalty"] = seed_penalty(seeds, cfg.seed_penalty, cfg.seed_penalty_margin)
-        return terms["seed_penalty"]
+        total: torch.Tensor | float = 0.0
+        if cfg.seed_penalty > 0 and out.seeds.requires_grad:
+            terms["seed_penalty"] = seed_penalty(out.seeds, cfg.seed_penalty, cfg.seed_penalty_margin)
+            total = total + terms["seed_penalty"]
+        logits = getattr(out, "level_logits", None)
+        if cfg.logit_penalty > 0 and logits is not None and logits.requires_grad:
+            terms["logit_penalty"] = logit_penalty(logits, cfg.logit_penalty, cfg.logit_penalty_margin)
+            total = total + terms["logit_penalty"]
+        return total
 
     def forward(
         self,
@@ -514,7 +541,7 @@ class JDRLLoss(nn.Module):
             out = self.reblur_net(target, blurry)
             name = "reblur_fit" if anchored else "reblur_pretrain"
             terms[name] = charbonnier(out.reblurred - blurry, mask, cfg.eps)
-            total = total + cfg.alpha * (terms[name] + self._seed_penalty(out.seeds, terms))
+            total = total + cfg.alpha * (terms[name] + self._bound_penalties(out, terms))
             fitted = out
         if self.reblur_net is not None and self.reblur_active(epoch):
             if anchored:
@@ -525,7 +552,7 @@ class JDRLLoss(nn.Module):
                 out = self.reblur_net(sharp_est, blurry)
             reblurred = out.reblurred
             terms["reblur"] = charbonnier(reblurred - blurry, eps=cfg.eps)
-            total = total + cfg.alpha * (terms["reblur"] + self._seed_penalty(out.seeds, terms))
+            total = total + cfg.alpha * (terms["reblur"] + self._bound_penalties(out, terms))
             if cfg.pseudo_supervision:
                 if defocus_map is None:
                     raise ValueError(
