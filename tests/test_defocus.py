@@ -265,7 +265,7 @@ def test_a_checkpoint_takes_the_loss_settings_of_its_time():
     old = checkpoint_loss_config({"config": {"loss": {"alpha": 0.5, "seed_bound": 2.0}}})
     assert (old.seed_bound, old.weight_logit_bound, old.reblur_space) == (2.0, 0.0, "srgb")
     assert (old.reblur_pretrain, old.reblur_anchor, old.seed_penalty, old.logit_penalty) == (False, False, 0.0, 0.0)
-    new = checkpoint_loss_config({"config": {"loss": {"seed_penalty": 0.01, "seed_penalty_margin": 3.0}}})
-    assert new.seed_penalty == 0.01 and new.seed_bound == 0.0 and new.logit_penalty == 0.0
+    new = checkpoint_loss_config({"config": {"loss": {"seed_penalty": 0.01, "logit_penalty": 0.02}}})
+    assert new.seed_penalty == 0.01 and new.seed_bound == 0.0 and new.logit_penalty == 0.02
     # not written by jdrl train: today's defaults
-    assert (checkpoint_loss_config({}).seed_penalty, checkpoint_loss_config({}).logit_penalty) == (0.01, 0.01)
+    assert (checkpoint_loss_config({}).seed_penalty, checkpoint_loss_config({}).logit_penalty) == (0.01, 0.0)

@@ -342,7 +342,7 @@ def test_bound_penalty_settings_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):
         LossConfig(**settings)
     # Unbounded (bound 0), any margin is allowed; so is any margin when the penalty is off.
-    LossConfig(weight_logit_bound=0.0, logit_penalty_margin=7.0)
+    LossConfig(weight_logit_bound=0.0, logit_penalty=0.01, logit_penalty_margin=7.0)
     LossConfig(logit_penalty=0.0, logit_penalty_margin=7.0)
 
 
@@ -461,7 +461,7 @@ def test_anchored_r_learns_only_from_the_aligned_target_and_l_r_trains_f_alone()
 
     torch.manual_seed(0)
     net = build_deblur_net("jdrl", "tiny", 8)
-    config = LossConfig(flow_warmup_epochs=1, reblur_anchor=True)
+    config = LossConfig(flow_warmup_epochs=1, reblur_anchor=True, logit_penalty=0.01)
     loss = JDRLLoss(config, DISFlow(), levels=8)
     blurry, sharp = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
     output = net(blurry)

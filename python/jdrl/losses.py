@@ -206,15 +206,17 @@ class LossConfig:
             (0.76-0.84), seeds 0.5-0.9 (``benchmarks/RESULTS.md``, "Why R's result depends on the
             run"). Seeds below the margin cost nothing, so the kernels keep their full range.
         logit_penalty, logit_penalty_margin: ``L_R`` gains ``logit_penalty * mean(relu(|logit| -
-            margin)^2)`` over R's level logits (after their bound; 0: no term, the paper). Our
-            addition, the seeds' hinge for R_wpn: without it the logits reach their bound within
+            margin)^2)`` over R's level logits (after their bound; 0, the default: no term, the
+            paper). An option of ours, the seeds' hinge for R_wpn: without it the logits reach their bound within
             ~90 Adam steps in every run and stay there, the same levels take all the weight at
             every pixel (1/3 each on levels 0-2 trained alone; 1/2 on levels 0-1, or all on
             level 1, in the demo's joint runs) and R's map comes only from the shape of its
             smallest kernels. With 0.01 beyond 3, trained alone at 1e-3 (3 of 3 runs), all eight
             levels take part, the weights vary over the image, R explains the blur better
             (reblurred vs blurry +0.7-1.0 dB) and its pseudo map follows the blur (Spearman
-            0.62-0.72 against 0.10-0.52; ``benchmarks/RESULTS.md``, "R's level weights").
+            0.62-0.72 against 0.10-0.52; ``benchmarks/RESULTS.md``, "R's level weights"). But in
+            joint training it cost "ours" 0.06-0.23 dB in the demo (2 seeds) and 0.21 dB in the
+            ablation, and R's map 0.01-0.14 Spearman, so it is off by default.
         reblur_space, reblur_transfer: ``"srgb"`` reblurs the sRGB values (the paper);
             ``"linear"`` (the default, a departure from the paper) reblurs in linear light (SPEC
             section 7), with the IEC 61966-2-1 sRGB curve (``reblur_transfer: "srgb"``) or
@@ -270,7 +272,7 @@ class LossConfig:
     weight_logit_bound: float = 6.0
     seed_penalty: float = 0.01
     seed_penalty_margin: float = 3.0
-    logit_penalty: float = 0.01
+    logit_penalty: float = 0.0
     logit_penalty_margin: float = 3.0
     reblur_space: str = "linear"
     reblur_transfer: str = "srgb"
