@@ -10,9 +10,15 @@ training pairs and on the test pairs it reports:
 - Spearman / Pearson between R's implied radius map (``jdrl.defocus.implied_radius``) and the true
   radius map, on textured pixels and on all (``jdrl.defocus.defocus_correlations``);
 - the level-logit spread (max - min of R_wpn's logits per pixel, averaged) and the mean |seed|;
+- ``level_weight_means`` (each level's mean weight) and ``level_weight_spatial_std`` (how much the
+  weights vary over the image: ~0 when the logits sit at their bound and every pixel mixes the
+  same levels);
 - ``pseudo_map_spearman``: R's pseudo defocus map (Eq. 13, what F_B is trained to predict) read back
   as a radius the way F_B's map is (``jdrl.defocus.predicted_map_radius``), against the true
   radius: the best F_B's radius could score with this R.
+
+``--seed-penalty`` and ``--logit-penalty`` add the hinges of ``loss.seed_penalty`` and
+``loss.logit_penalty`` to ``L_R``.
 
 Example (one thread, about two minutes)::
 

@@ -216,3 +216,13 @@ def test_bad_arguments_name_themselves(synthetic, tmp_path):
         run_ablation(synthetic, tmp_path, ["l1", "bogus"], Budget(epochs=1))
     with pytest.raises(AblationError, match="gt_aligned"):
         evaluate_synthetic(None, tmp_path)
+
+
+def test_ours_reblur_lr_is_the_demo_rate_or_the_override():
+    from jdrl.demo import DEMO_REBLUR_LR, METHODS, DemoSettings, ours_reblur_lr
+
+    assert METHODS["ours"][1]["optim.reblur_lr"] == DEMO_REBLUR_LR == 1e-3
+    assert ours_reblur_lr(DemoSettings()) == 1e-3
+    # --set values are YAML: "1e-4" (no dot) arrives as a string, null as None (optim.reblur_lr's default).
+    assert ours_reblur_lr(DemoSettings(overrides={"optim.reblur_lr": "1e-4"})) == 1e-4
+    assert ours_reblur_lr(DemoSettings(overrides={"optim.reblur_lr": None})) == 5e-4  # min(lr 5e-4, cap 1e-3)

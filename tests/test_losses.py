@@ -379,7 +379,7 @@ def test_logit_penalty_by_hand():
     grad = fake.last_logits.grad  # d/dl of 0.5 * 0.1 * mean over 2 levels and 4 pixels of relu(l - 3)^2
     assert torch.all(grad[:, 1] == 0)
     torch.testing.assert_close(grad[:, 0], torch.full_like(grad[:, 0], 0.5 * 0.1 * 2 * 2.0 / 8))
-    # Both hinges at once (the defaults' shape): each its own term.
+    # Both hinges at once: each its own term.
     both = JDRLLoss(LossConfig(pseudo_supervision=False, seed_penalty=0.1, logit_penalty=0.1), estimator, levels=2,
                     reblur_net=ReblurWithLogits())
     out = both(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
@@ -524,13 +524,14 @@ def test_variants_cover_table5_and_eq1_eq2():
         variant_overrides("no_such_variant")
 
 
+@pytest.mark.parametrize("logit_penalty", [0.0, 0.01])
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_every_variant_runs_and_has_its_terms(name):
+def test_every_variant_runs_and_has_its_terms(name, logit_penalty):
     from jdrl.config import load_config
     from jdrl.flow import DISFlow
     from jdrl.models import build_deblur_net
 
-    config = load_config(None, {**variant_overrides(name), "model.preset": "tiny"})
+    config = load_config(None, {**variant_overrides(name), "model.preset": "tiny", "loss.logit_penalty": logit_penalty})
     torch.manual_seed(0)
     net = build_deblur_net(config.model.arch, config.model.preset, config.model.levels)
     loss = JDRLLoss(config.loss, DISFlow(), levels=config.model.levels)

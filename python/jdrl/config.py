@@ -109,8 +109,8 @@ class OptimConfig:
     ``reblur_lr``: a learning rate of its own for the reblurring net; StepLR scales both alike.
     None (the default): ``min(lr, REBLUR_LR_CAP)``, i.e. ``lr`` as in the paper (one optimizer, one
     rate) up to 1e-3, and 1e-3 when the deblurring net runs faster. Without the seed penalty
-    (``loss.seed_penalty``) R trained alone learned the blur at 1e-4 and not from 5e-4 on (seeds
-    or level logits at their bound, a constant radius map), so the cap was 1e-4 until 2026-12-01.
+    (``loss.seed_penalty``) R trained alone learned the blur at 1e-4 and not from 5e-4 on (its
+    seeds at their bound, a constant radius map), so the cap was 1e-4 until 2026-12-01.
     With the penalty R learns at 1e-3 (trained alone: 7 of 7 runs, test Spearman 0.58-0.75), and
     in the demo's joint training R at 1e-3 gave R a better map (0.56 and 0.45 against 0.29 and
     0.27) and ours a higher PSNR (+0.26 and +0.11 dB) than 1e-4 on the two seeds compared

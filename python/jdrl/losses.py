@@ -196,8 +196,8 @@ class LossConfig:
         weight_logit_bound: bound of the reblurring net's level logits (``ReblurNet``'s
             ``logit_bound``; 0: unbounded). Unbounded, they spread to ~1e3 within ~50 Adam steps at
             lr 1e-3 (one level takes all the weight everywhere); bounded, no level's weight falls
-            below ``exp(-2 * bound)`` of another's. A guard beside ``optim.reblur_lr``, which is the
-            main defence (see OptimConfig).
+            below ``exp(-2 * bound)`` of another's. Bounded, they still reach the bound within ~90
+            steps (``logit_penalty`` below).
         seed_penalty, seed_penalty_margin: ``L_R`` gains ``seed_penalty * mean(relu(|seed| -
             margin)^2)`` over R's seeds (0: no term, the paper). Our addition: trained alone at
             3e-4 on the demo's data, R ended with its seeds at the bound (mean |seed| 4.6-5.9 of 6)
@@ -209,14 +209,14 @@ class LossConfig:
             margin)^2)`` over R's level logits (after their bound; 0, the default: no term, the
             paper). An option of ours, the seeds' hinge for R_wpn: without it the logits reach their bound within
             ~90 Adam steps in every run and stay there, the same levels take all the weight at
-            every pixel (1/3 each on levels 0-2 trained alone; 1/2 on levels 0-1, or all on
-            level 1, in the demo's joint runs) and R's map comes only from the shape of its
+            every pixel (two to four levels sharing it equally, trained alone; 1/2 on levels 0-1,
+            or all on level 1, in the demo's joint runs) and R's map comes only from the shape of its
             smallest kernels. With 0.01 beyond 3, trained alone at 1e-3 (3 of 3 runs), all eight
             levels take part, the weights vary over the image, R explains the blur better
             (reblurred vs blurry +0.7-1.0 dB) and its pseudo map follows the blur (Spearman
             0.62-0.72 against 0.10-0.52; ``benchmarks/RESULTS.md``, "R's level weights"). But in
             joint training it cost "ours" 0.06-0.23 dB in the demo (2 seeds) and 0.21 dB in the
-            ablation, and R's map 0.01-0.14 Spearman, so it is off by default.
+            ablation, and R's map 0.02-0.14 Spearman, so it is off by default.
         reblur_space, reblur_transfer: ``"srgb"`` reblurs the sRGB values (the paper);
             ``"linear"`` (the default, a departure from the paper) reblurs in linear light (SPEC
             section 7), with the IEC 61966-2-1 sRGB curve (``reblur_transfer: "srgb"``) or

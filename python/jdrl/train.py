@@ -354,8 +354,9 @@ def _restore(
         raise ConfigError(
             f"--resume {str(path)!r}: the checkpoint's optimizer does not fit this config ({error}); "
             "were optim.reblur_lr or optim.reblur_kernel_lr_scale set in one run and not in the other? Unset, it is "
-            f"min(optim.lr, {REBLUR_LR_CAP:g}), a group of its own when optim.lr > {REBLUR_LR_CAP:g}, "
-            "where runs of older code had one group; set optim.reblur_lr to the checkpoint's rate to resume it"
+            f"min(optim.lr, {REBLUR_LR_CAP:g}), a group of its own when optim.lr > {REBLUR_LR_CAP:g} (before 2026-12-01 "
+            "the cap was 1e-4: runs at lr in (1e-4, 1e-3] then had R in a group of its own at 1e-4); set "
+            "optim.reblur_lr to the checkpoint's rate to resume it"
         ) from error
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
