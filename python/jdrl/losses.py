@@ -162,16 +162,19 @@ def pseudo_defocus_map(seeds: torch.Tensor, weights: torch.Tensor, weighted: boo
     return repeated * seeds
 
 
+def _hinge_penalty(values: torch.Tensor, weight: float, margin: float) -> torch.Tensor:
+    """``weight * mean(relu(|values| - margin)^2)``: free below the margin, quadratic past it."""
+    return weight * torch.relu(values.abs() - margin).square().mean()
+
+
 def seed_penalty(seeds: torch.Tensor, weight: float, margin: float) -> torch.Tensor:
-    """``weight * mean(relu(|seeds| - margin)^2)``: keeps R's kernel seeds off their bound
-    (``LossConfig.seed_penalty``)."""
-    return weight * torch.relu(seeds.abs() - margin).square().mean()
+    """The hinge that keeps R's kernel seeds off their bound (``LossConfig.seed_penalty``)."""
+    return _hinge_penalty(seeds, weight, margin)
 
 
 def logit_penalty(level_logits: torch.Tensor, weight: float, margin: float) -> torch.Tensor:
-    """``weight * mean(relu(|level_logits| - margin)^2)``: keeps R's level logits off their bound
-    (``LossConfig.logit_penalty``), the same hinge as :func:`seed_penalty`."""
-    return weight * torch.relu(level_logits.abs() - margin).square().mean()
+    """The same hinge on R's level logits (``LossConfig.logit_penalty``)."""
+    return _hinge_penalty(level_logits, weight, margin)
 
 
 @dataclass
