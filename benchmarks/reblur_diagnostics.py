@@ -1,22 +1,37 @@
 """What did the reblurring net R learn: a blur, or the identity?
 
-For each training run (a folder with the ``last.pt`` that ``jdrl train`` / ``jdrl ablate`` write),
-the trained deblurring net F and R are run on the first training pairs of a synthetic set, and
-the table reports, averaged over those pairs:
+For each training run (a folder with the ``last.pt`` that ``jdrl train`` / ``jdrl ablate`` write;
+``--checkpoint best.pt`` for the weights ``jdrl demo`` evaluates), the trained deblurring net F and
+R are run on the first pairs of a synthetic set (``--split``: ``train``, the default, or ``test``),
+and the table reports, averaged over those pairs:
 
 - ``max abs seed`` and ``mean abs seed``: R's kernel seeds (bounded by ``loss.seed_bound`` when set);
 - ``w0``: the mean weight of level 0 (the identity) and ``w_top``: the mean of the largest weight;
 - ``L_R``: the reblurring loss ``C(R(I_hat) - I_B)``; ``C(I_hat - I_B)``: what ``L_R`` would be
   with an identity R; ``C(R(I_hat) - I_hat)``: how much R changes its input (0.001 = the
-  Charbonnier epsilon = not at all).
+  Charbonnier epsilon = not at all);
+- where the data has ``gt_aligned/`` and ``radius/`` (``jdrl synth`` writes them): ``sharpness
+  I_hat`` and ``sharpness I_B``, the high-frequency energy (mean squared Laplacian, 8 px border left
+  out) of F's output and of the blurry input relative to ``gt_aligned``'s (1 = as sharp as the
+  truth); ``R radius`` and ``true radius``, the means of R's implied blur radius
+  (:func:`jdrl.defocus.implied_radius`, R run on ``(I_hat, I_B)`` as in training) and of the true
+  one; ``R radius, true < 2`` and ``R radius, true >= 4``, R's mean radius where the true blur is
+  small and where it is large. An anchored R (``loss.reblur_anchor``) runs as it trained: on the
+  sharp target warped onto ``I_B`` by DIS flow, its seeds and weights then applied to ``I_hat``. A run without a reblurring net (``#4``, ``L1``) gets only the
+  sharpness columns.
 
-When the last three columns agree, R is the identity and ``L_R`` pulls ``I_hat`` towards ``I_B``.
+When the three ``L_R``-like columns agree, R is the identity and ``L_R`` pulls ``I_hat`` towards
+``I_B``. When ``R radius`` stays far below ``true radius`` while ``sharpness I_hat`` stays near
+``sharpness I_B``, R explains only the little blur F did not remove: ``L_R`` is small for a blurry
+``I_hat`` and does not ask F for more.
 Checkpoints from before ``loss.seed_bound`` / ``loss.weight_logit_bound`` existed are read as unbounded.
 
 Example::
 
     PYTHONPATH=python:. python benchmarks/reblur_diagnostics.py runs/ablation256/runs/unet_eq1_seed0 \\
         --data runs/ablation256/data
+    python benchmarks/reblur_diagnostics.py runs/demo/runs/ours runs/demo/runs/no_reblur \\
+        --data runs/demo/data --split test --checkpoint best.pt
 """
 
 from __future__ import annotations
@@ -28,61 +43,131 @@ from pathlib import Path
 import torch
 
 
-def diagnose(run_dir: Path, data_root: Path, pairs: int) -> dict[str, float]:
+# Left out of the sharpness and radius means: the kernels' reach (m - 1 = 7 px) plus one.
+BORDER = 8
+# Laplacian, one per colour channel: its mean square is the image's high-frequency energy.
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+
+
+def high_frequency_energy(image: torch.Tensor) -> float:
+    """Mean squared Laplacian of ``(1, 3, H, W)`` inside a ``BORDER`` px margin."""
+    response = torch.nn.functional.conv2d(image, _LAPLACIAN.to(image), groups=3)
+    inner = BORDER - 1  # the 3x3 filter already took one pixel off each side
+    return response[..., inner:-inner, inner:-inner].pow(2).mean().item()
+
+
+def diagnose(
+    run_dir: Path, data_root: Path, pairs: int, split: str = "train", checkpoint_name: str = "last.pt"
+) -> dict[str, float | None]:
+    """The table's columns for one run (see the module's docstring), averaged over ``pairs`` pairs
+    of ``data_root/split``; a column that the run or the data cannot give is None."""
+    import numpy as np
+
+    import jdrl_ext
     from jdrl.checkpoint import load_checkpoint, load_deblur_net
+    from jdrl.defocus import checkpoint_loss_config, implied_radius
+    from jdrl.flow import build_flow_estimator
     from jdrl.imageio import read_image
-    from jdrl.defocus import checkpoint_loss_config
     from jdrl.losses import build_reblur_net, charbonnier
 
-    checkpoint = run_dir / "last.pt"
+    checkpoint = run_dir / checkpoint_name
+    if not checkpoint.is_file():
+        raise SystemExit(f"{checkpoint}: no such checkpoint (--checkpoint names the file inside each run folder)")
     state = load_checkpoint(checkpoint)
-    if state.get("reblur") is None:
-        raise SystemExit(f"{checkpoint}: this run has no reblurring net (loss.reblurring=false)")
-    # Settings a checkpoint predates (seed_bound, weight_logit_bound) were unbounded then.
-    loss_config = checkpoint_loss_config(state)
-    eps = loss_config.eps
-    reblur_net = build_reblur_net(loss_config, state["config"]["model"]["levels"])
-    reblur_net.load_state_dict(state["reblur"])
-    reblur_net.eval()
-    deblur_net = load_deblur_net(checkpoint)
-    files = sorted((data_root / "train" / "blur").glob("*.png"))[:pairs]
+    reblur_net, eps = None, None
+    if state.get("reblur") is not None:
+        # Settings a checkpoint predates (seed_bound, weight_logit_bound) were unbounded then.
+        loss_config = checkpoint_loss_config(state)
+        eps = loss_config.eps
+        reblur_net = build_reblur_net(loss_config, state["config"]["model"]["levels"])
+        reblur_net.load_state_dict(state["reblur"])
+        reblur_net.eval()
+    deblur_net = load_deblur_net(checkpoint).eval()
+    split_root = data_root / split
+    files = sorted((split_root / "blur").glob("*.png"))[:pairs]
     if not files:
-        raise SystemExit(f"{data_root / 'train' / 'blur'}: no PNG pairs (made by `jdrl synth`)")
-    sums: dict[str, float] = {}
+        raise SystemExit(f"{split_root / 'blur'}: no PNG pairs (made by `jdrl synth`)")
+    with_truth = all((split_root / "gt_aligned" / path.name).is_file() for path in files)
+    with_radius = all((split_root / "radius" / f"{path.stem}.npy").is_file() for path in files)
+    anchored = reblur_net is not None and getattr(loss_config, "reblur_anchor", False)
+    flow_estimator = build_flow_estimator("dis") if anchored else None
+    means: dict[str, float] = {}
+    # R's mean radius where the true blur is small / large, over the images that have such pixels.
+    by_true_radius: dict[str, list[float]] = {"R radius, true < 2": [], "R radius, true >= 4": []}
     with torch.no_grad():
         for path in files:
             blurry = read_image(path)[None]
             estimate = deblur_net(blurry).sharp.clamp(0, 1)
-            out = reblur_net(estimate, blurry)
-            values = {
-                "max abs seed": out.seeds.abs().max().item(),
-                "mean abs seed": out.seeds.abs().mean().item(),
-                "w0": out.weights[:, 0].mean().item(),
-                "w_top": out.weights.max(dim=1).values.mean().item(),
-                "L_R": charbonnier(out.reblurred - blurry, eps=eps).item(),
-                "C(I_hat - I_B)": charbonnier(estimate - blurry, eps=eps).item(),
-                "C(R(I_hat) - I_hat)": charbonnier(out.reblurred - estimate, eps=eps).item(),
-            }
+            values: dict[str, float] = {}
+            if reblur_net is not None:
+                if anchored:
+                    # As in training: R reads the blur from the flow-aligned sharp target, and that
+                    # blur is what L_R applies to I_hat.
+                    sharp = read_image(split_root / "gt" / path.name)[None]
+                    flow = flow_estimator(blurry, sharp).to(sharp)
+                    fitted = reblur_net(jdrl_ext.flow_warp(sharp, flow, padding_mode=loss_config.warp_padding), blurry)
+                    seeds, weights = fitted.seeds, fitted.weights
+                    reblurred = reblur_net.blur(estimate, seeds, weights)
+                else:
+                    out = reblur_net(estimate, blurry)
+                    seeds, weights, reblurred = out.seeds, out.weights, out.reblurred
+                values.update({
+                    "max abs seed": seeds.abs().max().item(),
+                    "mean abs seed": seeds.abs().mean().item(),
+                    "w0": weights[:, 0].mean().item(),
+                    "w_top": weights.max(dim=1).values.mean().item(),
+                    "L_R": charbonnier(reblurred - blurry, eps=eps).item(),
+                    "C(I_hat - I_B)": charbonnier(estimate - blurry, eps=eps).item(),
+                    "C(R(I_hat) - I_hat)": charbonnier(reblurred - estimate, eps=eps).item(),
+                })
+            if with_truth:
+                truth = high_frequency_energy(read_image(split_root / "gt_aligned" / path.name)[None])
+                values["sharpness I_hat"] = high_frequency_energy(estimate) / truth
+                values["sharpness I_B"] = high_frequency_energy(blurry) / truth
+            if reblur_net is not None and with_radius:
+                inside = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
+                r_radius = implied_radius(seeds, weights, reblur_net.support)[0].numpy()[inside]
+                true_radius = np.load(split_root / "radius" / f"{path.stem}.npy")[inside]
+                values["R radius"] = float(r_radius.mean())
+                values["true radius"] = float(true_radius.mean())
+                for name, where in (("R radius, true < 2", true_radius < 2), ("R radius, true >= 4", true_radius >= 4)):
+                    if where.any():
+                        by_true_radius[name].append(float(r_radius[where].mean()))
             for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + value / len(files)
-    return sums
+                means[name] = means.get(name, 0.0) + value / len(files)
+    for name, per_image in by_true_radius.items():
+        if per_image:
+            means[name] = sum(per_image) / len(per_image)
+    return {name: means.get(name) for name in COLUMNS}
+
+
+COLUMNS = (
+    "max abs seed", "mean abs seed", "w0", "w_top", "L_R", "C(I_hat - I_B)", "C(R(I_hat) - I_hat)",
+    "sharpness I_hat", "sharpness I_B", "R radius", "true radius", "R radius, true < 2", "R radius, true >= 4",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="training run folders (each with last.pt)")
     parser.add_argument("--data", type=Path, required=True, help="synthetic data the runs trained on (train/blur)")
-    parser.add_argument("--pairs", type=int, default=6, help="training pairs to average over (default 6)")
+    parser.add_argument("--split", choices=("train", "test"), default="train", help="pairs to run on (default train)")
+    parser.add_argument("--pairs", type=int, default=6, help="pairs to average over (default 6)")
+    parser.add_argument("--checkpoint", default="last.pt", help="checkpoint file in each run folder (default last.pt)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    rows = [(run, diagnose(run, args.data, args.pairs)) for run in args.runs]
-    columns = list(rows[0][1])
+    if args.pairs < 1:
+        parser.error(f"--pairs must be >= 1, got {args.pairs}")
+    rows = [(run, diagnose(run, args.data, args.pairs, args.split, args.checkpoint)) for run in args.runs]
+    # Columns no run has (no reblurring net anywhere, data without truth) are left out.
+    columns = [name for name in COLUMNS if any(values[name] is not None for _, values in rows)]
     print("| run | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for run, values in rows:
-        print(f"| {run} | " + " | ".join(f"{values[name]:.4g}" for name in columns) + " |")
+        cells = ("-" if values[name] is None else f"{values[name]:.4g}" for name in columns)
+        print(f"| {run} | " + " | ".join(cells) + " |")
     return 0
 
 

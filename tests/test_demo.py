@@ -173,6 +173,20 @@ def test_ablate_set_overrides_every_variant_and_keys_the_cache(synthetic, tmp_pa
     assert 0 < values["max abs seed"] <= 0.5
     assert values["w0"] == pytest.approx(1 / 8) and values["w_top"] == pytest.approx(1 / 8)
     assert values["L_R"] > 0 and values["C(R(I_hat) - I_hat)"] > 0
+    # The synthetic data has gt_aligned and radius maps: sharpness and radius columns are filled in.
+    assert 0 < values["sharpness I_B"] < 1 and values["sharpness I_hat"] > 0
+    assert values["true radius"] > 0 and values["R radius"] >= 0
+    tested = diagnostics.diagnose(out / "runs" / "no_wpn_seed0", synthetic, pairs=1, split="test")
+    assert tested["true radius"] > 0 and tested["true radius"] != values["true radius"]
+    # A run without a reblurring net gets the sharpness columns only.
+    without_r = tmp_path / "without_r"
+    without_r.mkdir()
+    torch.save({**checkpoint, "reblur": None}, without_r / "last.pt")
+    plain = diagnostics.diagnose(without_r, synthetic, pairs=2)
+    assert plain["sharpness I_hat"] == pytest.approx(values["sharpness I_hat"]) and plain["L_R"] is None
+    assert plain["R radius"] is None
+    with pytest.raises(SystemExit, match="best.pt"):
+        diagnostics.diagnose(without_r, synthetic, pairs=1, checkpoint_name="best.pt")
     # Other overrides are other settings: the stored result is not reused for them.
     assert main([*common, "--set", "loss.flow_warmup_epochs=0"]) == 0
     assert "reusing" not in capsys.readouterr().out
@@ -186,6 +200,40 @@ def test_ablate_set_overrides_every_variant_and_keys_the_cache(synthetic, tmp_pa
                  "--set", "loss.pseudo_supervision=true"]) == 2
     assert "pseudo_supervision" in capsys.readouterr().err
     assert not (checked / "results").exists()
+
+
+def test_reblur_diagnostics_runs_an_anchored_reblurring_net_as_it_trained(synthetic, tmp_path):
+    """An anchored R reads the blur from the flow-aligned sharp target; the diagnostics' radius must
+    be the one jdrl.defocus gives for that R (which evaluation reports), not R run on I_hat."""
+    import numpy as np
+
+    from jdrl.checkpoint import load_deblur_net
+    from jdrl.defocus import defocus_radii, load_reblur_net
+    from jdrl.flow import build_flow_estimator
+    from jdrl.imageio import read_image
+
+    out = tmp_path / "anchored"
+    assert main(["ablate", "--out", str(out), "--data", str(synthetic), "--variants", "unet_eq1", "--epochs", "1",
+                 "--steps-per-epoch", "2", "--preset", "tiny", "--device", "cpu", "--threads", "1",
+                 "--set", "loss.reblur_anchor=true", "--set", "loss.flow_warmup_epochs=0"]) == 0
+    run = out / "runs" / "unet_eq1_seed0"
+    spec = importlib.util.spec_from_file_location("reblur_diagnostics", REPO / "benchmarks" / "reblur_diagnostics.py")
+    diagnostics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnostics)
+    values = diagnostics.diagnose(run, synthetic, pairs=1, split="test")
+
+    name = sorted((synthetic / "test" / "blur").glob("*.png"))[0].name
+    blurry = read_image(synthetic / "test" / "blur" / name)[None]
+    sharp = read_image(synthetic / "test" / "gt" / name)[None]
+    net = load_deblur_net(run / "last.pt").eval()
+    with torch.no_grad():
+        estimate = net(blurry).sharp.clamp(0, 1)
+    radius = defocus_radii(
+        blurry, estimate, None, load_reblur_net(run / "last.pt"), sharp=sharp, flow_estimator=build_flow_estimator("dis")
+    )["reblur"].numpy()
+    border = diagnostics.BORDER
+    assert values["R radius"] == pytest.approx(float(np.mean(radius[border:-border, border:-border])), rel=1e-5)
+    assert values["L_R"] > 0 and values["true radius"] > 0
 
 
 def test_warmup_is_the_papers_share_and_shorter_than_the_run():
