@@ -15,9 +15,11 @@ and the table reports, averaged over those pairs:
   out) of F's output and of the blurry input relative to ``gt_aligned``'s (1 = as sharp as the
   truth); ``R radius`` and ``true radius``, the means of R's implied blur radius
   (:func:`jdrl.defocus.implied_radius`, R run on ``(I_hat, I_B)`` as in training) and of the true
-  one; ``R radius, true < 2`` and ``R radius, true >= 4``, R's mean radius where the true blur is
-  small and where it is large. An anchored R (``loss.reblur_anchor``) runs as it trained: on the
-  sharp target warped onto ``I_B`` by DIS flow, its seeds and weights then applied to ``I_hat``. A run without a reblurring net (``#4``, ``L1``) gets only the
+  one; ``R radius, true < 2`` and ``R radius, true >= 4``, R's radius where the true blur is
+  small and where it is large (per image the mean over those pixels, then the mean over the images
+  that have such pixels: each image counts once). An anchored R (``loss.reblur_anchor``) runs as it
+  trained: on the sharp target warped onto ``I_B`` by the run's flow estimator (``flow.backend``,
+  DIS unless the run chose another), its seeds and weights then applied to ``I_hat``. A run without a reblurring net (``#4``, ``L1``) gets only the
   sharpness columns.
 
 When the three ``L_R``-like columns agree, R is the identity and ``L_R`` pulls ``I_hat`` towards
@@ -43,7 +45,8 @@ from pathlib import Path
 import torch
 
 
-# Left out of the sharpness and radius means: the kernels' reach (m - 1 = 7 px) plus one.
+# Left out of the sharpness and radius means: a fixed margin, the reach of the m = 8 kernels
+# (7 px) plus one.
 BORDER = 8
 # Laplacian, one per colour channel: its mean square is the image's high-frequency energy.
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
@@ -74,7 +77,7 @@ def diagnose(
     if not checkpoint.is_file():
         raise SystemExit(f"{checkpoint}: no such checkpoint (--checkpoint names the file inside each run folder)")
     state = load_checkpoint(checkpoint)
-    reblur_net, eps = None, None
+    reblur_net, loss_config, eps = None, None, None
     if state.get("reblur") is not None:
         # Settings a checkpoint predates (seed_bound, weight_logit_bound) were unbounded then.
         loss_config = checkpoint_loss_config(state)
@@ -87,10 +90,17 @@ def diagnose(
     files = sorted((split_root / "blur").glob("*.png"))[:pairs]
     if not files:
         raise SystemExit(f"{split_root / 'blur'}: no PNG pairs (made by `jdrl synth`)")
+    # The margin must leave pixels inside, or every mean below would be NaN.
+    smallest = min(min(read_image(path).shape[-2:]) for path in files)
+    if smallest <= 2 * BORDER:
+        raise SystemExit(f"{split_root / 'blur'}: images of {smallest} px leave nothing inside the {BORDER} px margin")
     with_truth = all((split_root / "gt_aligned" / path.name).is_file() for path in files)
     with_radius = all((split_root / "radius" / f"{path.stem}.npy").is_file() for path in files)
     anchored = reblur_net is not None and getattr(loss_config, "reblur_anchor", False)
-    flow_estimator = build_flow_estimator("dis") if anchored else None
+    flow_estimator = None
+    if anchored:
+        flow_config = state["config"].get("flow") or {}
+        flow_estimator = build_flow_estimator(flow_config.get("backend", "dis"), flow_config.get("weights"))
     means: dict[str, float] = {}
     # R's mean radius where the true blur is small / large, over the images that have such pixels.
     by_true_radius: dict[str, list[float]] = {"R radius, true < 2": [], "R radius, true >= 4": []}
@@ -149,8 +159,9 @@ COLUMNS = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="training run folders (each with last.pt)")
-    parser.add_argument("--data", type=Path, required=True, help="synthetic data the runs trained on (train/blur)")
+    parser.add_argument("runs", nargs="+", type=Path, help="training run folders (each with the --checkpoint file)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="synthetic data the runs trained on (SPLIT/blur, and gt, gt_aligned, radius where there)")
     parser.add_argument("--split", choices=("train", "test"), default="train", help="pairs to run on (default train)")
     parser.add_argument("--pairs", type=int, default=6, help="pairs to average over (default 6)")
     parser.add_argument("--checkpoint", default="last.pt", help="checkpoint file in each run folder (default last.pt)")
