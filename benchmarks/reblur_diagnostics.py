@@ -99,6 +99,12 @@ def diagnose(
     anchored = reblur_net is not None and getattr(loss_config, "reblur_anchor", False)
     flow_estimator = None
     if anchored:
+        missing = [path.name for path in files if not (split_root / "gt" / path.name).is_file()]
+        if missing:
+            raise SystemExit(
+                f"{split_root / 'gt'}: no {missing[0]}; an anchored R (loss.reblur_anchor) reads the blur from "
+                "the sharp target warped onto the blurry image, as it trained"
+            )
         flow_config = state["config"].get("flow") or {}
         flow_estimator = build_flow_estimator(flow_config.get("backend", "dis"), flow_config.get("weights"))
     means: dict[str, float] = {}

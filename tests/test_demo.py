@@ -167,6 +167,10 @@ def test_ablate_set_overrides_every_variant_and_keys_the_cache(synthetic, tmp_pa
     assert checkpoint["config"]["loss"]["seed_bound"] == 0.5
     assert "Overrides for every variant" in (out / "ablation.md").read_text()
     # benchmarks/reblur_diagnostics.py reads the run back: bounded seeds, uniform weights (no R_wpn).
+    from jdrl.checkpoint import load_deblur_net
+    from jdrl.defocus import implied_radius, load_reblur_net
+    from jdrl.imageio import read_image
+
     spec = importlib.util.spec_from_file_location("reblur_diagnostics", REPO / "benchmarks" / "reblur_diagnostics.py")
     diagnostics = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diagnostics)
@@ -183,6 +187,17 @@ def test_ablate_set_overrides_every_variant_and_keys_the_cache(synthetic, tmp_pa
     first_test = sorted((synthetic / "test" / "radius").glob("*.npy"))[0]
     border = diagnostics.BORDER
     assert tested["true radius"] == pytest.approx(float(np.load(first_test)[border:-border, border:-border].mean()))
+    # The fixture's blur stays under 3 px: "true >= 4" has no pixels (None), "true < 2" is R's
+    # radius over the first test image's pixels of true radius < 2, inside the margin.
+    assert tested["R radius, true >= 4"] is None
+    with torch.no_grad():
+        blurry = read_image(synthetic / "test" / "blur" / f"{first_test.stem}.png")[None]
+        net = load_deblur_net(out / "runs" / "no_wpn_seed0" / "last.pt").eval()
+        reblur, _ = load_reblur_net(out / "runs" / "no_wpn_seed0" / "last.pt")
+        r_out = reblur(net(blurry).sharp.clamp(0, 1), blurry)
+        r_radius = implied_radius(r_out.seeds, r_out.weights, reblur.support)[0].numpy()[border:-border, border:-border]
+    true_radius = np.load(first_test)[border:-border, border:-border]
+    assert tested["R radius, true < 2"] == pytest.approx(float(r_radius[true_radius < 2].mean()), rel=1e-5)
     # A run without a reblurring net gets the sharpness columns only.
     without_r = tmp_path / "without_r"
     without_r.mkdir()
@@ -192,6 +207,14 @@ def test_ablate_set_overrides_every_variant_and_keys_the_cache(synthetic, tmp_pa
     assert plain["R radius"] is None
     with pytest.raises(SystemExit, match="best.pt"):
         diagnostics.diagnose(without_r, synthetic, pairs=1, checkpoint_name="best.pt")
+    # The table: columns no run has are left out, a run without R shows "-" in R's columns.
+    capsys.readouterr()
+    assert diagnostics.main([str(out / "runs" / "no_wpn_seed0"), str(without_r), "--data", str(synthetic), "--pairs", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    header = [cell.strip() for cell in printed[0].strip("|").split("|")]
+    assert "R radius" in header and "R radius, true >= 4" not in header
+    plain_row = [cell.strip() for cell in printed[3].strip("|").split("|")]
+    assert plain_row[header.index("R radius")] == "-" and plain_row[header.index("sharpness I_hat")] != "-"
     # Images no larger than twice the margin would give NaN means: refused, naming the folder.
     tiny = make_synthetic_dataset(tmp_path / "tiny", 1, 0, size=16, max_radius=2.0, parallax=1.0, nonrigid=0.5, seed=0)
     with pytest.raises(SystemExit, match="16 px"):
@@ -251,7 +274,14 @@ def test_reblur_diagnostics_runs_an_anchored_reblurring_net_as_it_trained(synthe
         expected = charbonnier(reblur.blur(estimate, fitted.seeds, fitted.weights) - blurry, eps=config.eps).item()
         fit_only = charbonnier(fitted.reblurred - blurry, eps=config.eps).item()
     assert values["L_R"] == pytest.approx(expected, rel=1e-5) and expected != pytest.approx(fit_only, rel=1e-3)
-    assert values["true radius"] > 0
+    # Without the sharp targets an anchored R cannot run as it trained: refused, naming the folder.
+    import shutil
+
+    no_gt = tmp_path / "no_gt"
+    shutil.copytree(synthetic, no_gt)
+    shutil.rmtree(no_gt / "test" / "gt")
+    with pytest.raises(SystemExit, match="anchored"):
+        diagnostics.diagnose(run, no_gt, pairs=1, split="test")
 
 
 def test_warmup_is_the_papers_share_and_shorter_than_the_run():
