@@ -66,9 +66,8 @@ def diagnose(
     of ``data_root/split``; a column that the run or the data cannot give is None."""
     import numpy as np
 
-    import jdrl_ext
     from jdrl.checkpoint import load_checkpoint, load_deblur_net
-    from jdrl.defocus import checkpoint_loss_config, implied_radius
+    from jdrl.defocus import checkpoint_loss_config, implied_radius, reblur_net_input
     from jdrl.flow import build_flow_estimator
     from jdrl.imageio import read_image
     from jdrl.losses import build_reblur_net, charbonnier
@@ -90,10 +89,6 @@ def diagnose(
     files = sorted((split_root / "blur").glob("*.png"))[:pairs]
     if not files:
         raise SystemExit(f"{split_root / 'blur'}: no PNG pairs (made by `jdrl synth`)")
-    # The margin must leave pixels inside, or every mean below would be NaN.
-    smallest = min(min(read_image(path).shape[-2:]) for path in files)
-    if smallest <= 2 * BORDER:
-        raise SystemExit(f"{split_root / 'blur'}: images of {smallest} px leave nothing inside the {BORDER} px margin")
     with_truth = all((split_root / "gt_aligned" / path.name).is_file() for path in files)
     with_radius = all((split_root / "radius" / f"{path.stem}.npy").is_file() for path in files)
     anchored = reblur_net is not None and getattr(loss_config, "reblur_anchor", False)
@@ -113,20 +108,18 @@ def diagnose(
     with torch.no_grad():
         for path in files:
             blurry = read_image(path)[None]
+            # The margin must leave pixels inside, or every mean below would be NaN.
+            if min(blurry.shape[-2:]) <= 2 * BORDER:
+                raise SystemExit(f"{path}: an image of {min(blurry.shape[-2:])} px leaves nothing inside the {BORDER} px margin")
             estimate = deblur_net(blurry).sharp.clamp(0, 1)
             values: dict[str, float] = {}
             if reblur_net is not None:
-                if anchored:
-                    # As in training: R reads the blur from the flow-aligned sharp target, and that
-                    # blur is what L_R applies to I_hat.
-                    sharp = read_image(split_root / "gt" / path.name)[None]
-                    flow = flow_estimator(blurry, sharp).to(sharp)
-                    fitted = reblur_net(jdrl_ext.flow_warp(sharp, flow, padding_mode=loss_config.warp_padding), blurry)
-                    seeds, weights = fitted.seeds, fitted.weights
-                    reblurred = reblur_net.blur(estimate, seeds, weights)
-                else:
-                    out = reblur_net(estimate, blurry)
-                    seeds, weights, reblurred = out.seeds, out.weights, out.reblurred
+                sharp = read_image(split_root / "gt" / path.name)[None] if anchored else None
+                out = reblur_net(reblur_net_input(blurry, estimate, loss_config, sharp, flow_estimator), blurry)
+                seeds, weights = out.seeds, out.weights
+                # Anchored, R read the blur from the flow-aligned sharp target, and that blur is what
+                # L_R applies to I_hat.
+                reblurred = reblur_net.blur(estimate, seeds, weights) if anchored else out.reblurred
                 values.update({
                     "max abs seed": seeds.abs().max().item(),
                     "mean abs seed": seeds.abs().mean().item(),

@@ -40,6 +40,7 @@ __all__ = [
     "predicted_map_radius",
     "radius_picture",
     "radius_to_colour",
+    "reblur_net_input",
     "spearman",
     "texture_mask",
 ]
@@ -374,6 +375,22 @@ def load_reblur_net(checkpoint: str | os.PathLike | dict[str, Any], map_location
     return net.to(map_location).eval(), config
 
 
+def reblur_net_input(
+    blurry: torch.Tensor, sharp_est: torch.Tensor, config: Any, sharp: torch.Tensor | None = None, flow_estimator: Any = None
+) -> torch.Tensor:
+    """What a trained reblurring net reads beside ``blurry`` ``(1, 3, H, W)``, as in training:
+    ``sharp_est`` (Eq. 2), or for an anchored R (``config.reblur_anchor``) the misaligned ``sharp``
+    warped onto ``blurry`` by ``flow_estimator``."""
+    if not getattr(config, "reblur_anchor", False):
+        return sharp_est
+    if sharp is None or flow_estimator is None:
+        raise ValueError("an anchored reblurring net (loss.reblur_anchor) needs sharp and flow_estimator")
+    import jdrl_ext
+
+    flow = flow_estimator(blurry.clamp(0, 1), sharp.clamp(0, 1)).to(device=sharp.device, dtype=sharp.dtype)
+    return jdrl_ext.flow_warp(sharp, flow, padding_mode=config.warp_padding)
+
+
 @torch.no_grad()
 def defocus_radii(
     blurry: torch.Tensor,
@@ -400,14 +417,7 @@ def defocus_radii(
     if reblur is not None:
         net = reblur[0]
         device = next(net.parameters()).device
-        r_input = sharp_est
-        if getattr(config, "reblur_anchor", False):
-            if sharp is None or flow_estimator is None:
-                raise ValueError("an anchored reblurring net (loss.reblur_anchor) needs sharp and flow_estimator")
-            import jdrl_ext
-
-            flow = flow_estimator(blurry.clamp(0, 1), sharp.clamp(0, 1)).to(device=sharp.device, dtype=sharp.dtype)
-            r_input = jdrl_ext.flow_warp(sharp, flow, padding_mode=config.warp_padding)
+        r_input = reblur_net_input(blurry, sharp_est, config, sharp, flow_estimator)
         out = net(r_input.to(device).float(), blurry.to(device).float())
         radii["reblur"] = implied_radius(out.seeds, out.weights, net.support)[0].cpu()
     if defocus_map is not None and config.pseudo_supervision and config.weighted_pseudo_map:
