@@ -40,20 +40,25 @@ import torch
 def _pairs(root: Path, split: str, target: str, flow_estimator) -> list[dict[str, torch.Tensor]]:
     import jdrl_ext
     from jdrl.imageio import read_image
+    from jdrl.losses import calibration_mask
 
     names = sorted(p.stem for p in (root / split / "blur").glob("*.png"))
     pairs = []
     for name in names:
         blurry = read_image(root / split / "blur" / f"{name}.png")[None]
         aligned = read_image(root / split / "gt_aligned" / f"{name}.png")[None]
+        mask = None  # the calibration mask of the flow (Eq. 6, the loss's defaults), for --mask
         if target == "aligned":
             sharp = aligned
         else:
             gt = read_image(root / split / "gt" / f"{name}.png")[None]
             with torch.no_grad():
-                sharp = jdrl_ext.flow_warp(gt, flow_estimator(blurry, gt), padding_mode="border")
+                flow = flow_estimator(blurry, gt)
+                sharp = jdrl_ext.flow_warp(gt, flow, padding_mode="border")
+                mask = calibration_mask(flow)
         radius = torch.from_numpy(np.load(root / split / "radius" / f"{name}.npy"))
-        pairs.append({"name": name, "blurry": blurry, "sharp": sharp, "aligned": aligned[0], "radius": radius})
+        pairs.append({"name": name, "blurry": blurry, "sharp": sharp, "aligned": aligned[0], "radius": radius,
+                      "mask": mask})
     return pairs
 
 
@@ -121,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logit-penalty-margin", type=float, default=3.0, help="(loss.logit_penalty_margin)")
     parser.add_argument("--seed-bound", type=float, default=6.0)
     parser.add_argument("--logit-bound", type=float, default=6.0, help="R_wpn logit bound (0: unbounded)")
+    parser.add_argument("--mask", action="store_true",
+                        help="with --target warped: L_R only where the calibration mask of the flow (Eq. 6, "
+                             "lambda 0.35 and the loss's floor) trusts it, as loss.reblur_fit_mask does in training")
     parser.add_argument("--space", choices=("srgb", "linear"), default="srgb")
     parser.add_argument("--transfer", choices=("srgb", "gamma2.2"), default="srgb")
     parser.add_argument("--levels", type=int, default=8)
@@ -130,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="result file name (default from the settings)")
     parser.add_argument("--save", type=Path, default=None, help="write R's weights (state_dict) there")
     args = parser.parse_args(argv)
+    if args.mask and args.target != "warped":
+        parser.error("--mask needs --target warped (the mask is that of the flow that aligns gt)")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
 
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, args.steps + 1):
         pair = train_pairs[int(order.integers(len(train_pairs)))]
         out = net(pair["sharp"], pair["blurry"])
-        loss = charbonnier(out.reblurred - pair["blurry"])
+        loss = charbonnier(out.reblurred - pair["blurry"], pair["mask"] if args.mask else None)
         if args.seed_penalty:
             loss = loss + seed_penalty(out.seeds, args.seed_penalty, args.seed_penalty_margin)
         if args.logit_penalty and out.level_logits is not None:

@@ -435,6 +435,32 @@ def test_reblur_pretraining_trains_r_on_the_aligned_target_during_the_warm_up():
     assert set(off(blurry, sharp, row(ESTIMATE), None, epoch=0).terms) == {"deblur"}
 
 
+def test_reblur_fit_mask_decides_whether_r_fits_the_pixels_the_calibration_mask_drops():
+    # Flow 0, 0, 0, 3 px: |n - mean| is 0.75 for the first three (kept: tolerance max(0.35 * 0.75,
+    # 1 px)) and 2.25 for the last (dropped). Warped: [.1 .2 .3 .4] (the last by border padding);
+    # FixedReblur halves it: differences from I_B = 0.3 are .25 .2 .15 .1.
+    blurry, sharp = row([0.3] * 4), row(SHARP)
+    charb = [math.sqrt(v * v + EPS2) for v in (0.25, 0.2, 0.15, 0.1)]
+    for fit_mask, expected in ((True, sum(charb[:3]) / 3), (False, sum(charb) / 4)):
+        loss = JDRLLoss(LossConfig(flow_warmup_epochs=3, seed_penalty=0.0, reblur_fit_mask=fit_mask),
+                        ConstantFlow([0.0, 0.0, 0.0, 3.0]), levels=2, reblur_net=FixedReblur())
+        out = loss(blurry, sharp, row(ESTIMATE), None, epoch=0)
+        assert out.terms["reblur_pretrain"].item() == pytest.approx(expected, rel=1e-12), fit_mask
+        # Eq. 7's term keeps its mask either way.
+        assert out.stats["mask_kept"].item() == pytest.approx(0.75)
+    # The anchored fit after the warm-up follows the same switch.
+    class AnchorableReblur(FixedReblur):
+        def blur(self, image, seeds, weights):
+            return self.scale * image
+
+    for fit_mask, expected in ((True, sum(charb[:3]) / 3), (False, sum(charb) / 4)):
+        loss = JDRLLoss(LossConfig(flow_warmup_epochs=0, seed_penalty=0.0, reblur_anchor=True, reblur_fit_mask=fit_mask,
+                                   pseudo_supervision=False),
+                        ConstantFlow([0.0, 0.0, 0.0, 3.0]), levels=2, reblur_net=AnchorableReblur())
+        out = loss(blurry, sharp, row(ESTIMATE), None, epoch=0)
+        assert out.terms["reblur_fit"].item() == pytest.approx(expected, rel=1e-12), fit_mask
+
+
 def test_reblur_pretraining_reaches_every_reblurring_parameter_and_no_deblurring_one():
     from jdrl.flow import DISFlow
     from jdrl.models import build_deblur_net

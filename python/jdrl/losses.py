@@ -248,6 +248,14 @@ class LossConfig:
             I_B)`` finds little blur anywhere, the identity is its best answer and ``L_R`` pulls
             ``I_hat`` back to the input (issue 9). Anchored, the blur model comes from the pair that
             shows the blur, and ``L_R`` asks F for an image that this blur turns into ``I_B``.
+        reblur_fit_mask: whether R's fit on the flow-aligned target (``reblur_pretrain`` and
+            ``reblur_anchor``) counts only the pixels that Eq. 6's calibration mask keeps (True, the
+            default: as Eq. 7's first term does). On ``jdrl synth`` data the parallax grows with the
+            distance from the focal plane, as the blur does, so the mask drops the most defocused
+            pixels (it keeps 85-87%, true radius 1.9-2.1 px kept, 2.6-3.0 px dropped) and R learns
+            the large radii from too few pixels: trained alone (448 steps at 1e-3, both penalties),
+            the Spearman of R's radius with the true one on the demo's test pairs fell from 0.83 to
+            0.67 and from 0.70 to 0.58 with the mask (``benchmarks/RESULTS.md``).
         pseudo_supervision: add ``beta * L_P`` (Eq. 2); False gives Eq. 1.
         weighted_pseudo_map: Eq. 13 (weights times seeds); False supervises with the raw seeds as
             the authors' code does.
@@ -281,6 +289,7 @@ class LossConfig:
     reblur_transfer: str = "srgb"
     reblur_pretrain: bool = True
     reblur_anchor: bool = False
+    reblur_fit_mask: bool = True
     pseudo_supervision: bool = True
     weighted_pseudo_map: bool = True
     alpha: float = 0.5
@@ -545,7 +554,7 @@ class JDRLLoss(nn.Module):
             target, mask = aligned if aligned is not None else self._aligned_to_blurry(sharp, blurry)
             out = self.reblur_net(target, blurry)
             name = "reblur_fit" if anchored else "reblur_pretrain"
-            terms[name] = charbonnier(out.reblurred - blurry, mask, cfg.eps)
+            terms[name] = charbonnier(out.reblurred - blurry, mask if cfg.reblur_fit_mask else None, cfg.eps)
             total = total + cfg.alpha * (terms[name] + self._bound_penalties(out, terms))
             fitted = out
         if self.reblur_net is not None and self.reblur_active(epoch):
