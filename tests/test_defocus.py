@@ -259,13 +259,17 @@ def test_anchored_reblur_net_is_scored_on_the_flow_aligned_sharp_image():
 
 def test_a_checkpoint_takes_the_loss_settings_of_its_time():
     """Keys a checkpoint's config predates are read as they were then (no bound, sRGB, no
-    pretraining, no anchor, no seed or logit penalty), not as today's defaults; what it has is kept."""
+    pretraining, no anchor, no seed or logit penalty, a masked fit), not as today's defaults; what it has is kept."""
     from jdrl.defocus import checkpoint_loss_config
 
     old = checkpoint_loss_config({"config": {"loss": {"alpha": 0.5, "seed_bound": 2.0}}})
     assert (old.seed_bound, old.weight_logit_bound, old.reblur_space) == (2.0, 0.0, "srgb")
     assert (old.reblur_pretrain, old.reblur_anchor, old.seed_penalty, old.logit_penalty) == (False, False, 0.0, 0.0)
-    new = checkpoint_loss_config({"config": {"loss": {"seed_penalty": 0.01, "logit_penalty": 0.02}}})
+    assert old.reblur_fit_mask
+    new = checkpoint_loss_config({"config": {"loss": {"seed_penalty": 0.01, "logit_penalty": 0.02, "reblur_anchor": True,
+                                                      "reblur_fit_mask": False}}})
     assert new.seed_penalty == 0.01 and new.seed_bound == 0.0 and new.logit_penalty == 0.02
+    assert new.reblur_anchor and not new.reblur_fit_mask
     # not written by jdrl train: today's defaults
-    assert (checkpoint_loss_config({}).seed_penalty, checkpoint_loss_config({}).logit_penalty) == (0.01, 0.0)
+    today = checkpoint_loss_config({})
+    assert (today.seed_penalty, today.logit_penalty, today.reblur_anchor, today.reblur_fit_mask) == (0.01, 0.01, True, False)

@@ -155,13 +155,15 @@ def test_ablate_set_overrides_every_variant_and_keys_the_cache(synthetic, tmp_pa
     out = tmp_path / "ablation"
     common = ["ablate", "--out", str(out), "--data", str(synthetic), "--variants", "no_wpn", "--epochs", "1",
               "--steps-per-epoch", "2", "--preset", "tiny", "--device", "cpu", "--threads", "1"]
-    # A bound of 0.5 needs a seed-penalty margin below it (checked by LossConfig).
+    # A bound of 0.5 needs a seed-penalty margin below it (checked by LossConfig). Eq. 2's R (not
+    # anchored): R reads I_hat, which the by-hand radius below recomputes.
     assert main([*common, "--set", "loss.seed_bound=0.5", "--set", "loss.seed_penalty_margin=0.25",
-                 "--set", "loss.flow_warmup_epochs=0"]) == 0
+                 "--set", "loss.flow_warmup_epochs=0", "--set", "loss.reblur_anchor=false"]) == 0
     stored = json.loads((out / "results" / "no_wpn_seed0.json").read_text())
     assert stored["overrides"]["loss.seed_bound"] == 0.5 and stored["overrides"]["loss.predict_weights"] is False
     assert stored["settings"]["extra_overrides"] == {
         "loss.seed_bound": 0.5, "loss.seed_penalty_margin": 0.25, "loss.flow_warmup_epochs": 0,
+        "loss.reblur_anchor": False,
     }
     checkpoint = torch.load(out / "runs" / "no_wpn_seed0" / "last.pt", weights_only=False)
     assert checkpoint["config"]["loss"]["seed_bound"] == 0.5

@@ -276,7 +276,7 @@ def test_eq2_and_eq1_by_hand():
 
     fake = FixedReblur()
     # The paper's equations: without our seed penalty (tested on its own below).
-    eq2 = JDRLLoss(LossConfig(seed_penalty=0.0), estimator, levels=2, reblur_net=fake)
+    eq2 = JDRLLoss(LossConfig(reblur_anchor=False, seed_penalty=0.0), estimator, levels=2, reblur_net=fake)
     defocus_map = torch.zeros(1, 2, 1, 4, dtype=torch.float64, requires_grad=True)
     out = eq2(blurry, row(SHARP), row(ESTIMATE), defocus_map, epoch=100)
     assert out.terms["deblur"].item() == pytest.approx(deblur, rel=1e-12)
@@ -289,11 +289,11 @@ def test_eq2_and_eq1_by_hand():
     assert defocus_map.grad is not None and defocus_map.grad.abs().sum() > 0
     assert fake.last_seeds.grad is None
 
-    raw = JDRLLoss(LossConfig(weighted_pseudo_map=False, seed_penalty=0.0), estimator, levels=2, reblur_net=FixedReblur())
+    raw = JDRLLoss(LossConfig(reblur_anchor=False, weighted_pseudo_map=False, seed_penalty=0.0), estimator, levels=2, reblur_net=FixedReblur())
     out = raw(blurry, row(SHARP), row(ESTIMATE), torch.zeros(1, 2, 1, 4, dtype=torch.float64), epoch=100)
     assert out.terms["pseudo"].item() == pytest.approx((math.sqrt(4 + EPS2) + math.sqrt(16 + EPS2)) / 2, rel=1e-12)
 
-    eq1 = JDRLLoss(LossConfig(pseudo_supervision=False, alpha=0.3, seed_penalty=0.0), estimator, levels=2, reblur_net=FixedReblur())
+    eq1 = JDRLLoss(LossConfig(reblur_anchor=False, pseudo_supervision=False, alpha=0.3, seed_penalty=0.0), estimator, levels=2, reblur_net=FixedReblur())
     out = eq1(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
     assert set(out.terms) == {"deblur", "reblur"}
     assert out.total.item() == pytest.approx(deblur + 0.3 * reblur, rel=1e-12)
@@ -304,12 +304,12 @@ def test_seed_penalty_by_hand():
     seed channels: 0.5 * weight, inside L_R (scaled by alpha); switched off, no term."""
     estimator = ConstantFlow([1.0, 1.0, 1.0, 1.0])
     blurry = row([0.3] * 4)
-    plain = JDRLLoss(LossConfig(pseudo_supervision=False, seed_penalty=0.0), estimator, levels=2, reblur_net=FixedReblur())
+    plain = JDRLLoss(LossConfig(reblur_anchor=False, pseudo_supervision=False, seed_penalty=0.0), estimator, levels=2, reblur_net=FixedReblur())
     base = plain(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
     assert "seed_penalty" not in base.terms
     fake = FixedReblur()
     penalized = JDRLLoss(
-        LossConfig(pseudo_supervision=False, seed_penalty=0.1, seed_penalty_margin=3.0), estimator, levels=2,
+        LossConfig(reblur_anchor=False, pseudo_supervision=False, seed_penalty=0.1, seed_penalty_margin=3.0), estimator, levels=2,
         reblur_net=fake,
     )
     out = penalized(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
@@ -320,7 +320,7 @@ def test_seed_penalty_by_hand():
     assert torch.all(grad[:, 0] == 0)
     torch.testing.assert_close(grad[:, 1], torch.full_like(grad[:, 1], 0.5 * 0.1 * 2 * 1.0 / 8))
     # During the warm-up it joins R's fit on the aligned target, scaled the same way.
-    warm = JDRLLoss(LossConfig(flow_warmup_epochs=3, seed_penalty=0.1), estimator, levels=2, reblur_net=FixedReblur())
+    warm = JDRLLoss(LossConfig(reblur_anchor=False, flow_warmup_epochs=3, seed_penalty=0.1), estimator, levels=2, reblur_net=FixedReblur())
     out = warm(blurry, row(SHARP), row(ESTIMATE), None, epoch=0)
     assert set(out.terms) == {"deblur", "reblur_pretrain", "seed_penalty"}
     expected = out.terms["deblur"] + 0.5 * (out.terms["reblur_pretrain"] + 0.1 * 0.5)
@@ -362,13 +362,13 @@ def test_logit_penalty_by_hand():
     levels: 2 * weight, inside L_R (scaled by alpha) beside the seed penalty; off, no term."""
     estimator = ConstantFlow([1.0, 1.0, 1.0, 1.0])
     blurry = row([0.3] * 4)
-    off = JDRLLoss(LossConfig(pseudo_supervision=False, seed_penalty=0.0, logit_penalty=0.0), estimator, levels=2,
+    off = JDRLLoss(LossConfig(reblur_anchor=False, pseudo_supervision=False, seed_penalty=0.0, logit_penalty=0.0), estimator, levels=2,
                    reblur_net=ReblurWithLogits())
     base = off(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
     assert set(base.terms) == {"deblur", "reblur"}
     fake = ReblurWithLogits()
     on = JDRLLoss(
-        LossConfig(pseudo_supervision=False, seed_penalty=0.0, logit_penalty=0.1, logit_penalty_margin=3.0), estimator,
+        LossConfig(reblur_anchor=False, pseudo_supervision=False, seed_penalty=0.0, logit_penalty=0.1, logit_penalty_margin=3.0), estimator,
         levels=2, reblur_net=fake,
     )
     out = on(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
@@ -380,7 +380,7 @@ def test_logit_penalty_by_hand():
     assert torch.all(grad[:, 1] == 0)
     torch.testing.assert_close(grad[:, 0], torch.full_like(grad[:, 0], 0.5 * 0.1 * 2 * 2.0 / 8))
     # Both hinges at once: each its own term.
-    both = JDRLLoss(LossConfig(pseudo_supervision=False, seed_penalty=0.1, logit_penalty=0.1), estimator, levels=2,
+    both = JDRLLoss(LossConfig(reblur_anchor=False, pseudo_supervision=False, seed_penalty=0.1, logit_penalty=0.1), estimator, levels=2,
                     reblur_net=ReblurWithLogits())
     out = both(blurry, row(SHARP), row(ESTIMATE), None, epoch=100)
     assert out.total.item() == pytest.approx(base.total.item() + 0.5 * (0.1 * 0.5 + 0.1 * 2.0), rel=1e-12)
@@ -392,7 +392,7 @@ def test_reblurring_joins_after_the_warm_up_when_asked():
     defocus_map = torch.zeros(1, 2, 1, 4, dtype=torch.float64, requires_grad=True)
     fake = FixedReblur()
     delayed = JDRLLoss(
-        LossConfig(flow_warmup_epochs=3, reblur_after_warmup=True, reblur_pretrain=False), estimator, levels=2,
+        LossConfig(reblur_anchor=False, flow_warmup_epochs=3, reblur_after_warmup=True, reblur_pretrain=False), estimator, levels=2,
         reblur_net=fake,
     )
     assert [delayed.reblur_active(epoch) for epoch in range(5)] == [False, False, False, True, True]
@@ -404,7 +404,7 @@ def test_reblurring_joins_after_the_warm_up_when_asked():
     out.total.backward()
     assert fake.scale.grad is not None
 
-    from_start = JDRLLoss(LossConfig(flow_warmup_epochs=3, reblur_after_warmup=False), estimator, levels=2, reblur_net=FixedReblur())
+    from_start = JDRLLoss(LossConfig(reblur_anchor=False, flow_warmup_epochs=3, reblur_after_warmup=False), estimator, levels=2, reblur_net=FixedReblur())
     assert from_start.reblur_active(0)
     assert set(from_start(blurry, sharp, estimate, defocus_map, epoch=0).terms) == {"deblur", "reblur", "pseudo", "seed_penalty"}
     assert not JDRLLoss(deblur_only(), estimator).reblur_active(100)
@@ -416,7 +416,7 @@ def test_reblur_pretraining_trains_r_on_the_aligned_target_during_the_warm_up():
     blurry, sharp = row([0.3] * 4), row(SHARP)
     estimate = row(ESTIMATE).requires_grad_(True)
     fake = FixedReblur()
-    loss = JDRLLoss(LossConfig(flow_warmup_epochs=3, seed_penalty=0.0), estimator, levels=2, reblur_net=fake)
+    loss = JDRLLoss(LossConfig(reblur_anchor=False, flow_warmup_epochs=3, seed_penalty=0.0), estimator, levels=2, reblur_net=fake)
     assert [loss.pretrain_active(epoch) for epoch in range(5)] == [True, True, True, False, False]
     out = loss(blurry, sharp, estimate, torch.zeros(1, 2, 1, 4, dtype=torch.float64), epoch=1)
     assert set(out.terms) == {"deblur", "reblur_pretrain"}
@@ -431,7 +431,7 @@ def test_reblur_pretraining_trains_r_on_the_aligned_target_during_the_warm_up():
     assert fake.scale.grad is not None and fake.scale.grad.abs().item() > 0
     # After the warm-up L_R takes over; switched off, the warm-up has L_D alone.
     assert "reblur_pretrain" not in loss(blurry, sharp, row(ESTIMATE), torch.zeros(1, 2, 1, 4, dtype=torch.float64), epoch=3).terms
-    off = JDRLLoss(LossConfig(flow_warmup_epochs=3, reblur_pretrain=False), estimator, levels=2, reblur_net=FixedReblur())
+    off = JDRLLoss(LossConfig(reblur_anchor=False, flow_warmup_epochs=3, reblur_pretrain=False), estimator, levels=2, reblur_net=FixedReblur())
     assert set(off(blurry, sharp, row(ESTIMATE), None, epoch=0).terms) == {"deblur"}
 
 
@@ -442,7 +442,7 @@ def test_reblur_fit_mask_decides_whether_r_fits_the_pixels_the_calibration_mask_
     blurry, sharp = row([0.3] * 4), row(SHARP)
     charb = [math.sqrt(v * v + EPS2) for v in (0.25, 0.2, 0.15, 0.1)]
     for fit_mask, expected in ((True, sum(charb[:3]) / 3), (False, sum(charb) / 4)):
-        loss = JDRLLoss(LossConfig(flow_warmup_epochs=3, seed_penalty=0.0, reblur_fit_mask=fit_mask),
+        loss = JDRLLoss(LossConfig(reblur_anchor=False, flow_warmup_epochs=3, seed_penalty=0.0, reblur_fit_mask=fit_mask),
                         ConstantFlow([0.0, 0.0, 0.0, 3.0]), levels=2, reblur_net=FixedReblur())
         out = loss(blurry, sharp, row(ESTIMATE), None, epoch=0)
         assert out.terms["reblur_pretrain"].item() == pytest.approx(expected, rel=1e-12), fit_mask
@@ -505,7 +505,7 @@ def test_anchored_r_learns_only_from_the_aligned_target_and_l_r_trains_f_alone()
     assert all(g is not None and g.abs().sum() > 0 for g in grads[: len(r_params)])
     assert all(g is None for g in grads[len(r_params):])
     # Without the anchor, L_R trains R as in Eq. 2.
-    plain = JDRLLoss(LossConfig(flow_warmup_epochs=1), DISFlow(), levels=8)
+    plain = JDRLLoss(LossConfig(reblur_anchor=False, flow_warmup_epochs=1), DISFlow(), levels=8)
     output = net(blurry)
     out = plain(blurry, sharp, output.sharp, output.defocus_map, epoch=1)
     assert "reblur_fit" not in out.terms
@@ -516,7 +516,7 @@ def test_anchored_r_learns_only_from_the_aligned_target_and_l_r_trains_f_alone()
 
 
 def test_pseudo_supervision_needs_a_defocus_map():
-    loss = JDRLLoss(LossConfig(), ConstantFlow([0.0] * 4), levels=2, reblur_net=FixedReblur())
+    loss = JDRLLoss(LossConfig(reblur_anchor=False, ), ConstantFlow([0.0] * 4), levels=2, reblur_net=FixedReblur())
     with pytest.raises(ValueError, match="pseudo_supervision"):
         loss(row(SHARP), row(SHARP), row(ESTIMATE), None, epoch=100)
 
@@ -550,14 +550,16 @@ def test_variants_cover_table5_and_eq1_eq2():
         variant_overrides("no_such_variant")
 
 
+@pytest.mark.parametrize("anchor", [True, False])
 @pytest.mark.parametrize("logit_penalty", [0.0, 0.01])
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_every_variant_runs_and_has_its_terms(name, logit_penalty):
+def test_every_variant_runs_and_has_its_terms(name, logit_penalty, anchor):
     from jdrl.config import load_config
     from jdrl.flow import DISFlow
     from jdrl.models import build_deblur_net
 
-    config = load_config(None, {**variant_overrides(name), "model.preset": "tiny", "loss.logit_penalty": logit_penalty})
+    config = load_config(None, {**variant_overrides(name), "model.preset": "tiny", "loss.logit_penalty": logit_penalty,
+                                "loss.reblur_anchor": anchor})
     torch.manual_seed(0)
     net = build_deblur_net(config.model.arch, config.model.preset, config.model.levels)
     loss = JDRLLoss(config.loss, DISFlow(), levels=config.model.levels)
@@ -569,6 +571,8 @@ def test_every_variant_runs_and_has_its_terms(name, logit_penalty):
     expected_terms = {"deblur"}
     if config.loss.reblurring:
         expected_terms.add("reblur")
+        if anchor:  # R's own fit on the flow-aligned pair; L_R then trains F alone
+            expected_terms.add("reblur_fit")
     if config.loss.pseudo_supervision:
         expected_terms.add("pseudo")
     if config.loss.reblurring and config.loss.predict_seeds and config.loss.seed_penalty > 0:

@@ -340,7 +340,7 @@ def radius_picture(radius: np.ndarray | torch.Tensor, top: float | None = None, 
 def checkpoint_loss_config(state: dict[str, Any]):
     """The ``LossConfig`` a training checkpoint (``load_checkpoint``'s dict) was trained with; keys it
     predates take the values of that time (no ``seed_bound`` / ``weight_logit_bound``: unbounded;
-    no ``reblur_space``: sRGB; no pretraining, no anchor, no seed or logit penalty)."""
+    no ``reblur_space``: sRGB; no pretraining, no anchor, no seed or logit penalty, R's fit masked)."""
     from jdrl.losses import LossConfig
 
     if state.get("config", {}).get("loss") is None:  # not written by jdrl train: the defaults
@@ -351,6 +351,7 @@ def checkpoint_loss_config(state: dict[str, Any]):
     saved.setdefault("reblur_space", "srgb")  # before linear light existed
     saved.setdefault("reblur_pretrain", False)
     saved.setdefault("reblur_anchor", False)
+    saved.setdefault("reblur_fit_mask", True)  # before 2026-12-01 R's fit always had Eq. 6's mask
     saved.setdefault("seed_penalty", 0.0)
     saved.setdefault("logit_penalty", 0.0)
     known = set(LossConfig.__dataclass_fields__)

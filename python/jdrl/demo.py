@@ -149,7 +149,7 @@ class DemoSettings:
     seed: int = 0
     device: str = "auto"
     # Dotted config overrides (as ``--set`` gives) for every training, after each method's own:
-    # e.g. {"loss.reblur_anchor": True} to try our anchored reblurring net in "ours".
+    # e.g. {"loss.reblur_anchor": False} to train "ours" with Eq. 2's reblurring net (on I_hat, I_B).
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -556,7 +556,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="CPU threads for torch and OpenCV (default: all cores)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every training, VALUE read as YAML (repeatable), "
-                             "e.g. --set loss.reblur_anchor=true")
+                             "e.g. --set loss.reblur_anchor=false")
     parser.set_defaults(func=run)
 
 
