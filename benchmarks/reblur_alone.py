@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logit-bound", type=float, default=6.0, help="R_wpn logit bound (0: unbounded)")
     parser.add_argument("--mask", action="store_true",
                         help="with --target warped: L_R only where the calibration mask of the flow (Eq. 6, "
-                             "lambda 0.35 and the loss's floor) trusts it, as loss.reblur_fit_mask does in training")
+                             "lambda 0.35 and the loss's floor) trusts it, as training does with loss.reblur_fit_mask=true")
     parser.add_argument("--space", choices=("srgb", "linear"), default="srgb")
     parser.add_argument("--transfer", choices=("srgb", "gamma2.2"), default="srgb")
     parser.add_argument("--levels", type=int, default=8)

@@ -31,7 +31,7 @@ checkpoints) in lockstep chunks of half the epochs that still fit, re-measuring 
 each chunk (on a shared machine they change), until not one more epoch of all fits. ``--epochs``
 fixes the count instead. The reblurring net trains at 1e-3 (``DEMO_REBLUR_LR``; ``--set
 optim.reblur_lr=...`` changes it; the networks at ``--lr``), and learns the blur from the flow-aligned sharp targets during the warm-up
-(``loss.reblur_pretrain``). ``--quick`` is a seconds-long smoke run (tiny network, 48 px images, 2
+(``loss.reblur_pretrain``) and after it (``loss.reblur_anchor``). ``--quick`` is a seconds-long smoke run (tiny network, 48 px images, 2
 steps) for tests.
 
 Example::
