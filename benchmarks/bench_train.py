@@ -17,6 +17,11 @@ on CUDA, ``perf_counter`` on the CPU):
   by part in the reverse order). The gradients are the same as one ``total.backward()``.
 - the optimizer step.
 
+With the default ``loss.reblur_anchor`` a step also fits R on the flow-aligned sharp target: one
+more flow estimate (``I_S`` onto ``I_B``) and one more R forward than Eq. 2's step, whose ``L_R``
+then reblurs ``I_hat`` with R's seeds and weights as constants (``ReblurNet.blur``, timed and cut
+like the forward).
+
 An uninstrumented step (one ``total.backward()``, no cuts, no wrappers) is timed too, so the
 overhead of the split is visible. Data: crops of scikit-image's astronaut photo; the "sharp" target
 is misaligned by a smooth warp of up to ~3 px and the "blurry" input is a Gaussian blur (sigma 2).
@@ -156,12 +161,16 @@ class TimedFlow:
 
 
 class TimedReblurNet(nn.Module):
-    """Wraps a ``ReblurNet``: times its forward and cuts the graph around ``jdrl_ext.reblur``.
+    """Wraps a ``ReblurNet``: times its forward and its ``blur`` and cuts the graph where R's
+    outputs leave it and where the op's output leaves the op.
 
-    ``ReblurNet.forward`` calls ``jdrl_ext.reblur`` through the module attribute, so for the
-    duration of a forward that attribute points at a function that cuts the op's inputs (the
-    "reblur net bwd" part ends there), times the op and cuts its output (the "reblur op bwd" part).
-    The op itself is the real one.
+    The forward is ``ReblurNet.predict`` (seeds, weights, level logits), cut there: the "reblur net
+    bwd" part ends at those three, so the penalties on the seeds and logits, the op and everything
+    after them push their gradients into R in one backward. Then ``ReblurNet.blur`` (the colour
+    transfer and ``jdrl_ext.reblur``), cut at its output: the "reblur op bwd" part. The anchored
+    ``L_R`` (``loss.reblur_anchor``) calls ``blur`` alone, with R's seeds and weights as constants.
+    ``ReblurNet.blur`` calls ``jdrl_ext.reblur`` through the module attribute, which points at a
+    timed version of the real op for the duration of the call.
     """
 
     def __init__(self, inner: nn.Module, timer: PartTimer, cuts_holder: dict) -> None:
@@ -171,23 +180,34 @@ class TimedReblurNet(nn.Module):
         self.cuts_holder = cuts_holder  # {"cuts": BackwardCuts of the current step}
 
     def forward(self, sharp_est: torch.Tensor, blurry: torch.Tensor) -> Any:
-        original_reblur = jdrl_ext.reblur
+        from jdrl.models import ReblurOutput
+
         cuts: BackwardCuts = self.cuts_holder["cuts"]
+        with self.timer("reblur net fwd (with op)"):
+            seeds, weights, level_logits = self.inner.predict(sharp_est, blurry)
+            seeds, weights, level_logits = cuts.cut("reblur net bwd", [seeds, weights, level_logits])
+            reblurred = self._timed_blur(sharp_est, seeds, weights)
+        return ReblurOutput(reblurred, seeds, weights, level_logits)
+
+    def blur(self, image: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        with self.timer("reblur net fwd (with op)"):
+            return self._timed_blur(image, seeds, weights)
+
+    def _timed_blur(self, image: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        original_reblur = jdrl_ext.reblur
         timer = self.timer
 
-        def reblur_with_cuts(image: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor, **options: Any) -> torch.Tensor:
-            image, seeds, weights = cuts.cut("reblur net bwd", [image, seeds, weights])
+        def timed_reblur(image: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor, **options: Any) -> torch.Tensor:
             with timer("reblur op fwd"):
-                out = original_reblur(image, seeds, weights, **options)
-            (out,) = cuts.cut("reblur op bwd", [out])
-            return out
+                return original_reblur(image, seeds, weights, **options)
 
-        jdrl_ext.reblur = reblur_with_cuts
+        jdrl_ext.reblur = timed_reblur
         try:
-            with timer("reblur net fwd (with op)"):
-                return self.inner(sharp_est, blurry)
+            out = self.inner.blur(image, seeds, weights)
         finally:
             jdrl_ext.reblur = original_reblur
+        (out,) = self.cuts_holder["cuts"].cut("reblur op bwd", [out])
+        return out
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -229,14 +249,17 @@ def make_batch(case: TrainCase, device: torch.device, seed: int) -> tuple[torch.
 # --- one configuration --------------------------------------------------------------------------------
 
 
-def build(case: TrainCase, device: torch.device, flow_backend: str, flow_weights: str | None) -> dict:
+def build(case: TrainCase, device: torch.device, flow_backend: str, flow_weights: str | None, loss_config: Any = None) -> dict:
+    """The networks, the timed and the plain loss and the optimizer of one configuration;
+    ``loss_config`` (a ``LossConfig``) defaults to today's defaults with ``reblur_after_warmup``
+    off."""
     from jdrl.flow import build_flow_estimator
     from jdrl.losses import JDRLLoss, LossConfig, build_reblur_net
     from jdrl.models import build_deblur_net
 
     torch.manual_seed(0)
     # Every timed step includes the reblurring net, whatever --epoch says about the flow's anchor.
-    loss_config = LossConfig(reblur_after_warmup=False)
+    loss_config = loss_config if loss_config is not None else LossConfig(reblur_after_warmup=False)
     deblur_net = build_deblur_net(case.arch, case.preset, case.levels).to(device)
     reblur_net = build_reblur_net(loss_config, case.levels).to(device)
     flow_estimator = build_flow_estimator(flow_backend, flow_weights)

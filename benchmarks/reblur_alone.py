@@ -2,8 +2,9 @@
 
 R gets (a sharp image, the blurry image) and is trained with ``L_R = C(R(sharp) - blurry)``, nothing
 else: no deblurring net. The sharp image is ``gt_aligned`` (ground truth, ``--target aligned``) or
-the misaligned ``gt`` warped onto the blurry image by DIS flow (``--target warped``: what
-``loss.reblur_pretrain`` uses during the warm-up, no ground truth). After training, on the
+the misaligned ``gt`` warped onto the blurry image by DIS flow (``--target warped``: what R's fit
+in training uses, ``loss.reblur_pretrain`` and ``loss.reblur_anchor``, no ground truth; ``--mask``
+counts only the pixels the calibration mask of that flow keeps). After training, on the
 training pairs and on the test pairs it reports:
 
 - PSNR of R's reblurred image against the blurry one, and of the sharp input itself (identity R);
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         "test": measure(net, test_pairs, args.levels, args.seed_bound),
         "history": history,
     }
-    name = args.name or f"{args.target}_lr{args.lr:g}_lb{args.logit_bound:g}_{args.space}{'_' + args.transfer if args.space == 'linear' else ''}_s{args.steps}"
+    name = args.name or (f"{args.target}{'_mask' if args.mask else ''}_lr{args.lr:g}_lb{args.logit_bound:g}_{args.space}"
+                         f"{'_' + args.transfer if args.space == 'linear' else ''}_s{args.steps}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.save is not None:
         torch.save(net.state_dict(), args.save)

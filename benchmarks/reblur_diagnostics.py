@@ -14,7 +14,8 @@ and the table reports, averaged over those pairs:
   I_hat`` and ``sharpness I_B``, the high-frequency energy (mean squared Laplacian, 8 px border left
   out) of F's output and of the blurry input relative to ``gt_aligned``'s (1 = as sharp as the
   truth); ``R radius`` and ``true radius``, the means of R's implied blur radius
-  (:func:`jdrl.defocus.implied_radius`, R run on ``(I_hat, I_B)`` as in training) and of the true
+  (:func:`jdrl.defocus.implied_radius`, R run as in training: on ``(I_hat, I_B)``, or anchored
+  as below) and of the true
   one; ``R radius, true < 2`` and ``R radius, true >= 4``, R's radius where the true blur is
   small and where it is large (per image the mean over those pixels, then the mean over the images
   that have such pixels: each image counts once). An anchored R (``loss.reblur_anchor``) runs as it

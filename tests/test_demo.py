@@ -79,13 +79,14 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 
 def test_demo_set_overrides_reach_every_training(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--quick", "--out", str(out), "--threads", "1", "--device", "cpu", "--set", "loss.reblur_anchor=true"]
+    # The anchor is on by default: switching it off shows the override reaching every training.
+    argv = ["demo", "--quick", "--out", str(out), "--threads", "1", "--device", "cpu", "--set", "loss.reblur_anchor=false"]
     assert main(argv) == 0
     for name in ("ours", "l1", "no_reblur"):
         state = torch.load(out / "runs" / name / "last.pt", map_location="cpu", weights_only=False)
-        assert state["config"]["loss"]["reblur_anchor"] is True, name
-    assert "`loss.reblur_anchor=True`" in (out / "metrics.md").read_text()
-    assert json.loads((out / "metrics.json").read_text())["settings"]["overrides"] == {"loss.reblur_anchor": True}
+        assert state["config"]["loss"]["reblur_anchor"] is False, name
+    assert "`loss.reblur_anchor=False`" in (out / "metrics.md").read_text()
+    assert json.loads((out / "metrics.json").read_text())["settings"]["overrides"] == {"loss.reblur_anchor": False}
 
 
 def test_demo_unknown_set_key_is_a_usage_error(tmp_path, capsys):

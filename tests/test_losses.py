@@ -441,13 +441,16 @@ def test_reblur_fit_mask_decides_whether_r_fits_the_pixels_the_calibration_mask_
     # FixedReblur halves it: differences from I_B = 0.3 are .25 .2 .15 .1.
     blurry, sharp = row([0.3] * 4), row(SHARP)
     charb = [math.sqrt(v * v + EPS2) for v in (0.25, 0.2, 0.15, 0.1)]
+    deblur_terms = []
     for fit_mask, expected in ((True, sum(charb[:3]) / 3), (False, sum(charb) / 4)):
         loss = JDRLLoss(LossConfig(reblur_anchor=False, flow_warmup_epochs=3, seed_penalty=0.0, reblur_fit_mask=fit_mask),
                         ConstantFlow([0.0, 0.0, 0.0, 3.0]), levels=2, reblur_net=FixedReblur())
         out = loss(blurry, sharp, row(ESTIMATE), None, epoch=0)
         assert out.terms["reblur_pretrain"].item() == pytest.approx(expected, rel=1e-12), fit_mask
-        # Eq. 7's term keeps its mask either way.
+        # Eq. 7's term keeps its mask either way: L_D is the same with and without R's.
         assert out.stats["mask_kept"].item() == pytest.approx(0.75)
+        deblur_terms.append(out.terms["deblur"].item())
+    assert deblur_terms[0] == deblur_terms[1]
     # The anchored fit after the warm-up follows the same switch.
     class AnchorableReblur(FixedReblur):
         def blur(self, image, seeds, weights):
@@ -516,7 +519,7 @@ def test_anchored_r_learns_only_from_the_aligned_target_and_l_r_trains_f_alone()
 
 
 def test_pseudo_supervision_needs_a_defocus_map():
-    loss = JDRLLoss(LossConfig(reblur_anchor=False, ), ConstantFlow([0.0] * 4), levels=2, reblur_net=FixedReblur())
+    loss = JDRLLoss(LossConfig(reblur_anchor=False), ConstantFlow([0.0] * 4), levels=2, reblur_net=FixedReblur())
     with pytest.raises(ValueError, match="pseudo_supervision"):
         loss(row(SHARP), row(SHARP), row(ESTIMATE), None, epoch=100)
 

@@ -149,7 +149,8 @@ class DemoSettings:
     seed: int = 0
     device: str = "auto"
     # Dotted config overrides (as ``--set`` gives) for every training, after each method's own:
-    # e.g. {"loss.reblur_anchor": False} to train "ours" with Eq. 2's reblurring net (on I_hat, I_B).
+    # e.g. {"loss.reblur_anchor": False, "loss.logit_penalty": 0, "loss.reblur_fit_mask": True} to
+    # train "ours" with Eq. 2's reblurring net (on I_hat, I_B), the defaults until 2026-12-01.
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -556,7 +557,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="CPU threads for torch and OpenCV (default: all cores)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every training, VALUE read as YAML (repeatable), "
-                             "e.g. --set loss.reblur_anchor=false")
+                             "e.g. --set loss.seed_penalty=0")
     parser.set_defaults(func=run)
 
 

@@ -222,9 +222,9 @@ class LossConfig:
             (reblurred vs blurry +0.7-1.0 dB) and its pseudo map follows the blur (Spearman
             0.62-0.72 against 0.10-0.52; ``benchmarks/RESULTS.md``, "R's level weights"). But in
             joint training it cost "ours" 0.06-0.23 dB in the demo (2 seeds) and 0.21 dB in the
-            ablation, and R's map 0.02-0.14 Spearman, with R trained on ``(I_hat, I_B)``. With the
-            anchor (``reblur_anchor``) it is what keeps R from giving all its weight to its
-            smallest kernel, and it is on by default with the anchor (2026-12-01).
+            ablation, and R's map 0.02-0.14 Spearman, with R trained on ``(I_hat, I_B)``. On by
+            default with the anchor (2026-12-01): in the one anchored run without it (demo, seed 2)
+            R gave all its weight to level 1, its smallest kernel.
         reblur_space, reblur_transfer: ``"srgb"`` reblurs the sRGB values (the paper);
             ``"linear"`` (the default, a departure from the paper) reblurs in linear light (SPEC
             section 7), with the IEC 61966-2-1 sRGB curve (``reblur_transfer: "srgb"``) or
@@ -235,8 +235,9 @@ class LossConfig:
             Spearman of its radius with the true one 0.60 against 0.35; RESULTS.md).
         reblur_pretrain: our departure from the paper. During the flow warm-up (epochs ``< T``,
             with ``reblur_after_warmup``) R trains on the flow-aligned sharp target:
-            ``C(M * (R(warp(I_S -> I_B), I_B) - I_B))`` weighted by ``alpha``, with the warp and the
-            mask of Eq. 7's first term (no ground truth; F gets no gradient from it). So when
+            ``C(R(warp(I_S -> I_B), I_B) - I_B)`` weighted by ``alpha``, with the warp of Eq. 7's
+            first term and, with ``reblur_fit_mask``, its mask ``M`` (no ground truth; F gets no
+            gradient from it). So when
             ``L_R`` and ``L_P`` join, R already explains the blur instead of starting from random
             kernels next to an ``I_hat`` that is still nearly ``I_B`` (where the best R is the
             identity, which pulls ``I_hat`` back to the input). Trained alone on that target
@@ -260,9 +261,11 @@ class LossConfig:
             Spearman 0.87-0.89 with the true one (Eq. 2's R: 0.39-0.64, collapsing to the identity on
             one seed) and "Ours" is above "#4" on every seed (+0.08 to +0.31 dB) and 0.25 dB above
             Eq. 2's R on average; in ``jdrl demo`` (3 seeds) R's map is the best of the settings run
-            on each seed (0.43-0.80 against 0.24-0.57), ours has the highest SSIM of all rows on
+            on each seed (0.43-0.80; Eq. 2's R: 0.24-0.57), ours has the highest SSIM of all rows on
             every seed, and PSNR vs ``gt_aligned`` 0.11 dB below Eq. 2's R on average (flow-aligned:
-            0.05 dB above).
+            0.05 dB above); F_B's map does not follow the blur in either (Spearman -0.26 to -0.12;
+            Eq. 2's R: -0.59 to -0.15). Synthetic data and short CPU runs only. Eq. 2's R as
+            before: ``reblur_anchor: false``, ``logit_penalty: 0``, ``reblur_fit_mask: true``.
         reblur_fit_mask: whether R's fit on the flow-aligned target (``reblur_pretrain`` and
             ``reblur_anchor``) counts only the pixels that Eq. 6's calibration mask keeps, as Eq. 7's
             first term does (False, the default since 2026-12-01: R fits every pixel). On ``jdrl synth`` data the parallax grows with the
@@ -271,8 +274,11 @@ class LossConfig:
             the large radii from too few pixels: trained alone (448 steps at 1e-3, both penalties),
             the Spearman of R's radius with the true one on the demo's test pairs fell from 0.83 to
             0.67 and from 0.70 to 0.58 with the mask; in the demo, anchored, R's map went from 0.76
-            / 0.19 / 0.73 (with) to 0.79 / 0.43 / 0.80 (without) over three seeds
-            (``benchmarks/RESULTS.md``).
+            / 0.19 / 0.73 (with) to 0.79 / 0.43 / 0.80 (without) over three seeds; in the ablation
+            (256 pairs) it made no difference (0.86-0.88 with, 0.87-0.89 without;
+            ``benchmarks/RESULTS.md``). On real pairs, where the misalignment comes mostly from the
+            lens, the mask would rather drop pixels where the flow failed (occlusions): measured on
+            synthetic data only.
         pseudo_supervision: add ``beta * L_P`` (Eq. 2); False gives Eq. 1.
         weighted_pseudo_map: Eq. 13 (weights times seeds); False supervises with the raw seeds as
             the authors' code does.
@@ -617,7 +623,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_kpn": {**_TABLE5_BASE, "loss.predict_seeds": False},
     "no_wpn": {**_TABLE5_BASE, "loss.predict_weights": False},
 }
-"""Named config overrides: ``eq2`` (the paper's method, Table 1), ``eq1`` (Table 1 without
+"""Named config overrides: ``eq2`` (the full objective of Eq. 2, Table 1; with today's defaults
+R is anchored, ``LossConfig.reblur_anchor``), ``eq1`` (Table 1 without
 ``L_P``), ``unet_eq1`` (Table 5 "Ours (Eq. (1))"), and Table 5 rows #1-#6: ``l1``, ``no_cycle``,
 ``no_mask``, ``no_reblur``, ``no_kpn``, ``no_wpn``."""
 

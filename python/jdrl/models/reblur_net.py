@@ -133,10 +133,15 @@ class ReblurNet(nn.Module):
         return [{"params": rest, "lr": lr}, {"params": kernel, "lr": lr * kernel_lr_scale}]
 
     def forward(self, sharp_est: torch.Tensor, blurry: torch.Tensor) -> ReblurOutput:
-        # Imported here, not at the top, so that the deblurring networks (all that inference
-        # needs) import without the compiled ops; training cannot run without them.
-        import jdrl_ext
+        seeds, weights, level_logits = self.predict(sharp_est, blurry)
+        return ReblurOutput(self.blur(sharp_est, seeds, weights), seeds, weights, level_logits)
 
+    def predict(
+        self, sharp_est: torch.Tensor, blurry: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """R's blur model for the pair, without applying it: ``(seeds (B, S(m), H, W), weights (B,
+        m, H, W), level_logits (B, m, H, W) or None without R_wpn)``; ``forward`` is ``blur`` of
+        these."""
         if sharp_est.dim() != 4 or sharp_est.shape[1] != 3 or blurry.shape != sharp_est.shape:
             raise ValueError(
                 f"sharp_est and blurry must both be (B, 3, H, W) of one size, got {tuple(sharp_est.shape)} "
@@ -158,7 +163,7 @@ class ReblurNet(nn.Module):
             weights = torch.softmax(level_logits, dim=1)
         else:
             weights = sharp_est.new_full((batch, self.levels, height, width), 1.0 / self.levels)
-        return ReblurOutput(self.blur(sharp_est, seeds, weights), seeds, weights, level_logits)
+        return seeds, weights, level_logits
 
     def blur(self, image: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Eq. 11 with given ``seeds (B, S(m), H, W)`` and ``weights (B, m, H, W)``, in this net's
