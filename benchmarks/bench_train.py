@@ -11,16 +11,17 @@ The parts are timed with explicit synchronization (``torch.cuda.synchronize`` an
 on CUDA, ``perf_counter`` on the CPU):
 
 - forward: ``F``; the flow estimator (every call, wrapped); ``ReblurNet`` without the op; the op
-  ``jdrl_ext.reblur``; the rest of the loss ("losses": warps, masks, Charbonnier, B_P).
+  (``ReblurNet.blur``: ``jdrl_ext.reblur`` with the colour transfer around it, linear light by
+  default); the rest of the loss ("losses": warps, masks, Charbonnier, B_P).
 - backward: split into separate ``autograd.backward`` calls at the boundaries of those parts (each
   part's outputs are detached into leaves in the forward, and their gradients are pushed back part
   by part in the reverse order). The gradients are the same as one ``total.backward()``.
 - the optimizer step.
 
-With the default ``loss.reblur_anchor`` a step also fits R on the flow-aligned sharp target: one
-more flow estimate (``I_S`` onto ``I_B``) and one more R forward than Eq. 2's step, whose ``L_R``
-then reblurs ``I_hat`` with R's seeds and weights as constants (``ReblurNet.blur``, timed and cut
-like the forward).
+With the default ``loss.reblur_anchor`` R fits the flow-aligned sharp target and ``L_R`` reblurs
+``I_hat`` with R's seeds and weights as constants: against Eq. 2's step, one more op (``ReblurNet.blur``
+of ``I_hat``, timed and cut like the forward's) and, from ``--epoch 15`` on, one more flow estimate
+(``I_S`` onto ``I_B``; during the warm-up the fit reuses ``L_D``'s warp).
 
 An uninstrumented step (one ``total.backward()``, no cuts, no wrappers) is timed too, so the
 overhead of the split is visible. Data: crops of scikit-image's astronaut photo; the "sharp" target
@@ -166,11 +167,10 @@ class TimedReblurNet(nn.Module):
 
     The forward is ``ReblurNet.predict`` (seeds, weights, level logits), cut there: the "reblur net
     bwd" part ends at those three, so the penalties on the seeds and logits, the op and everything
-    after them push their gradients into R in one backward. Then ``ReblurNet.blur`` (the colour
-    transfer and ``jdrl_ext.reblur``), cut at its output: the "reblur op bwd" part. The anchored
-    ``L_R`` (``loss.reblur_anchor``) calls ``blur`` alone, with R's seeds and weights as constants.
-    ``ReblurNet.blur`` calls ``jdrl_ext.reblur`` through the module attribute, which points at a
-    timed version of the real op for the duration of the call.
+    after them push their gradients into R in one backward. Then the op, ``ReblurNet.blur``
+    (``jdrl_ext.reblur`` and the colour transfer around it), timed as "reblur op fwd" and cut at its
+    output: the "reblur op bwd" part. The anchored ``L_R`` (``loss.reblur_anchor``) calls ``blur``
+    alone, with R's seeds and weights as constants.
     """
 
     def __init__(self, inner: nn.Module, timer: PartTimer, cuts_holder: dict) -> None:
@@ -194,18 +194,8 @@ class TimedReblurNet(nn.Module):
             return self._timed_blur(image, seeds, weights)
 
     def _timed_blur(self, image: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        original_reblur = jdrl_ext.reblur
-        timer = self.timer
-
-        def timed_reblur(image: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor, **options: Any) -> torch.Tensor:
-            with timer("reblur op fwd"):
-                return original_reblur(image, seeds, weights, **options)
-
-        jdrl_ext.reblur = timed_reblur
-        try:
+        with self.timer("reblur op fwd"):
             out = self.inner.blur(image, seeds, weights)
-        finally:
-            jdrl_ext.reblur = original_reblur
         (out,) = self.cuts_holder["cuts"].cut("reblur op bwd", [out])
         return out
 

@@ -17,8 +17,8 @@ def _bench_train():
     return bench_train
 
 
-@pytest.mark.parametrize("anchor", [True, False])
-def test_the_instrumented_step_has_the_gradients_of_a_plain_step(anchor):
+@pytest.mark.parametrize(("anchor", "predict"), [(True, "both"), (False, "both"), (True, "no_kpn"), (True, "no_wpn")])
+def test_the_instrumented_step_has_the_gradients_of_a_plain_step(anchor, predict):
     from jdrl.losses import LossConfig
 
     bench = _bench_train()
@@ -26,7 +26,8 @@ def test_the_instrumented_step_has_the_gradients_of_a_plain_step(anchor):
     case = bench.TrainCase("jdrl", "tiny", 1, 32, 32, 8)
     # Both penalties on: their backward runs in "losses bwd" and must stop at R's cut outputs.
     config = LossConfig(reblur_after_warmup=False, reblur_anchor=anchor, seed_penalty=0.5, seed_penalty_margin=0.0,
-                        logit_penalty=0.5, logit_penalty_margin=0.0)
+                        logit_penalty=0.5, logit_penalty_margin=0.0, predict_seeds=predict != "no_kpn",
+                        predict_weights=predict != "no_wpn")
     parts = bench.build(case, device, "dis", None, loss_config=config)
     for group in parts["optimizer"].param_groups:
         group["lr"] = 0.0  # the step leaves the weights as they are: both steps see the same nets

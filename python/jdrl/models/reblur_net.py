@@ -168,6 +168,8 @@ class ReblurNet(nn.Module):
     def blur(self, image: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Eq. 11 with given ``seeds (B, S(m), H, W)`` and ``weights (B, m, H, W)``, in this net's
         colour space (``space``/``transfer``), its kernel support and padding."""
+        # Imported here, not at the top, so that the deblurring networks (all that inference
+        # needs) import without the compiled ops; training cannot run without them.
         import jdrl_ext
 
         if self.space == "linear":
