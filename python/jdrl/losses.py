@@ -268,10 +268,10 @@ class LossConfig:
             before: ``reblur_anchor: false``, ``logit_penalty: 0``, ``reblur_fit_mask: true``.
         reblur_fit_mask: whether R's fit on the flow-aligned target (``reblur_pretrain`` and
             ``reblur_anchor``) counts only the pixels that Eq. 6's calibration mask keeps, as Eq. 7's
-            first term does (False, the default since 2026-12-01: R fits every pixel). On ``jdrl synth`` data the parallax grows with the
-            distance from the focal plane, as the blur does, so the mask drops the most defocused
-            pixels (it keeps 85-87%, true radius 1.9-2.1 px kept, 2.6-3.0 px dropped) and R learns
-            the large radii from too few pixels: trained alone (448 steps at 1e-3, both penalties),
+            first term does (False, the default since 2026-12-01: R fits every pixel). On ``jdrl
+            synth`` data the parallax grows with the distance from the focal plane, as the blur
+            does, so the mask drops the most defocused pixels (it keeps 85-87%, true radius 1.9-2.1
+            px kept, 2.6-3.0 px dropped) and R learns the large radii from too few pixels: trained alone (448 steps at 1e-3, both penalties),
             the Spearman of R's radius with the true one on the demo's test pairs fell from 0.83 to
             0.67 and from 0.70 to 0.58 with the mask; in the demo, anchored, R's map went from 0.76
             / 0.19 / 0.73 (with) to 0.79 / 0.43 / 0.80 (without) over three seeds; in the ablation
