@@ -68,23 +68,18 @@ def diagnose(
     import numpy as np
 
     from jdrl.checkpoint import load_checkpoint, load_deblur_net
-    from jdrl.defocus import checkpoint_loss_config, implied_radius, reblur_net_input
+    from jdrl.defocus import implied_radius, load_reblur_net, reblur_net_input
     from jdrl.flow import build_flow_estimator
     from jdrl.imageio import read_image
-    from jdrl.losses import build_reblur_net, charbonnier
+    from jdrl.losses import charbonnier
 
     checkpoint = run_dir / checkpoint_name
     if not checkpoint.is_file():
         raise SystemExit(f"{checkpoint}: no such checkpoint (--checkpoint names the file inside each run folder)")
     state = load_checkpoint(checkpoint)
-    reblur_net, loss_config, eps = None, None, None
-    if state.get("reblur") is not None:
-        # Settings a checkpoint predates (seed_bound, weight_logit_bound) were unbounded then.
-        loss_config = checkpoint_loss_config(state)
-        eps = loss_config.eps
-        reblur_net = build_reblur_net(loss_config, state["config"]["model"]["levels"])
-        reblur_net.load_state_dict(state["reblur"])
-        reblur_net.eval()
+    # Settings a checkpoint predates (seed_bound, weight_logit_bound) take the values of its time.
+    reblur_net, loss_config = load_reblur_net(state) or (None, None)
+    eps = loss_config.eps if loss_config is not None else None
     deblur_net = load_deblur_net(checkpoint).eval()
     split_root = data_root / split
     files = sorted((split_root / "blur").glob("*.png"))[:pairs]
@@ -116,11 +111,10 @@ def diagnose(
             values: dict[str, float] = {}
             if reblur_net is not None:
                 sharp = read_image(split_root / "gt" / path.name)[None] if anchored else None
-                out = reblur_net(reblur_net_input(blurry, estimate, loss_config, sharp, flow_estimator), blurry)
-                seeds, weights = out.seeds, out.weights
-                # Anchored, R read the blur from the flow-aligned sharp target, and that blur is what
-                # L_R applies to I_hat.
-                reblurred = reblur_net.blur(estimate, seeds, weights) if anchored else out.reblurred
+                # R reads the blur from its input of training (I_hat, or anchored the flow-aligned
+                # sharp target), and that blur is what L_R applies to I_hat.
+                seeds, weights, _ = reblur_net.predict(reblur_net_input(blurry, estimate, loss_config, sharp, flow_estimator), blurry)
+                reblurred = reblur_net.blur(estimate, seeds, weights)
                 values.update({
                     "max abs seed": seeds.abs().max().item(),
                     "mean abs seed": seeds.abs().mean().item(),

@@ -9,19 +9,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-
-
-def _bench_train():
-    import bench_train
-
-    return bench_train
+import bench_train as bench  # noqa: E402
 
 
 @pytest.mark.parametrize(("anchor", "predict"), [(True, "both"), (False, "both"), (True, "no_kpn"), (True, "no_wpn")])
 def test_the_instrumented_step_has_the_gradients_of_a_plain_step(anchor, predict):
     from jdrl.losses import LossConfig
 
-    bench = _bench_train()
     device = torch.device("cpu")
     case = bench.TrainCase("jdrl", "tiny", 1, 32, 32, 8)
     # Both penalties on: their backward runs in "losses bwd" and must stop at R's cut outputs.

@@ -419,8 +419,9 @@ def defocus_radii(
         net = reblur[0]
         device = next(net.parameters()).device
         r_input = reblur_net_input(blurry, sharp_est, config, sharp, flow_estimator)
-        out = net(r_input.to(device).float(), blurry.to(device).float())
-        radii["reblur"] = implied_radius(out.seeds, out.weights, net.support)[0].cpu()
+        # R's blur model only: the radius needs no reblurred image.
+        seeds, weights, _ = net.predict(r_input.to(device).float(), blurry.to(device).float())
+        radii["reblur"] = implied_radius(seeds, weights, net.support)[0].cpu()
     if defocus_map is not None and config.pseudo_supervision and config.weighted_pseudo_map:
         levels = levels_for_seed_channels(defocus_map.shape[1])
         radii["predicted_map"] = predicted_map_radius(defocus_map, levels, config.seed_bound, config.kernel_support)[0].cpu()
