@@ -23,6 +23,13 @@ and the table reports, averaged over those pairs:
   DIS unless the run chose another), its seeds and weights then applied to ``I_hat``. A run without a reblurring net (``#4``, ``L1``) gets only the
   sharpness columns.
 
+Where F has a defocus map supervised by Eq. 13's weighted pseudo map (Eq. 2) and the data has
+``gt_aligned/`` and ``radius/``, two Spearman correlations pooled over the pairs (textured pixels,
+m - 1 px border, as ``jdrl eval``): ``pseudo map Spearman``, R's pseudo map ``B_P`` read back as a
+radius (:func:`jdrl.defocus.predicted_map_radius`) against the true radius, the best F_B's map
+could score with this R; and ``F_B vs pseudo map``, F_B's map read back the same way against that
+read-back of ``B_P``: whether F_B learned what ``L_P`` asks of it.
+
 When the three ``L_R``-like columns agree, R is the identity and ``L_R`` pulls ``I_hat`` towards
 ``I_B``. When ``R radius`` stays far below ``true radius`` while ``sharpness I_hat`` stays near
 ``sharpness I_B``, R explains only the little blur F did not remove: ``L_R`` is small for a blurry
@@ -68,10 +75,10 @@ def diagnose(
     import numpy as np
 
     from jdrl.checkpoint import load_checkpoint, load_deblur_net
-    from jdrl.defocus import implied_radius, load_reblur_net, reblur_net_input
+    from jdrl.defocus import defocus_correlations, implied_radius, load_reblur_net, predicted_map_radius, reblur_net_input
     from jdrl.flow import build_flow_estimator
     from jdrl.imageio import read_image
-    from jdrl.losses import charbonnier
+    from jdrl.losses import charbonnier, pseudo_defocus_map
 
     checkpoint = run_dir / checkpoint_name
     if not checkpoint.is_file():
@@ -101,13 +108,16 @@ def diagnose(
     means: dict[str, float] = {}
     # R's mean radius where the true blur is small / large, over the images that have such pixels.
     by_true_radius: dict[str, list[float]] = {"R radius, true < 2": [], "R radius, true >= 4": []}
+    # Per image, for the pooled correlations: R's pseudo map and F_B's map read back as radii.
+    pseudo_radii, fb_radii, true_radii, aligned_images = [], [], [], []
     with torch.no_grad():
         for path in files:
             blurry = read_image(path)[None]
             # The margin must leave pixels inside, or every mean below would be NaN.
             if min(blurry.shape[-2:]) <= 2 * BORDER:
                 raise SystemExit(f"{path}: an image of {min(blurry.shape[-2:])} px leaves nothing inside the {BORDER} px margin")
-            estimate = deblur_net(blurry).sharp.clamp(0, 1)
+            output = deblur_net(blurry)
+            estimate = output.sharp.clamp(0, 1)
             values: dict[str, float] = {}
             if reblur_net is not None:
                 sharp = read_image(split_root / "gt" / path.name)[None] if anchored else None
@@ -137,17 +147,29 @@ def diagnose(
                 for name, where in (("R radius, true < 2", true_radius < 2), ("R radius, true >= 4", true_radius >= 4)):
                     if where.any():
                         by_true_radius[name].append(float(r_radius[where].mean()))
+                if with_truth and output.defocus_map is not None and loss_config.weighted_pseudo_map:
+                    def read_back(defocus_map: torch.Tensor) -> torch.Tensor:
+                        return predicted_map_radius(defocus_map, reblur_net.levels, loss_config.seed_bound, reblur_net.support)[0]
+
+                    pseudo_radii.append(read_back(pseudo_defocus_map(seeds, weights)))
+                    fb_radii.append(read_back(output.defocus_map))
+                    true_radii.append(torch.from_numpy(np.load(split_root / "radius" / f"{path.stem}.npy")))
+                    aligned_images.append(read_image(split_root / "gt_aligned" / path.name))
             for name, value in values.items():
                 means[name] = means.get(name, 0.0) + value / len(files)
     for name, per_image in by_true_radius.items():
         if per_image:
             means[name] = sum(per_image) / len(per_image)
+    if pseudo_radii:
+        means["pseudo map Spearman"] = defocus_correlations(pseudo_radii, true_radii, aligned_images)["spearman"]
+        means["F_B vs pseudo map"] = defocus_correlations(fb_radii, pseudo_radii, aligned_images)["spearman"]
     return {name: means.get(name) for name in COLUMNS}
 
 
 COLUMNS = (
     "max abs seed", "mean abs seed", "w0", "w_top", "L_R", "C(I_hat - I_B)", "C(R(I_hat) - I_hat)",
     "sharpness I_hat", "sharpness I_B", "R radius", "true radius", "R radius, true < 2", "R radius, true >= 4",
+    "pseudo map Spearman", "F_B vs pseudo map",
 )
 
 

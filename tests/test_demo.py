@@ -285,6 +285,45 @@ def test_reblur_diagnostics_runs_an_anchored_reblurring_net_as_it_trained(synthe
     shutil.rmtree(no_gt / "test" / "gt")
     with pytest.raises(SystemExit, match="anchored"):
         diagnostics.diagnose(run, no_gt, pairs=1, split="test")
+    # The UNet has no defocus map: no pseudo-map columns.
+    assert values["pseudo map Spearman"] is None and values["F_B vs pseudo map"] is None
+
+
+def test_reblur_diagnostics_compares_f_b_with_r_s_pseudo_map(synthetic, tmp_path):
+    """With F_B (Eq. 2, weighted pseudo map), the two pooled Spearman columns are R's pseudo map read
+    back against the true radius and F_B's read-back against R's, recomputed here by hand."""
+    from jdrl.checkpoint import load_deblur_net
+    from jdrl.defocus import defocus_correlations, load_reblur_net, predicted_map_radius, reblur_net_input
+    from jdrl.flow import build_flow_estimator
+    from jdrl.imageio import read_image
+    from jdrl.losses import pseudo_defocus_map
+
+    out = tmp_path / "eq2"
+    assert main(["ablate", "--out", str(out), "--data", str(synthetic), "--variants", "eq2", "--epochs", "1",
+                 "--steps-per-epoch", "2", "--preset", "tiny", "--device", "cpu", "--threads", "1",
+                 "--set", "loss.flow_warmup_epochs=0"]) == 0
+    run = out / "runs" / "eq2_seed0"
+    spec = importlib.util.spec_from_file_location("reblur_diagnostics", REPO / "benchmarks" / "reblur_diagnostics.py")
+    diagnostics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnostics)
+    values = diagnostics.diagnose(run, synthetic, pairs=2, split="test")
+
+    net = load_deblur_net(run / "last.pt").eval()
+    reblur, config = load_reblur_net(run / "last.pt")
+    flow = build_flow_estimator("dis")
+    pseudo, fb, true, aligned = [], [], [], []
+    with torch.no_grad():
+        for path in sorted((synthetic / "test" / "blur").glob("*.png"))[:2]:
+            blurry = read_image(path)[None]
+            output = net(blurry)
+            sharp = read_image(synthetic / "test" / "gt" / path.name)[None]
+            seeds, weights, _ = reblur.predict(reblur_net_input(blurry, output.sharp.clamp(0, 1), config, sharp, flow), blurry)
+            pseudo.append(predicted_map_radius(pseudo_defocus_map(seeds, weights), 8, config.seed_bound, reblur.support)[0])
+            fb.append(predicted_map_radius(output.defocus_map, 8, config.seed_bound, reblur.support)[0])
+            true.append(torch.from_numpy(np.load(synthetic / "test" / "radius" / f"{path.stem}.npy")))
+            aligned.append(read_image(synthetic / "test" / "gt_aligned" / path.name))
+    assert values["pseudo map Spearman"] == pytest.approx(defocus_correlations(pseudo, true, aligned)["spearman"], abs=1e-6)
+    assert values["F_B vs pseudo map"] == pytest.approx(defocus_correlations(fb, pseudo, aligned)["spearman"], abs=1e-6)
 
 
 def test_warmup_is_the_papers_share_and_shorter_than_the_run():
