@@ -14,6 +14,8 @@ training pairs and on the test pairs it reports:
 - ``level_weight_means`` (each level's mean weight) and ``level_weight_spatial_std`` (how much the
   weights vary over the image: ~0 when the logits sit at their bound and every pixel mixes the
   same levels);
+- ``radius_true_below_2`` and ``radius_true_at_least_4``: R's radius where the true radius is
+  below 2 px (nearly in focus) and where it is at least 4 px, as ``reblur_diagnostics.py`` reports;
 - ``pseudo_map_spearman``: R's pseudo defocus map (Eq. 13, what F_B is trained to predict) read back
   as a radius the way F_B's map is (``jdrl.defocus.predicted_map_radius``), against the true
   radius: the best F_B's radius could score with this R.
@@ -72,9 +74,17 @@ def measure(net, pairs, levels: int, seed_bound: float) -> dict[str, float]:
     net.eval()
     predicted, from_pseudo_map, psnr_reblur, psnr_identity, spread, seeds = [], [], [], [], [], []
     level_means, level_spatial_std = [], []
+    # R's radius where the true blur is small / large, as benchmarks/reblur_diagnostics.py: per image
+    # the mean over those pixels inside an m px border, then the mean over the images that have some.
+    by_true_radius: dict[str, list[float]] = {"radius_true_below_2": [], "radius_true_at_least_4": []}
+    inner = (slice(levels, -levels), slice(levels, -levels))  # m px: the reach of the kernels plus one
     for pair in pairs:
         out = net(pair["sharp"], pair["blurry"])
         predicted.append(implied_radius(out.seeds, out.weights, net.support)[0])
+        r_inner, true_inner = predicted[-1][inner], pair["radius"][inner]
+        for name, where in (("radius_true_below_2", true_inner < 2), ("radius_true_at_least_4", true_inner >= 4)):
+            if where.any():
+                by_true_radius[name].append(r_inner[where].mean().item())
         # The ceiling of F_B's radius: R's own pseudo map (Eq. 13, what F_B regresses) read back as a
         # radius the way F_B's map is (jdrl.defocus.predicted_map_radius).
         pseudo_map = pseudo_defocus_map(out.seeds, out.weights, weighted=True)
@@ -101,6 +111,7 @@ def measure(net, pairs, levels: int, seed_bound: float) -> dict[str, float]:
         "level_weight_means": [round(float(w), 4) for w in torch.stack(level_means).mean(dim=0)],
         "level_weight_spatial_std": float(np.mean(level_spatial_std)),
         "mean_radius": float(np.mean([p.mean().item() for p in predicted])),
+        **{name: float(np.mean(values)) if values else float("nan") for name, values in by_true_radius.items()},
         "pseudo_map_spearman": pseudo["spearman"],
         "pseudo_map_spearman_all": pseudo["spearman_all"],
     }

@@ -289,7 +289,17 @@ def test_reblur_diagnostics_runs_an_anchored_reblurring_net_as_it_trained(synthe
     assert values["pseudo map Spearman"] is None and values["F_B vs pseudo map"] is None
 
 
-def test_reblur_diagnostics_compares_f_b_with_r_s_pseudo_map(synthetic, tmp_path):
+@pytest.fixture(scope="module")
+def eq2_run(synthetic, tmp_path_factory) -> Path:
+    """A two-step Eq. 2 run (tiny preset, so F_B and R) on the synthetic pairs: its run folder."""
+    out = tmp_path_factory.mktemp("eq2")
+    assert main(["ablate", "--out", str(out), "--data", str(synthetic), "--variants", "eq2", "--epochs", "1",
+                 "--steps-per-epoch", "2", "--preset", "tiny", "--device", "cpu", "--threads", "1",
+                 "--set", "loss.flow_warmup_epochs=0"]) == 0
+    return out / "runs" / "eq2_seed0"
+
+
+def test_reblur_diagnostics_compares_f_b_with_r_s_pseudo_map(synthetic, eq2_run):
     """With F_B (Eq. 2, weighted pseudo map), the two pooled Spearman columns are R's pseudo map read
     back against the true radius and F_B's read-back against R's, recomputed here by hand."""
     from jdrl.checkpoint import load_deblur_net
@@ -298,11 +308,7 @@ def test_reblur_diagnostics_compares_f_b_with_r_s_pseudo_map(synthetic, tmp_path
     from jdrl.imageio import read_image
     from jdrl.losses import pseudo_defocus_map
 
-    out = tmp_path / "eq2"
-    assert main(["ablate", "--out", str(out), "--data", str(synthetic), "--variants", "eq2", "--epochs", "1",
-                 "--steps-per-epoch", "2", "--preset", "tiny", "--device", "cpu", "--threads", "1",
-                 "--set", "loss.flow_warmup_epochs=0"]) == 0
-    run = out / "runs" / "eq2_seed0"
+    run = eq2_run
     spec = importlib.util.spec_from_file_location("reblur_diagnostics", REPO / "benchmarks" / "reblur_diagnostics.py")
     diagnostics = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diagnostics)
@@ -324,6 +330,67 @@ def test_reblur_diagnostics_compares_f_b_with_r_s_pseudo_map(synthetic, tmp_path
             aligned.append(read_image(synthetic / "test" / "gt_aligned" / path.name))
     assert values["pseudo map Spearman"] == pytest.approx(defocus_correlations(pseudo, true, aligned)["spearman"], abs=1e-6)
     assert values["F_B vs pseudo map"] == pytest.approx(defocus_correlations(fb, pseudo, aligned)["spearman"], abs=1e-6)
+
+
+def test_defocus_map_alone_scores_f_b_against_r_s_frozen_pseudo_map(synthetic, eq2_run, tmp_path, capsys):
+    """benchmarks/defocus_map_alone.py: the run's own F_B row and the constant-map baseline are the
+    Charbonnier losses against R's pseudo map, recomputed here by hand; a fresh F_B trains on it (its
+    loss moves) and the radius target trains a one-channel map."""
+    from jdrl.checkpoint import load_deblur_net
+    from jdrl.defocus import load_reblur_net, reblur_net_input
+    from jdrl.flow import build_flow_estimator
+    from jdrl.imageio import read_image
+    from jdrl.losses import charbonnier, pseudo_defocus_map
+
+    spec = importlib.util.spec_from_file_location("defocus_map_alone", REPO / "benchmarks" / "defocus_map_alone.py")
+    alone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(alone)
+    scores = tmp_path / "pseudo.json"
+    assert alone.main([str(eq2_run), "--data", str(synthetic), "--steps", "3", "--log-every", "1", "--lr", "1e-2",
+                       "--json", str(scores)]) == 0
+    rows = json.loads(scores.read_text())["rows"]
+    assert [row["step"] for row in rows] == ["run's F_B", 1, 2, 3]
+    assert "| run's F_B |" in capsys.readouterr().out
+
+    net = load_deblur_net(eq2_run / "last.pt").eval()
+    reblur, config = load_reblur_net(eq2_run / "last.pt")
+    flow = build_flow_estimator("dis")
+
+    def maps(split):
+        out = []
+        with torch.no_grad():
+            for path in sorted((synthetic / split / "blur").glob("*.png")):
+                blurry = read_image(path)[None]
+                output = net(blurry)
+                sharp = read_image(synthetic / split / "gt" / path.name)[None]
+                seeds, weights, _ = reblur.predict(reblur_net_input(blurry, output.sharp.clamp(0, 1), config, sharp, flow), blurry)
+                out.append((pseudo_defocus_map(seeds, weights), output.defocus_map))
+        return out
+
+    test, train = maps("test"), maps("train")
+    mean = torch.cat([pseudo for pseudo, _ in train]).mean(dim=(0, 2, 3), keepdim=True)
+    run_loss = np.mean([charbonnier(fb - pseudo, eps=config.eps).item() for pseudo, fb in test])
+    mean_loss = np.mean([charbonnier(mean - pseudo, eps=config.eps).item() for pseudo, _ in test])
+    assert rows[0]["L_P"] == pytest.approx(run_loss, rel=1e-5)
+    assert [row["L_P_of_mean"] for row in rows] == pytest.approx([mean_loss] * 4, rel=1e-4)
+    assert len({round(row["L_P"], 6) for row in rows[1:]}) > 1
+
+    radius_scores = tmp_path / "radius.json"
+    assert alone.main([str(eq2_run), "--data", str(synthetic), "--target", "radius", "--steps", "1",
+                       "--json", str(radius_scores)]) == 0
+    radius_rows = json.loads(radius_scores.read_text())["rows"]
+    assert [row["step"] for row in radius_rows] == [1] and np.isfinite(radius_rows[0]["L_P"])
+
+    # --moving: a fresh R trains beside F_B, so the targets (and their mean) change from step to step.
+    moving_scores = tmp_path / "moving.json"
+    assert alone.main([str(eq2_run), "--data", str(synthetic), "--moving", "--steps", "2", "--log-every", "1",
+                       "--json", str(moving_scores)]) == 0
+    moving_rows = json.loads(moving_scores.read_text())["rows"]
+    assert moving_rows[0] == rows[0]
+    assert moving_rows[1]["L_P_of_mean"] != pytest.approx(moving_rows[2]["L_P_of_mean"], rel=1e-6)
+    assert moving_rows[1]["L_P_of_mean"] != pytest.approx(mean_loss, rel=1e-3)
+    with pytest.raises(SystemExit):
+        alone.main([str(eq2_run), "--data", str(synthetic), "--moving", "--target", "radius"])
 
 
 def test_warmup_is_the_papers_share_and_shorter_than_the_run():
