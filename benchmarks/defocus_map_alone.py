@@ -27,7 +27,8 @@ target only).
 target moves. A fresh R trains beside F_B, as joint training fits it (its fit ``C(R(warp(I_S),
 I_B) - I_B)`` with the run's seed and logit penalties, at the run's ``optim.reblur_lr``, alone for
 the run's warm-up steps first), and each F_B step regresses R's pseudo map of that moment; the
-test scores use R's map of that moment too. Still no ``L_D``.
+test scores use R's map of that moment too. Still no ``L_D``. ``--ema D`` takes the targets from
+an exponential moving average of R's weights instead (decay ``D`` per step; a slow teacher).
 
 Example (one thread, about 3 minutes; ``jdrl demo`` gives F_B 448 steps)::
 
@@ -38,6 +39,7 @@ Example (one thread, about 3 minutes; ``jdrl demo`` gives F_B 448 steps)::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -130,10 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=112)
     parser.add_argument("--moving", action="store_true",
                         help="train a fresh R beside F_B (anchored runs): F_B regresses R's pseudo map of each step")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="with --moving: F_B's targets from an average of R's weights, decay EMA per step (e.g. 0.99)")
     parser.add_argument("--json", type=Path, default=None, help="write the scores there")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.log_every < 1:
         parser.error("--steps and --log-every must be positive")
+    if not 0.0 <= args.ema < 1.0 or (args.ema > 0 and not args.moving):
+        parser.error("--ema is a decay in [0, 1) and needs --moving")
     if args.moving and args.target != "pseudo":
         parser.error("--moving needs --target pseudo (the true radius does not move)")
     torch.set_num_threads(args.threads)
@@ -166,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--moving needs an anchored run (loss.reblur_anchor): R's input must not depend on F")
         reblur_lr = state["config"]["optim"].get("reblur_lr") or state["config"]["optim"]["lr"]
         fresh_r = build_reblur_net(config, levels)
+        # --ema: the targets come from an exponential moving average of R's weights (a slow teacher).
+        teacher = copy.deepcopy(fresh_r).requires_grad_(False) if args.ema > 0 else None
         r_optimizer = torch.optim.Adam(fresh_r.parameter_groups(reblur_lr, state["config"]["optim"].get("reblur_kernel_lr_scale", 1.0)))
 
         def fit_r(pair: dict, flips: list[int]) -> torch.Tensor:
@@ -182,14 +190,21 @@ def main(argv: list[str] | None = None) -> int:
             r_optimizer.zero_grad(set_to_none=True)
             (config.alpha * fit).backward()
             r_optimizer.step()
-            return pseudo_defocus_map(out.seeds.detach(), out.weights.detach(), weighted=True)
+            if teacher is None:
+                return pseudo_defocus_map(out.seeds.detach(), out.weights.detach(), weighted=True)
+            with torch.no_grad():
+                for slow, fast in zip(teacher.parameters(), fresh_r.parameters()):
+                    slow.lerp_(fast, 1.0 - args.ema)
+                seeds, weights, _ = teacher.predict(r_input, blurry)
+            return pseudo_defocus_map(seeds, weights, weighted=True)
 
         @torch.no_grad()
         def refresh_targets(pairs: list[dict]) -> None:
+            source = teacher if teacher is not None else fresh_r
             for pair in pairs:
-                seeds, weights, _ = fresh_r.predict(pair["r_input"], pair["blurry"])
+                seeds, weights, _ = source.predict(pair["r_input"], pair["blurry"])
                 pair["pseudo"] = pseudo_defocus_map(seeds, weights, weighted=True)
-                pair["r_radius"] = implied_radius(seeds, weights, fresh_r.support)[0]
+                pair["r_radius"] = implied_radius(seeds, weights, source.support)[0]
 
         # R alone through the run's warm-up (L_P joins after it), pairs drawn from their own stream.
         warmup_order = np.random.default_rng(args.seed + 1)

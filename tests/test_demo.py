@@ -391,6 +391,13 @@ def test_defocus_map_alone_scores_f_b_against_r_s_frozen_pseudo_map(synthetic, e
     assert moving_rows[1]["L_P_of_mean"] != pytest.approx(mean_loss, rel=1e-3)
     with pytest.raises(SystemExit):
         alone.main([str(eq2_run), "--data", str(synthetic), "--moving", "--target", "radius"])
+    # --ema: the targets come from a slow average of R; the first step's differ from --moving's.
+    ema_scores = tmp_path / "ema.json"
+    assert alone.main([str(eq2_run), "--data", str(synthetic), "--moving", "--ema", "0.9", "--steps", "1",
+                       "--json", str(ema_scores)]) == 0
+    assert json.loads(ema_scores.read_text())["rows"][1]["L_P_of_mean"] != pytest.approx(moving_rows[1]["L_P_of_mean"], rel=1e-6)
+    with pytest.raises(SystemExit):
+        alone.main([str(eq2_run), "--data", str(synthetic), "--ema", "0.9"])
 
 
 def test_warmup_is_the_papers_share_and_shorter_than_the_run():
