@@ -23,6 +23,11 @@ and the table reports, averaged over those pairs:
   DIS unless the run chose another), its seeds and weights then applied to ``I_hat``. A run without a reblurring net (``#4``, ``L1``) gets only the
   sharpness columns.
 
+Where the data has ``gt_aligned/`` and ``radius/``, ``PSNR I_hat, true < 2`` / ``2-4`` / ``>= 4``
+and the same for ``I_B``: PSNR against ``gt_aligned`` of F's output and of the blurry input on the
+pixels whose true radius falls in that band (squared errors pooled over the pairs, 8 px border
+left out): where F gains or loses, in focus or defocused. Runs without R get them too.
+
 Where F has a defocus map supervised by Eq. 13's weighted pseudo map (Eq. 2) and the data has
 ``gt_aligned/`` and ``radius/``, two Spearman correlations pooled over the pairs (textured pixels,
 m - 1 px border, as ``jdrl eval``): ``pseudo map Spearman``, R's pseudo map ``B_P`` read back as a
@@ -47,6 +52,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -56,6 +62,8 @@ import torch
 # Left out of the sharpness and radius means: a fixed margin, the reach of the m = 8 kernels
 # (7 px) plus one.
 BORDER = 8
+# Bands of the true blur radius (px) for the PSNR columns: nearly in focus, middle, strongly defocused.
+RADIUS_BANDS = (("< 2", (0.0, 2.0)), ("2-4", (2.0, 4.0)), (">= 4", (4.0, math.inf)))
 # Laplacian, one per colour channel: its mean square is the image's high-frequency energy.
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
 
@@ -108,6 +116,10 @@ def diagnose(
     means: dict[str, float] = {}
     # R's mean radius where the true blur is small / large, over the images that have such pixels.
     by_true_radius: dict[str, list[float]] = {"R radius, true < 2": [], "R radius, true >= 4": []}
+    # Squared errors against gt_aligned (channel mean per pixel) pooled over the images by true-radius
+    # band: [sum, pixels] for F's output and for the blurry input.
+    band_errors: dict[str, list[float]] = {f"PSNR {image}, true {band}": [0.0, 0]
+                                           for image in ("I_hat", "I_B") for band, _ in RADIUS_BANDS}
     # Per image, for the pooled correlations: R's pseudo map and F_B's map read back as radii.
     pseudo_radii, fb_radii, true_radii, aligned_images = [], [], [], []
     with torch.no_grad():
@@ -138,6 +150,17 @@ def diagnose(
                 truth = high_frequency_energy(read_image(split_root / "gt_aligned" / path.name)[None])
                 values["sharpness I_hat"] = high_frequency_energy(estimate) / truth
                 values["sharpness I_B"] = high_frequency_energy(blurry) / truth
+            if with_truth and with_radius:
+                inside = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
+                aligned = read_image(split_root / "gt_aligned" / path.name)[None]
+                band_radius = np.load(split_root / "radius" / f"{path.stem}.npy")[inside]
+                for image_name, image in (("I_hat", estimate), ("I_B", blurry)):
+                    squared = (image - aligned).pow(2).mean(dim=1)[0].numpy()[inside]
+                    for band, (low, high) in RADIUS_BANDS:
+                        where = (band_radius >= low) & (band_radius < high)
+                        pooled = band_errors[f"PSNR {image_name}, true {band}"]
+                        pooled[0] += float(squared[where].sum())
+                        pooled[1] += int(where.sum())
             if reblur_net is not None and with_radius:
                 inside = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
                 r_radius = implied_radius(seeds, weights, reblur_net.support)[0].numpy()[inside]
@@ -160,6 +183,9 @@ def diagnose(
     for name, per_image in by_true_radius.items():
         if per_image:
             means[name] = sum(per_image) / len(per_image)
+    for name, (total, pixels) in band_errors.items():
+        if pixels:
+            means[name] = 10.0 * math.log10(pixels / max(total, 1e-20))
     if pseudo_radii:
         means["pseudo map Spearman"] = defocus_correlations(pseudo_radii, true_radii, aligned_images)["spearman"]
         means["F_B vs pseudo map"] = defocus_correlations(fb_radii, pseudo_radii, aligned_images)["spearman"]
@@ -170,6 +196,8 @@ COLUMNS = (
     "max abs seed", "mean abs seed", "w0", "w_top", "L_R", "C(I_hat - I_B)", "C(R(I_hat) - I_hat)",
     "sharpness I_hat", "sharpness I_B", "R radius", "true radius", "R radius, true < 2", "R radius, true >= 4",
     "pseudo map Spearman", "F_B vs pseudo map",
+    "PSNR I_hat, true < 2", "PSNR I_hat, true 2-4", "PSNR I_hat, true >= 4",
+    "PSNR I_B, true < 2", "PSNR I_B, true 2-4", "PSNR I_B, true >= 4",
 )
 
 

@@ -331,6 +331,24 @@ def test_reblur_diagnostics_compares_f_b_with_r_s_pseudo_map(synthetic, eq2_run)
     assert values["pseudo map Spearman"] == pytest.approx(defocus_correlations(pseudo, true, aligned)["spearman"], abs=1e-6)
     assert values["F_B vs pseudo map"] == pytest.approx(defocus_correlations(fb, pseudo, aligned)["spearman"], abs=1e-6)
 
+    # PSNR by true-radius band: squared errors pooled over the two pairs inside the 8 px border.
+    border = diagnostics.BORDER
+    for image_name in ("I_hat", "I_B"):
+        for band, low, high in (("< 2", 0.0, 2.0), ("2-4", 2.0, 4.0), (">= 4", 4.0, np.inf)):
+            total, pixels = 0.0, 0
+            for path, image_aligned, radius in zip(sorted((synthetic / "test" / "blur").glob("*.png"))[:2], aligned, true):
+                blurry = read_image(path)[None]
+                image = net(blurry).sharp.clamp(0, 1).detach() if image_name == "I_hat" else blurry
+                squared = (image[0] - image_aligned).pow(2).mean(dim=0)[border:-border, border:-border]
+                inside = radius[border:-border, border:-border]
+                where = (inside >= low) & (inside < high)
+                total, pixels = total + squared[where].sum().item(), pixels + int(where.sum())
+            name = f"PSNR {image_name}, true {band}"
+            if pixels:
+                assert values[name] == pytest.approx(10 * np.log10(pixels / total), abs=1e-4), name
+            else:
+                assert values[name] is None, name
+
 
 def test_defocus_map_alone_scores_f_b_against_r_s_frozen_pseudo_map(synthetic, eq2_run, tmp_path, capsys):
     """benchmarks/defocus_map_alone.py: the run's own F_B row and the constant-map baseline are the
