@@ -18,7 +18,10 @@ Every ``--log-every`` steps it reports, on the test pairs:
 - ``spearman`` / ``spearman_all``: F_B's map as a radius (``jdrl.defocus.predicted_map_radius``
   for ``B_P``, the map itself for ``--target radius``) against the true radius, textured pixels /
   all pixels (``jdrl.defocus.defocus_correlations``);
-- ``vs R``: the same against R's own implied radius.
+- ``vs R``: the same against R's own implied radius (with ``--ema``, the averaged R's).
+
+With ``--moving`` F_B's initial weights are drawn after the fresh R's, so they differ from those of
+a frozen-target run with the same ``--seed``.
 
 The first line, ``run's F_B``, scores the run's jointly trained F_B the same way (``pseudo``
 target only).
@@ -30,7 +33,8 @@ the run's warm-up steps first), and each F_B step regresses R's pseudo map of th
 test scores use R's map of that moment too. Still no ``L_D``. ``--ema D`` takes the targets from
 an exponential moving average of R's weights instead (decay ``D`` per step; a slow teacher).
 
-Example (one thread, about 3 minutes; ``jdrl demo`` gives F_B 448 steps)::
+Example (one thread, about 3 minutes; ``jdrl demo`` trains 448 steps, ``L_P`` joins after the 32
+warm-up steps)::
 
     PYTHONPATH=python:. python benchmarks/defocus_map_alone.py runs/demo/runs/ours --data runs/demo/data \\
         --checkpoint best.pt --steps 448
@@ -92,6 +96,7 @@ def load_pairs(run_dir: Path, data_root: Path, split: str, checkpoint_name: str)
 
 
 def target_of(pair: dict, target: str) -> torch.Tensor:
+    """What F_B regresses for ``pair``: R's pseudo map ``(1, S, H, W)`` or the true radius ``(1, 1, H, W)``."""
     return pair["pseudo"] if target == "pseudo" else pair["radius"][None, None]
 
 
@@ -138,14 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.log_every < 1:
         parser.error("--steps and --log-every must be positive")
-    if not 0.0 <= args.ema < 1.0 or (args.ema > 0 and not args.moving):
-        parser.error("--ema is a decay in [0, 1) and needs --moving")
+    if not 0.0 <= args.ema < 1.0:
+        parser.error(f"--ema must be a decay in [0, 1), got {args.ema}")
+    if args.ema > 0 and not args.moving:
+        parser.error("--ema averages the R that --moving trains; add --moving")
     if args.moving and args.target != "pseudo":
         parser.error("--moving needs --target pseudo (the true radius does not move)")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
 
     from jdrl.checkpoint import load_checkpoint
+    from jdrl.config import REBLUR_LR_CAP
     from jdrl.defocus import implied_radius, load_reblur_net
     from jdrl.losses import build_reblur_net, charbonnier, logit_penalty, pseudo_defocus_map, seed_penalty
     from jdrl.models.common import TwoScaleResNet, he_initialize
@@ -159,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     net_r, config = load_reblur_net(args.run / args.checkpoint)
     train_pairs = load_pairs(args.run, args.data, "train", args.checkpoint)
     test_pairs = load_pairs(args.run, args.data, "test", args.checkpoint)
-    mean = torch.cat([target_of(p, args.target) for p in train_pairs]).mean(dim=(0, 2, 3), keepdim=True)
-    measure = lambda maps: score(maps, test_pairs, args.target, mean, levels, config.seed_bound, net_r.support, config.eps)  # noqa: E731
+
+    def training_mean() -> torch.Tensor:
+        """The constant map of the baseline: the training targets' per-channel mean."""
+        return torch.cat([target_of(p, args.target) for p in train_pairs]).mean(dim=(0, 2, 3), keepdim=True)
+
+    def measure(maps: list[torch.Tensor]) -> dict[str, float]:
+        return score(maps, test_pairs, args.target, training_mean(), levels, config.seed_bound, net_r.support, config.eps)
 
     rows = []
     if args.target == "pseudo":
@@ -170,11 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.moving:
         if not config.reblur_anchor:
             raise SystemExit("--moving needs an anchored run (loss.reblur_anchor): R's input must not depend on F")
-        reblur_lr = state["config"]["optim"].get("reblur_lr") or state["config"]["optim"]["lr"]
+        if config.reblur_fit_mask:
+            raise SystemExit("--moving fits R on every pixel; this run's loss.reblur_fit_mask is true (not supported)")
+        optim = state["config"]["optim"]
+        # As jdrl.config.OptimConfig.effective_reblur_lr: reblur_lr, or lr capped when unset.
+        reblur_lr = optim["reblur_lr"] if optim.get("reblur_lr") is not None else min(optim["lr"], REBLUR_LR_CAP)
         fresh_r = build_reblur_net(config, levels)
         # --ema: the targets come from an exponential moving average of R's weights (a slow teacher).
         teacher = copy.deepcopy(fresh_r).requires_grad_(False) if args.ema > 0 else None
-        r_optimizer = torch.optim.Adam(fresh_r.parameter_groups(reblur_lr, state["config"]["optim"].get("reblur_kernel_lr_scale", 1.0)))
+        r_optimizer = torch.optim.Adam(fresh_r.parameter_groups(reblur_lr, optim.get("reblur_kernel_lr_scale", 1.0)))
 
         def fit_r(pair: dict, flips: list[int]) -> torch.Tensor:
             """One step of R's fit on the pair, as joint training takes it; -> R's pseudo map, detached."""
@@ -206,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                 pair["pseudo"] = pseudo_defocus_map(seeds, weights, weighted=True)
                 pair["r_radius"] = implied_radius(seeds, weights, source.support)[0]
 
-        # R alone through the run's warm-up (L_P joins after it), pairs drawn from their own stream.
+        # R alone through the run's warm-up (with loss.reblur_pretrain; L_P joins after it), one step
+        # per pair and epoch (train.max_steps_per_epoch is not read), pairs from their own stream.
         warmup_order = np.random.default_rng(args.seed + 1)
-        for _ in range(config.flow_warmup_epochs * len(train_pairs) if config.reblur_after_warmup else 0):
+        warmup_steps = config.flow_warmup_epochs * len(train_pairs) if config.reblur_after_warmup and config.reblur_pretrain else 0
+        for _ in range(warmup_steps):
             fit_r(train_pairs[int(warmup_order.integers(len(train_pairs)))], [])
     if args.target == "pseudo":
         net = DefocusMapNet(levels, preset.defocus_width, preset.defocus_blocks)
@@ -234,7 +253,6 @@ def main(argv: list[str] | None = None) -> int:
             net.eval()
             if fresh_r is not None:
                 refresh_targets(train_pairs + test_pairs)
-                mean = torch.cat([p["pseudo"] for p in train_pairs]).mean(dim=(0, 2, 3), keepdim=True)
             with torch.no_grad():
                 row = {"step": step, **measure([net(p["blurry"]) for p in test_pairs])}
             net.train()
