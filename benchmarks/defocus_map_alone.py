@@ -53,25 +53,38 @@ import numpy as np
 import torch
 
 
-def load_pairs(run_dir: Path, data_root: Path, split: str, checkpoint_name: str) -> list[dict]:
-    """The pairs of ``data_root/split`` with R's pseudo map and implied radius (R frozen, as trained)
-    and the run's own F_B map."""
+def load_run(checkpoint: Path) -> dict:
+    """What the script needs of a run, loaded once: its checkpoint ``state``, its frozen R
+    (``net_r``) and loss settings (``config``), its deblurring net and its flow estimator."""
     from jdrl.checkpoint import load_checkpoint, load_deblur_net
-    from jdrl.defocus import implied_radius, load_reblur_net, reblur_net_input
+    from jdrl.defocus import load_reblur_net
     from jdrl.flow import build_flow_estimator
-    from jdrl.imageio import read_image
-    from jdrl.losses import pseudo_defocus_map
 
-    checkpoint = run_dir / checkpoint_name
-    reblur = load_reblur_net(checkpoint)
+    state = load_checkpoint(checkpoint)
+    reblur = load_reblur_net(state)
     if reblur is None:
         raise SystemExit(f"{checkpoint}: this run has no reblurring net, so no pseudo map to learn")
     net_r, config = reblur
     if not (config.pseudo_supervision and config.weighted_pseudo_map):
         raise SystemExit(f"{checkpoint}: this run's F_B was not trained on Eq. 13's weighted pseudo map")
-    deblur = load_deblur_net(checkpoint).eval()
-    flow_config = load_checkpoint(checkpoint)["config"].get("flow") or {}
-    flow = build_flow_estimator(flow_config.get("backend", "dis"), flow_config.get("weights"))
+    flow_config = state["config"].get("flow") or {}
+    return {
+        "state": state,
+        "net_r": net_r,
+        "config": config,
+        "deblur": load_deblur_net(checkpoint).eval(),
+        "flow": build_flow_estimator(flow_config.get("backend", "dis"), flow_config.get("weights")),
+    }
+
+
+def load_pairs(run: dict, data_root: Path, split: str) -> list[dict]:
+    """The pairs of ``data_root/split`` with R's pseudo map and implied radius (R frozen, run on its
+    inputs of training) and the run's own F_B map; ``run``: :func:`load_run`'s."""
+    from jdrl.defocus import implied_radius, reblur_net_input
+    from jdrl.imageio import read_image
+    from jdrl.losses import pseudo_defocus_map
+
+    net_r, config, deblur, flow = run["net_r"], run["config"], run["deblur"], run["flow"]
     pairs = []
     for blur_path in sorted((data_root / split / "blur").glob("*.png")):
         stem = blur_path.stem
@@ -152,21 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
 
-    from jdrl.checkpoint import load_checkpoint
     from jdrl.config import REBLUR_LR_CAP
-    from jdrl.defocus import implied_radius, load_reblur_net
+    from jdrl.defocus import implied_radius
     from jdrl.losses import build_reblur_net, charbonnier, logit_penalty, pseudo_defocus_map, seed_penalty
     from jdrl.models.common import TwoScaleResNet, he_initialize
     from jdrl.models.defocus_map import DefocusMapNet
     from jdrl.models.restormer import RESTORMER_PRESETS
 
-    state = load_checkpoint(args.run / args.checkpoint)
+    run = load_run(args.run / args.checkpoint)
+    state, net_r, config = run["state"], run["net_r"], run["config"]
     model = state["config"]["model"]
     preset = RESTORMER_PRESETS[args.preset or model["preset"]]
     levels = int(model["levels"])
-    net_r, config = load_reblur_net(args.run / args.checkpoint)
-    train_pairs = load_pairs(args.run, args.data, "train", args.checkpoint)
-    test_pairs = load_pairs(args.run, args.data, "test", args.checkpoint)
+    train_pairs = load_pairs(run, args.data, "train")
+    test_pairs = load_pairs(run, args.data, "test")
 
     def training_mean() -> torch.Tensor:
         """The constant map of the baseline: the training targets' per-channel mean."""

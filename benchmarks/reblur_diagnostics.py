@@ -146,13 +146,13 @@ def diagnose(
                     "C(I_hat - I_B)": charbonnier(estimate - blurry, eps=eps).item(),
                     "C(R(I_hat) - I_hat)": charbonnier(reblurred - estimate, eps=eps).item(),
                 })
+            aligned = read_image(split_root / "gt_aligned" / path.name)[None] if with_truth else None
             if with_truth:
-                truth = high_frequency_energy(read_image(split_root / "gt_aligned" / path.name)[None])
+                truth = high_frequency_energy(aligned)
                 values["sharpness I_hat"] = high_frequency_energy(estimate) / truth
                 values["sharpness I_B"] = high_frequency_energy(blurry) / truth
             if with_truth and with_radius:
                 inside = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
-                aligned = read_image(split_root / "gt_aligned" / path.name)[None]
                 band_radius = np.load(split_root / "radius" / f"{path.stem}.npy")[inside]
                 for image_name, image in (("I_hat", estimate), ("I_B", blurry)):
                     squared = (image - aligned).pow(2).mean(dim=1)[0].numpy()[inside]
