@@ -23,7 +23,7 @@ from jdrl.ablation import (
     write_report,
 )
 from jdrl.cli import main
-from jdrl.demo import GRID_COLUMNS, ROW_LABELS
+from jdrl.demo import GRID_COLUMNS, GRID_HEADER, GRID_ROWS, ROW_LABELS
 from jdrl.losses import VARIANTS
 from jdrl.synth import make_synthetic_dataset
 
@@ -424,6 +424,50 @@ def test_defocus_map_alone_scores_f_b_against_r_s_frozen_pseudo_map(synthetic, e
         assert slow[step]["L_P_of_mean"] != pytest.approx(moving_rows[step]["L_P_of_mean"], rel=1e-3)
     with pytest.raises(SystemExit):
         alone.main([str(eq2_run), "--data", str(synthetic), "--ema", "0.9"])
+
+
+def test_demo_rescore_reproduces_the_demo_and_refuses_its_training_photos(tmp_path, capsys):
+    """benchmarks/demo_rescore.py on a demo's own test pairs gives the demo's own numbers (means, and
+    ours - #4 with its standard error recomputed here from the demo's per-pair rows); a test set cut
+    from the demo's training photos is refused, naming --data; other blur settings are flagged."""
+    import statistics
+
+    demo = tmp_path / "demo"
+    assert main(["demo", "--quick", "--test", "5", "--out", str(demo), "--threads", "1", "--device", "cpu"]) == 0
+    payload = json.loads((demo / "metrics.json").read_text())
+    # The table scores all five test pairs, the grid shows the first four.
+    assert len(payload["per_image"]["ours"]) == 5
+    grid = cv2.imread(str(demo / "grid.png"))
+    tile = grid.shape[1] // len(GRID_COLUMNS)
+    assert grid.shape[0] == GRID_HEADER + GRID_ROWS * tile and GRID_ROWS == 4
+    assert "Ours - #4, PSNR vs gt_aligned pair by pair" in (demo / "metrics.md").read_text()
+    spec = importlib.util.spec_from_file_location("demo_rescore", REPO / "benchmarks" / "demo_rescore.py")
+    rescore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rescore)
+    capsys.readouterr()
+
+    scores = tmp_path / "rescore.json"
+    assert rescore.main([str(demo), "--data", str(demo / "data"), "--json", str(scores)]) == 0
+    assert str(demo) in capsys.readouterr().out
+    result = json.loads(scores.read_text())
+    assert result["blurry"]["psnr_gt"] == pytest.approx(payload["means"]["blurry"]["psnr_gt"], abs=1e-9)
+    (row,) = result["demos"]
+    for name in ("l1", "no_reblur", "ours"):
+        assert row["methods"][name]["means"]["psnr_gt"] == pytest.approx(payload["means"][name]["psnr_gt"], abs=1e-6), name
+    differences = [a["psnr_gt"] - b["psnr_gt"] for a, b in zip(payload["per_image"]["ours"], payload["per_image"]["no_reblur"])]
+    assert len(differences) == 5
+    expected = {"mean": statistics.mean(differences), "standard_error": statistics.stdev(differences) / 5 ** 0.5,
+                "wins": sum(difference > 0 for difference in differences), "pairs": 5}
+    assert row["ours_minus_no_reblur_psnr_gt"] == pytest.approx(expected, abs=1e-6)
+    assert payload["ours_minus_no_reblur_psnr_gt"] == pytest.approx(expected, abs=1e-9)
+    assert row["r_map_spearman"] == pytest.approx(payload["defocus_spearman"], abs=1e-6)
+    assert row["differs"] == {}
+
+    with pytest.raises(SystemExit, match="--data"):
+        rescore.main([str(demo), "--data", str(demo / "data"), "--split", "train"])
+    other = make_synthetic_dataset(tmp_path / "other", 0, 2, size=48, max_radius=2.0, seed=5)
+    assert rescore.main([str(demo), "--data", str(other), "--json", str(scores)]) == 0
+    assert "max_radius" in json.loads(scores.read_text())["demos"][0]["differs"]
 
 
 def test_warmup_is_the_papers_share_and_shorter_than_the_run():

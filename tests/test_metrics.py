@@ -9,7 +9,7 @@ import pytest
 import skimage.data
 import torch
 from jdrl.flow import DISFlow
-from jdrl.metrics import aligned_metrics, load_lpips, psnr, ssim
+from jdrl.metrics import aligned_metrics, load_lpips, paired_difference, psnr, ssim
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
@@ -75,3 +75,12 @@ def test_aligned_metrics_beat_unaligned_ones_on_a_shifted_pair():
 
     with_lpips = aligned_metrics(pred[0], sharp[0], DISFlow(), lpips_metric=fake_lpips)
     assert len(calls) == 2 and with_lpips["lpips"] < with_lpips["lpips_unaligned"]
+
+
+def test_paired_difference_is_the_mean_difference_and_its_standard_error():
+    # Differences 1, 2, -1: mean 2/3, sample variance ((1/3)^2 + (4/3)^2 + (5/3)^2) / 2 = 7/3.
+    result = paired_difference([11.0, 12.0, 9.0], [10.0, 10.0, 10.0])
+    assert result == pytest.approx({"mean": 2 / 3, "standard_error": math.sqrt(7 / 3 / 3), "wins": 2, "pairs": 3})
+    assert math.isnan(paired_difference([1.0], [0.5])["standard_error"])
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([1.0, 2.0], [1.0])

@@ -10,17 +10,20 @@
 - ``aligned_metrics``: the paper's protocol for misaligned test pairs (section 4.2): the sharp image
   is warped onto the prediction with an optical flow before measuring, and the plain metrics are
   reported beside.
+- ``paired_difference``: two methods on the same pairs: the mean per-pair difference, its standard
+  error and the pairs each wins.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["aligned_metrics", "load_lpips", "psnr", "ssim", "warp_onto"]
+__all__ = ["aligned_metrics", "load_lpips", "paired_difference", "psnr", "ssim", "warp_onto"]
 
 SSIM_WINDOW = 7
 SSIM_K1 = 0.01
@@ -85,6 +88,22 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
         per_channel.append((numerator / denominator).flatten(1).mean(dim=1))
     values = torch.stack(per_channel, dim=1).mean(dim=1)
     return values[0] if single else values
+
+
+def paired_difference(first: list[float], second: list[float]) -> dict[str, float | int]:
+    """Compare two methods scored on the same pairs: ``mean`` of ``first[i] - second[i]``, its
+    ``standard_error`` (the differences' sample standard deviation over sqrt(pairs); nan for one
+    pair), ``wins`` (pairs where ``first`` is above) and ``pairs``."""
+    if len(first) != len(second) or not first:
+        raise ValueError(f"paired_difference needs two equally long, non-empty lists, got {len(first)} and {len(second)}")
+    differences = [a - b for a, b in zip(first, second)]
+    mean = sum(differences) / len(differences)
+    if len(differences) > 1:
+        variance = sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)
+        standard_error = math.sqrt(variance / len(differences))
+    else:
+        standard_error = math.nan
+    return {"mean": mean, "standard_error": standard_error, "wins": sum(d > 0 for d in differences), "pairs": len(differences)}
 
 
 def load_lpips(device: str | torch.device = "cpu", net: str = "alex") -> tuple[Callable | None, str]:

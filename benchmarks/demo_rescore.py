@@ -1,0 +1,166 @@
+"""Score finished ``jdrl demo`` runs again, on a larger synthetic test set: is ours above #4?
+
+The demo ranks its three trainings on its own test pairs (4 until 2026-12-01, 32 since). Ours and
+#4 are often a few tenths of a dB apart, and their per-pair difference has a standard deviation of
+0.2-0.9 dB (eight demos scored on 64 pairs, benchmarks/RESULTS.md): on 4 pairs the order of the
+two was within one standard error. This script runs each demo's chosen weights (``runs/NAME/best.pt``, the
+checkpoint the demo evaluates; ``last.pt`` where the demo kept no best) on the pairs of
+``--data`` (made by ``jdrl synth``, ``--split`` test by default) and prints, per demo:
+
+- PSNR against ``gt_aligned`` of the blurry input, L1, #4 and ours, averaged over the pairs;
+- ``ours - #4``: the mean of the per-pair differences and its standard error (the pairs' standard
+  deviation over sqrt(pairs)), against ``gt_aligned`` and flow-aligned (DIS, as the demo);
+- ``ours wins``: on how many pairs ours is above #4 against ``gt_aligned``
+  (``jdrl.metrics.paired_difference``, as the demo's own line under its table);
+- ``R's map``: the Spearman correlation (textured pixels) of ours' R's implied radius with the
+  true radius, pooled over the pairs, as the demo's ``defocus_spearman``.
+
+The test pairs must come from photos none of the demo's trainings saw: the script compares the
+photo names in both ``meta.json`` files and refuses an overlap. ``jdrl synth`` keeps the bundled
+photos chelsea, coffee, gravel and moon for its test split at every seed, so a test set made with
+another seed and the demo's settings is new crops, blur maps and misalignments of those photos::
+
+    jdrl synth runs/test64 --train 0 --test 64 --size 128 --max-radius 7 --scale 0.3:0.6 --seed 100
+    PYTHONPATH=python:. python benchmarks/demo_rescore.py runs/demo_s0 runs/demo_s1 --data runs/test64
+
+Settings of the test set that differ from a demo's data (blur, misalignment, size) are printed
+beside its row: the scores are then out of the demo's distribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+# The demo's rows, in its table's order: run folder name -> column title.
+METHODS = {"l1": "L1", "no_reblur": "#4", "ours": "ours"}
+# meta.json entries that make two synthetic sets the same distribution (not the seed or the counts).
+DISTRIBUTION_KEYS = (
+    "size", "shift", "zoom", "max_radius", "psf", "noise", "scale", "parallax", "nonrigid", "exposure",
+    "white_balance", "gamma", "occluders", "source",
+)
+
+
+def read_meta(root: Path, what: str) -> dict:
+    """``root/meta.json`` (written by ``jdrl synth``), or a SystemExit naming ``what``."""
+    path = root / "meta.json"
+    if not path.is_file():
+        raise SystemExit(f"{what}: {path} does not exist (a synthetic set made by `jdrl synth` has one)")
+    return json.loads(path.read_text())
+
+
+def split_photos(meta: dict, split: str) -> set[str]:
+    """The names of the photos the pairs of ``split`` were cut from."""
+    return {pair["source"] for pair in meta.get("pairs", {}).get(split, [])}
+
+
+def chosen_checkpoint(demo: Path, name: str) -> Path:
+    """The weights the demo evaluated for ``name``: best on validation, else the last."""
+    for file_name in ("best.pt", "last.pt"):
+        path = demo / "runs" / name / file_name
+        if path.is_file():
+            return path
+    raise SystemExit(f"{demo}: no runs/{name}/best.pt or last.pt (is it a folder `jdrl demo` wrote?)")
+
+
+def rescore(demo: Path, data: Path, split: str, flow_estimator, test_meta: dict) -> dict:
+    """One demo's row: per method the means and per-pair metrics on ``data/split``, and the
+    comparison of ours with #4 (see the module's docstring)."""
+    from jdrl.ablation import evaluate_synthetic
+    from jdrl.checkpoint import load_deblur_net
+    from jdrl.defocus import load_reblur_net
+    from jdrl.metrics import paired_difference
+
+    demo_meta = read_meta(demo / "data", f"{demo} (the demo's data)")
+    seen = split_photos(demo_meta, "train") | set(demo_meta.get("sources", {}).get("train", []))
+    shared = sorted(split_photos(test_meta, split) & seen)
+    if shared:
+        raise SystemExit(
+            f"--data {data}: its {split} pairs come from photos the demo {demo} trained on ({', '.join(shared)}); "
+            "make a test set whose photos the demo never saw (see this script's docstring)"
+        )
+    row: dict = {"demo": str(demo), "methods": {}, "differs": {}}
+    for key in DISTRIBUTION_KEYS:
+        if demo_meta.get(key) != test_meta.get(key):
+            row["differs"][key] = {"demo": demo_meta.get(key), "test": test_meta.get(key)}
+    for name in METHODS:
+        checkpoint = chosen_checkpoint(demo, name)
+        # R from the same checkpoint, so ours' R is scored as the demo scores it (None for L1 and #4).
+        evaluation = evaluate_synthetic(
+            load_deblur_net(checkpoint), data, split=split, flow_estimator=flow_estimator,
+            reblur=load_reblur_net(checkpoint),
+        )
+        row["methods"][name] = {
+            "checkpoint": str(checkpoint),
+            "means": evaluation.means,
+            "per_image": evaluation.per_image,
+            "defocus": evaluation.defocus,
+        }
+    ours, baseline = (row["methods"][name]["per_image"] for name in ("ours", "no_reblur"))
+    for key in ("psnr_gt", "psnr_flow"):
+        row[f"ours_minus_no_reblur_{key}"] = paired_difference([p[key] for p in ours], [p[key] for p in baseline])
+    defocus = row["methods"]["ours"]["defocus"] or {}
+    row["r_map_spearman"] = defocus.get("reblur", {}).get("spearman")
+    return row
+
+
+def markdown(rows: list[dict], blurry: dict, pairs: int) -> str:
+    """The table the script prints."""
+    titles = " | ".join(f"{title} PSNR" for title in METHODS.values())
+    lines = [
+        f"{pairs} test pairs; PSNR vs gt_aligned, ours - #4 as mean +- standard error of the per-pair differences.",
+        "",
+        f"| demo | input PSNR | {titles} | ours - #4 | ours - #4, flow-aligned | ours wins | R's map Spearman | data differs in |",
+        "|---|---|" + "---|" * len(METHODS) + "---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [row["demo"], f"{blurry['psnr_gt']:.3f}"]
+        cells += [f"{row['methods'][name]['means']['psnr_gt']:.3f}" for name in METHODS]
+        for key in ("psnr_gt", "psnr_flow"):
+            difference = row[f"ours_minus_no_reblur_{key}"]
+            cells.append(f"{difference['mean']:+.3f} +- {difference['standard_error']:.3f}")
+        cells.append(f"{row['ours_minus_no_reblur_psnr_gt']['wins']}/{pairs}")
+        cells.append("-" if row["r_map_spearman"] is None else f"{row['r_map_spearman']:.3f}")
+        cells.append(", ".join(row["differs"]) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("demos", nargs="+", type=Path, help="folders `jdrl demo --out` wrote (runs/, data/)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="synthetic test set (made by `jdrl synth`) from photos the demos never trained on")
+    parser.add_argument("--split", default="test", help="split of --data to score (default test)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every number, per pair, here")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+
+    from jdrl.ablation import AblationError, evaluate_synthetic
+    from jdrl.flow import build_flow_estimator
+
+    test_meta = read_meta(args.data, "--data")
+    flow_estimator = build_flow_estimator("dis")
+    try:
+        blurry = evaluate_synthetic(None, args.data, split=args.split, flow_estimator=flow_estimator)
+        rows = [rescore(demo, args.data, args.split, flow_estimator, test_meta) for demo in args.demos]
+    except AblationError as error:
+        raise SystemExit(f"--data {args.data}: {error}") from None
+    print(markdown(rows, blurry.means, len(blurry.per_image)))
+    if args.json is not None:
+        payload = {"data": str(args.data), "split": args.split, "blurry": blurry.means, "demos": rows}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
