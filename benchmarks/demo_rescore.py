@@ -2,21 +2,25 @@
 
 The demo ranks its three trainings on its own test pairs (4 until 2026-12-01, 32 since). Ours and
 #4 are often a few tenths of a dB apart, and their per-pair difference has a standard deviation of
-0.2-0.9 dB (eight demos scored on 64 pairs, benchmarks/RESULTS.md): on 4 pairs the order of the
-two was within one standard error. This script runs each demo's chosen weights (``runs/NAME/best.pt``, the
-checkpoint the demo evaluates; ``last.pt`` where the demo kept no best) on the pairs of
-``--data`` (made by ``jdrl synth``, ``--split`` test by default) and prints, per demo:
+0.2-0.9 dB (eight demos scored on 64 pairs, benchmarks/RESULTS.md), so 4 pairs could not order
+them. This script runs each demo's chosen weights (``runs/NAME/best.pt``, the checkpoint the demo
+evaluates; ``last.pt`` where the demo kept no best) on the pairs of ``--data`` (made by
+``jdrl synth``, ``--split`` test by default) and prints, per demo:
 
 - PSNR against ``gt_aligned`` of the blurry input, L1, #4 and ours, averaged over the pairs;
 - ``ours - #4``: the mean of the per-pair differences and its standard error (the pairs' standard
   deviation over sqrt(pairs)), against ``gt_aligned`` and flow-aligned (DIS, as the demo);
-- ``ours wins``: on how many pairs ours is above #4 against ``gt_aligned``
+- ``over photos``: the standard error from the per-photo means instead. The pairs are crops of a
+  few photos (four for the bundled test split), and crops of one photo are not independent: this
+  is the error to read, and ``by photo`` the mean difference on each photo
   (``jdrl.metrics.paired_difference``, as the demo's own line under its table);
+- ``ours wins``: on how many pairs ours is above #4 against ``gt_aligned``;
 - ``R's map``: the Spearman correlation (textured pixels) of ours' R's implied radius with the
   true radius, pooled over the pairs, as the demo's ``defocus_spearman``.
 
 The test pairs must come from photos none of the demo's trainings saw: the script compares the
-photo names in both ``meta.json`` files and refuses an overlap. ``jdrl synth`` keeps the bundled
+photo names in both ``meta.json`` files and refuses an overlap (by name only: the same photo under
+another name is not caught). ``jdrl synth`` keeps the bundled
 photos chelsea, coffee, gravel and moon for its test split at every seed, so a test set made with
 another seed and the demo's settings is new crops, blur maps and misalignments of those photos::
 
@@ -68,14 +72,8 @@ def chosen_checkpoint(demo: Path, name: str) -> Path:
     raise SystemExit(f"{demo}: no runs/{name}/best.pt or last.pt (is it a folder `jdrl demo` wrote?)")
 
 
-def rescore(demo: Path, data: Path, split: str, flow_estimator, test_meta: dict) -> dict:
-    """One demo's row: per method the means and per-pair metrics on ``data/split``, and the
-    comparison of ours with #4 (see the module's docstring)."""
-    from jdrl.ablation import evaluate_synthetic
-    from jdrl.checkpoint import load_deblur_net
-    from jdrl.defocus import load_reblur_net
-    from jdrl.metrics import paired_difference
-
+def check_demo(demo: Path, data: Path, split: str, test_meta: dict) -> dict[str, Path]:
+    """Refuse a demo whose training photos the test pairs come from; -> its checkpoint per method."""
     demo_meta = read_meta(demo / "data", f"{demo} (the demo's data)")
     seen = split_photos(demo_meta, "train") | set(demo_meta.get("sources", {}).get("train", []))
     shared = sorted(split_photos(test_meta, split) & seen)
@@ -84,17 +82,30 @@ def rescore(demo: Path, data: Path, split: str, flow_estimator, test_meta: dict)
             f"--data {data}: its {split} pairs come from photos the demo {demo} trained on ({', '.join(shared)}); "
             "make a test set whose photos the demo never saw (see this script's docstring)"
         )
+    return {name: chosen_checkpoint(demo, name) for name in METHODS}
+
+
+def rescore(demo: Path, checkpoints: dict[str, Path], data: Path, split: str, flow_estimator, test_meta: dict) -> dict:
+    """One demo's row: per method the means and per-pair metrics on ``data/split``, and the
+    comparison of ours with #4 (see the module's docstring)."""
+    from jdrl.ablation import evaluate_synthetic
+    from jdrl.checkpoint import CheckpointError, load_deblur_net
+    from jdrl.defocus import load_reblur_net
+    from jdrl.metrics import paired_difference
+    from jdrl.synth import pair_sources
+
+    demo_meta = read_meta(demo / "data", f"{demo} (the demo's data)")
     row: dict = {"demo": str(demo), "methods": {}, "differs": {}}
     for key in DISTRIBUTION_KEYS:
         if demo_meta.get(key) != test_meta.get(key):
             row["differs"][key] = {"demo": demo_meta.get(key), "test": test_meta.get(key)}
-    for name in METHODS:
-        checkpoint = chosen_checkpoint(demo, name)
+    for name, checkpoint in checkpoints.items():
+        try:
+            net, reblur = load_deblur_net(checkpoint), load_reblur_net(checkpoint)
+        except CheckpointError as error:
+            raise SystemExit(f"{checkpoint}: {error}") from None
         # R from the same checkpoint, so ours' R is scored as the demo scores it (None for L1 and #4).
-        evaluation = evaluate_synthetic(
-            load_deblur_net(checkpoint), data, split=split, flow_estimator=flow_estimator,
-            reblur=load_reblur_net(checkpoint),
-        )
+        evaluation = evaluate_synthetic(net, data, split=split, flow_estimator=flow_estimator, reblur=reblur)
         row["methods"][name] = {
             "checkpoint": str(checkpoint),
             "means": evaluation.means,
@@ -102,8 +113,12 @@ def rescore(demo: Path, data: Path, split: str, flow_estimator, test_meta: dict)
             "defocus": evaluation.defocus,
         }
     ours, baseline = (row["methods"][name]["per_image"] for name in ("ours", "no_reblur"))
+    photos = pair_sources(data, split)
+    groups = [photos.get(pair["name"], pair["name"]) for pair in ours]
     for key in ("psnr_gt", "psnr_flow"):
-        row[f"ours_minus_no_reblur_{key}"] = paired_difference([p[key] for p in ours], [p[key] for p in baseline])
+        row[f"ours_minus_no_reblur_{key}"] = paired_difference(
+            [p[key] for p in ours], [p[key] for p in baseline], groups
+        )
     defocus = row["methods"]["ours"]["defocus"] or {}
     row["r_map_spearman"] = defocus.get("reblur", {}).get("spearman")
     return row
@@ -111,20 +126,29 @@ def rescore(demo: Path, data: Path, split: str, flow_estimator, test_meta: dict)
 
 def markdown(rows: list[dict], blurry: dict, pairs: int) -> str:
     """The table the script prints."""
+
+    def error(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
     titles = " | ".join(f"{title} PSNR" for title in METHODS.values())
     lines = [
-        f"{pairs} test pairs; PSNR vs gt_aligned, ours - #4 as mean +- standard error of the per-pair differences.",
+        f"{pairs} test pairs; PSNR vs gt_aligned; ours - #4 as mean +- standard error over the pairs, then over "
+        "the photos they are cut from (crops of one photo are not independent: read the second).",
         "",
-        f"| demo | input PSNR | {titles} | ours - #4 | ours - #4, flow-aligned | ours wins | R's map Spearman | data differs in |",
-        "|---|---|" + "---|" * len(METHODS) + "---|---|---|---|---|",
+        f"| demo | input PSNR | {titles} | ours - #4 | +- over photos | by photo | ours - #4, flow-aligned "
+        "| ours wins | R's map Spearman | data differs in |",
+        "|---|---|" + "---|" * len(METHODS) + "---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [row["demo"], f"{blurry['psnr_gt']:.3f}"]
         cells += [f"{row['methods'][name]['means']['psnr_gt']:.3f}" for name in METHODS]
-        for key in ("psnr_gt", "psnr_flow"):
-            difference = row[f"ours_minus_no_reblur_{key}"]
-            cells.append(f"{difference['mean']:+.3f} +- {difference['standard_error']:.3f}")
-        cells.append(f"{row['ours_minus_no_reblur_psnr_gt']['wins']}/{pairs}")
+        versus = row["ours_minus_no_reblur_psnr_gt"]
+        cells.append(f"{versus['mean']:+.3f} +- {error(versus['standard_error'])}")
+        cells.append(error(versus["group_standard_error"]))
+        cells.append(", ".join(f"{photo} {value:+.2f}" for photo, value in versus["by_group"].items()))
+        flow = row["ours_minus_no_reblur_psnr_flow"]
+        cells.append(f"{flow['mean']:+.3f} +- {error(flow['standard_error'])} ({error(flow['group_standard_error'])})")
+        cells.append(f"{versus['wins']}/{pairs}")
         cells.append("-" if row["r_map_spearman"] is None else f"{row['r_map_spearman']:.3f}")
         cells.append(", ".join(row["differs"]) or "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -136,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("demos", nargs="+", type=Path, help="folders `jdrl demo --out` wrote (runs/, data/)")
     parser.add_argument("--data", type=Path, required=True,
                         help="synthetic test set (made by `jdrl synth`) from photos the demos never trained on")
-    parser.add_argument("--split", default="test", help="split of --data to score (default test)")
+    parser.add_argument("--split", choices=("train", "test"), default="test", help="split of --data to score (default test)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number, per pair, here")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
@@ -151,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     test_meta = read_meta(args.data, "--data")
     flow_estimator = build_flow_estimator("dis")
     try:
+        # Every demo is checked before any is scored: a bad last one fails at once, not after minutes.
+        checkpoints = {demo: check_demo(demo, args.data, args.split, test_meta) for demo in args.demos}
         blurry = evaluate_synthetic(None, args.data, split=args.split, flow_estimator=flow_estimator)
-        rows = [rescore(demo, args.data, args.split, flow_estimator, test_meta) for demo in args.demos]
+        rows = [rescore(demo, checkpoints[demo], args.data, args.split, flow_estimator, test_meta) for demo in args.demos]
     except AblationError as error:
         raise SystemExit(f"--data {args.data}: {error}") from None
     print(markdown(rows, blurry.means, len(blurry.per_image)))

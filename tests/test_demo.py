@@ -456,15 +456,33 @@ def test_demo_rescore_reproduces_the_demo_and_refuses_its_training_photos(tmp_pa
         assert row["methods"][name]["means"]["psnr_gt"] == pytest.approx(payload["means"][name]["psnr_gt"], abs=1e-6), name
     differences = [a["psnr_gt"] - b["psnr_gt"] for a, b in zip(payload["per_image"]["ours"], payload["per_image"]["no_reblur"])]
     assert len(differences) == 5
+    # The five pairs are crops of the four test photos: one photo gives two.
+    meta = json.loads((demo / "data" / "meta.json").read_text())
+    photo_of = {pair["name"]: pair["source"] for pair in meta["pairs"]["test"]}
+    by_photo: dict[str, list[float]] = {}
+    for pair, difference in zip(payload["per_image"]["ours"], differences):
+        by_photo.setdefault(photo_of[pair["name"]], []).append(difference)
+    assert sorted(len(values) for values in by_photo.values()) == [1, 1, 1, 2]
+    photo_means = {photo: statistics.mean(values) for photo, values in by_photo.items()}
     expected = {"mean": statistics.mean(differences), "standard_error": statistics.stdev(differences) / 5 ** 0.5,
-                "wins": sum(difference > 0 for difference in differences), "pairs": 5}
-    assert row["ours_minus_no_reblur_psnr_gt"] == pytest.approx(expected, abs=1e-6)
-    assert payload["ours_minus_no_reblur_psnr_gt"] == pytest.approx(expected, abs=1e-9)
+                "wins": sum(difference > 0 for difference in differences), "pairs": 5,
+                "group_standard_error": statistics.stdev(photo_means.values()) / 2}
+    for versus, tolerance in ((row["ours_minus_no_reblur_psnr_gt"], 1e-6), (payload["ours_minus_no_reblur_psnr_gt"], 1e-9)):
+        assert versus.pop("by_group") == pytest.approx(photo_means, abs=tolerance)
+        assert versus == pytest.approx(expected, abs=tolerance)
     assert row["r_map_spearman"] == pytest.approx(payload["defocus_spearman"], abs=1e-6)
     assert row["differs"] == {}
 
     with pytest.raises(SystemExit, match="--data"):
         rescore.main([str(demo), "--data", str(demo / "data"), "--split", "train"])
+    # Crops of training photos the demo's two pairs did not use are refused too: it saw them in
+    # its validation pairs, or could have (meta.json's list of training photos).
+    demo_pair_photos = {pair["source"] for pair in meta["pairs"]["train"]}
+    all_photos = make_synthetic_dataset(tmp_path / "train_photos", 12, 0, size=32, seed=3)
+    unused = {pair["source"] for pair in json.loads((all_photos / "meta.json").read_text())["pairs"]["train"]} - demo_pair_photos
+    assert unused
+    with pytest.raises(SystemExit, match=sorted(unused)[0]):
+        rescore.main([str(demo), "--data", str(all_photos), "--split", "train"])
     other = make_synthetic_dataset(tmp_path / "other", 0, 2, size=48, max_radius=2.0, seed=5)
     assert rescore.main([str(demo), "--data", str(other), "--json", str(scores)]) == 0
     assert "max_radius" in json.loads(scores.read_text())["demos"][0]["differs"]

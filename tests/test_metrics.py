@@ -81,6 +81,14 @@ def test_paired_difference_is_the_mean_difference_and_its_standard_error():
     # Differences 1, 2, -1: mean 2/3, sample variance ((1/3)^2 + (4/3)^2 + (5/3)^2) / 2 = 7/3.
     result = paired_difference([11.0, 12.0, 9.0], [10.0, 10.0, 10.0])
     assert result == pytest.approx({"mean": 2 / 3, "standard_error": math.sqrt(7 / 3 / 3), "wins": 2, "pairs": 3})
-    assert math.isnan(paired_difference([1.0], [0.5])["standard_error"])
+    assert paired_difference([1.0], [0.5])["standard_error"] is None
     with pytest.raises(ValueError, match="equally long"):
         paired_difference([1.0, 2.0], [1.0])
+    # By photo: means 1.5 (a) and -1 (b); their standard deviation sqrt(2 * 1.25^2) over sqrt(2).
+    grouped = paired_difference([11.0, 12.0, 9.0], [10.0, 10.0, 10.0], ["a", "a", "b"])
+    assert grouped["by_group"] == pytest.approx({"a": 1.5, "b": -1.0})
+    assert grouped["group_standard_error"] == pytest.approx(1.25)
+    assert grouped["standard_error"] == pytest.approx(result["standard_error"])
+    assert paired_difference([1.0, 2.0], [0.0, 0.0], ["a", "a"])["group_standard_error"] is None
+    with pytest.raises(ValueError, match="one label per pair"):
+        paired_difference([1.0, 2.0], [0.0, 0.0], ["a"])

@@ -11,7 +11,7 @@
   is warped onto the prediction with an optical flow before measuring, and the plain metrics are
   reported beside.
 - ``paired_difference``: two methods on the same pairs: the mean per-pair difference, its standard
-  error and the pairs each wins.
+  error (over the pairs, and over the photos they were cut from), and the pairs the first wins.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,20 +91,43 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
     return values[0] if single else values
 
 
-def paired_difference(first: list[float], second: list[float]) -> dict[str, float | int]:
+def paired_difference(
+    first: list[float], second: list[float], groups: list[str] | None = None
+) -> dict[str, Any]:
     """Compare two methods scored on the same pairs: ``mean`` of ``first[i] - second[i]``, its
-    ``standard_error`` (the differences' sample standard deviation over sqrt(pairs); nan for one
-    pair), ``wins`` (pairs where ``first`` is above) and ``pairs``."""
+    ``standard_error`` (the differences' sample standard deviation over sqrt(pairs); None for one
+    pair), ``wins`` (pairs where ``first`` is above) and ``pairs``.
+
+    Pairs cut from the same photo are not independent, so with ``groups`` (one label per pair, the
+    photo it came from) also ``by_group`` (label -> mean difference) and ``group_standard_error``:
+    the standard deviation of the group means over sqrt(groups), None for one group. With few
+    photos it is the more honest of the two errors."""
     if len(first) != len(second) or not first:
         raise ValueError(f"paired_difference needs two equally long, non-empty lists, got {len(first)} and {len(second)}")
     differences = [a - b for a, b in zip(first, second)]
-    mean = sum(differences) / len(differences)
-    if len(differences) > 1:
-        variance = sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)
-        standard_error = math.sqrt(variance / len(differences))
-    else:
-        standard_error = math.nan
-    return {"mean": mean, "standard_error": standard_error, "wins": sum(d > 0 for d in differences), "pairs": len(differences)}
+    result: dict[str, Any] = {
+        "mean": sum(differences) / len(differences),
+        "standard_error": _standard_error(differences),
+        "wins": sum(d > 0 for d in differences),
+        "pairs": len(differences),
+    }
+    if groups is not None:
+        if len(groups) != len(differences):
+            raise ValueError(f"groups needs one label per pair: {len(groups)} labels for {len(differences)} pairs")
+        members: dict[str, list[float]] = {}
+        for label, difference in zip(groups, differences):
+            members.setdefault(label, []).append(difference)
+        result["by_group"] = {label: sum(values) / len(values) for label, values in sorted(members.items())}
+        result["group_standard_error"] = _standard_error(list(result["by_group"].values()))
+    return result
+
+
+def _standard_error(values: list[float]) -> float | None:
+    """Sample standard deviation of ``values`` over sqrt(len); None for fewer than two."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
 def load_lpips(device: str | torch.device = "cpu", net: str = "alex") -> tuple[Callable | None, str]:

@@ -83,6 +83,7 @@ __all__ = [
     "load_source_photos",
     "make_pair",
     "make_synthetic_dataset",
+    "pair_sources",
     "register",
     "run",
     "synth_defaults_meta",
@@ -995,6 +996,17 @@ def _source_sequence(photos: list[SourcePhoto], count: int, rng: np.random.Gener
     while len(sequence) < count:
         sequence.extend(photos[i] for i in rng.permutation(len(photos)))
     return sequence[:count]
+
+
+def pair_sources(root: str | os.PathLike, split: str) -> dict[str, str]:
+    """Pair name -> the name of the photo it was cut from, as ``root/meta.json`` records them for
+    ``split`` ({} without a ``meta.json``). Crops of one photo are not independent samples: scores
+    are best compared photo by photo too."""
+    path = Path(root) / "meta.json"
+    if not path.is_file():
+        return {}
+    meta = json.loads(path.read_text())
+    return {pair["name"]: pair["source"] for pair in meta.get("pairs", {}).get(split, [])}
 
 
 def synth_defaults_meta() -> dict[str, Any]:
