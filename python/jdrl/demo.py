@@ -427,7 +427,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def format_versus(versus: dict[str, Any]) -> str:
     """The line under the demo's table: ours - #4 (``jdrl.metrics.paired_difference`` with the
-    photos as groups), its standard errors and the pairs and photos ours wins."""
+    photos as groups), its standard errors, the pairs ours wins and its mean on each photo."""
 
     def error(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
