@@ -58,11 +58,6 @@ def read_meta(root: Path, what: str) -> dict:
     return json.loads(path.read_text())
 
 
-def split_photos(meta: dict, split: str) -> set[str]:
-    """The names of the photos the pairs of ``split`` were cut from."""
-    return {pair["source"] for pair in meta.get("pairs", {}).get(split, [])}
-
-
 def chosen_checkpoint(demo: Path, name: str) -> Path:
     """The weights the demo evaluated for ``name``: best on validation, else the last."""
     for file_name in ("best.pt", "last.pt"):
@@ -72,29 +67,33 @@ def chosen_checkpoint(demo: Path, name: str) -> Path:
     raise SystemExit(f"{demo}: no runs/{name}/best.pt or last.pt (is it a folder `jdrl demo` wrote?)")
 
 
-def check_demo(demo: Path, data: Path, split: str, test_meta: dict) -> dict[str, Path]:
-    """Refuse a demo whose training photos the test pairs come from; -> its checkpoint per method."""
+def check_demo(demo: Path, data: Path, split: str, test_photos: dict[str, str]) -> tuple[dict, dict[str, Path]]:
+    """Refuse a demo whose training photos the test pairs (``test_photos``: pair name -> photo)
+    come from; -> (the demo's ``meta.json``, its checkpoint per method)."""
+    from jdrl.synth import pair_sources
+
     demo_meta = read_meta(demo / "data", f"{demo} (the demo's data)")
-    seen = split_photos(demo_meta, "train") | set(demo_meta.get("sources", {}).get("train", []))
-    shared = sorted(split_photos(test_meta, split) & seen)
+    seen = set(pair_sources(demo / "data", "train").values()) | set(demo_meta.get("sources", {}).get("train", []))
+    shared = sorted(set(test_photos.values()) & seen)
     if shared:
         raise SystemExit(
             f"--data {data}: its {split} pairs come from photos the demo {demo} trained on ({', '.join(shared)}); "
             "make a test set whose photos the demo never saw (see this script's docstring)"
         )
-    return {name: chosen_checkpoint(demo, name) for name in METHODS}
+    return demo_meta, {name: chosen_checkpoint(demo, name) for name in METHODS}
 
 
-def rescore(demo: Path, checkpoints: dict[str, Path], data: Path, split: str, flow_estimator, test_meta: dict) -> dict:
+def rescore(
+    demo: Path, demo_meta: dict, checkpoints: dict[str, Path], data: Path, split: str, flow_estimator,
+    test_meta: dict, test_photos: dict[str, str],
+) -> dict:
     """One demo's row: per method the means and per-pair metrics on ``data/split``, and the
-    comparison of ours with #4 (see the module's docstring)."""
+    comparison of ours with #4, photo by photo (see the module's docstring)."""
     from jdrl.ablation import evaluate_synthetic
     from jdrl.checkpoint import CheckpointError, load_deblur_net
     from jdrl.defocus import load_reblur_net
     from jdrl.metrics import paired_difference
-    from jdrl.synth import pair_sources
 
-    demo_meta = read_meta(demo / "data", f"{demo} (the demo's data)")
     row: dict = {"demo": str(demo), "methods": {}, "differs": {}}
     for key in DISTRIBUTION_KEYS:
         if demo_meta.get(key) != test_meta.get(key):
@@ -113,8 +112,7 @@ def rescore(demo: Path, checkpoints: dict[str, Path], data: Path, split: str, fl
             "defocus": evaluation.defocus,
         }
     ours, baseline = (row["methods"][name]["per_image"] for name in ("ours", "no_reblur"))
-    photos = pair_sources(data, split)
-    groups = [photos.get(pair["name"], pair["name"]) for pair in ours]
+    groups = [test_photos.get(pair["name"], pair["name"]) for pair in ours]
     for key in ("psnr_gt", "psnr_flow"):
         row[f"ours_minus_no_reblur_{key}"] = paired_difference(
             [p[key] for p in ours], [p[key] for p in baseline], groups
@@ -171,14 +169,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from jdrl.ablation import AblationError, evaluate_synthetic
     from jdrl.flow import build_flow_estimator
+    from jdrl.synth import pair_sources
 
     test_meta = read_meta(args.data, "--data")
+    test_photos = pair_sources(args.data, args.split)
     flow_estimator = build_flow_estimator("dis")
     try:
         # Every demo is checked before any is scored: a bad last one fails at once, not after minutes.
-        checkpoints = {demo: check_demo(demo, args.data, args.split, test_meta) for demo in args.demos}
+        checked = {demo: check_demo(demo, args.data, args.split, test_photos) for demo in args.demos}
         blurry = evaluate_synthetic(None, args.data, split=args.split, flow_estimator=flow_estimator)
-        rows = [rescore(demo, checkpoints[demo], args.data, args.split, flow_estimator, test_meta) for demo in args.demos]
+        rows = [rescore(demo, *checked[demo], args.data, args.split, flow_estimator, test_meta, test_photos)
+                for demo in args.demos]
     except AblationError as error:
         raise SystemExit(f"--data {args.data}: {error}") from None
     print(markdown(rows, blurry.means, len(blurry.per_image)))
