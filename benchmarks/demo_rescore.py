@@ -18,6 +18,10 @@ evaluates; ``last.pt`` where the demo kept no best) on the pairs of ``--data`` (
 - ``R's map``: the Spearman correlation (textured pixels) of ours' R's implied radius with the
   true radius, pooled over the pairs, as the demo's ``defocus_spearman``.
 
+A second table gives each row's PSNR photo by photo beside the input's: on the bundled test photos
+every network of the demo has made moon, a flat grey photo scored at 34-41 dB, worse than the
+blurry input (benchmarks/RESULTS.md), and that photo decides the sign of ours - #4.
+
 The test pairs must come from photos none of the demo's trainings saw: the script compares the
 photo names in both ``meta.json`` files and refuses an overlap (by name only: the same photo under
 another name is not caught). ``jdrl synth`` keeps the bundled
@@ -119,11 +123,22 @@ def rescore(
         )
     defocus = row["methods"]["ours"]["defocus"] or {}
     row["r_map_spearman"] = defocus.get("reblur", {}).get("spearman")
+    row["psnr_gt_by_photo"] = {
+        name: photo_means(method["per_image"], test_photos) for name, method in row["methods"].items()
+    }
     return row
 
 
-def markdown(rows: list[dict], blurry: dict, pairs: int) -> str:
-    """The table the script prints."""
+def photo_means(per_image: list[dict], test_photos: dict[str, str], key: str = "psnr_gt") -> dict[str, float]:
+    """Photo -> the mean of ``key`` over its pairs (pairs without a recorded photo stand alone)."""
+    values: dict[str, list[float]] = {}
+    for pair in per_image:
+        values.setdefault(test_photos.get(pair["name"], pair["name"]), []).append(pair[key])
+    return {photo: sum(scores) / len(scores) for photo, scores in values.items()}
+
+
+def markdown(rows: list[dict], blurry: dict, blurry_by_photo: dict[str, float], pairs: int) -> str:
+    """The tables the script prints: the means and ours against #4, then each row by photo."""
 
     def error(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
@@ -150,6 +165,18 @@ def markdown(rows: list[dict], blurry: dict, pairs: int) -> str:
         cells.append("-" if row["r_map_spearman"] is None else f"{row['r_map_spearman']:.3f}")
         cells.append(", ".join(row["differs"]) or "-")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "PSNR vs gt_aligned by photo (the mean over its pairs); a network below the input has made that photo worse.",
+        "",
+        "| demo | photo | input | " + " | ".join(METHODS.values()) + " |",
+        "|---|---|---|" + "---|" * len(METHODS),
+    ]
+    for row in rows:
+        for photo, value in blurry_by_photo.items():
+            cells = [row["demo"], photo, f"{value:.3f}"]
+            cells += [f"{row['psnr_gt_by_photo'][name][photo]:.3f}" for name in METHODS]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -182,9 +209,13 @@ def main(argv: list[str] | None = None) -> int:
                 for demo in args.demos]
     except AblationError as error:
         raise SystemExit(f"--data {args.data}: {error}") from None
-    print(markdown(rows, blurry.means, len(blurry.per_image)))
+    blurry_by_photo = photo_means(blurry.per_image, test_photos)
+    print(markdown(rows, blurry.means, blurry_by_photo, len(blurry.per_image)))
     if args.json is not None:
-        payload = {"data": str(args.data), "split": args.split, "blurry": blurry.means, "demos": rows}
+        payload = {
+            "data": str(args.data), "split": args.split, "blurry": blurry.means,
+            "blurry_psnr_gt_by_photo": blurry_by_photo, "demos": rows,
+        }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 

@@ -21,7 +21,9 @@ training pairs and on the test pairs it reports:
   radius: the best F_B's radius could score with this R.
 
 ``--seed-penalty`` and ``--logit-penalty`` add the hinges of ``loss.seed_penalty`` and
-``loss.logit_penalty`` to ``L_R``.
+``loss.logit_penalty`` to ``L_R``. ``--crop`` trains on a random window of the pair at each step
+(R's step costs in proportion to its pixels) and ``--repeats`` takes that many steps in a row on one
+pair: is it steps or pixels that R needs, and do repeated steps on one pair count as new ones?
 
 Example (one thread, about two minutes)::
 
@@ -144,12 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", choices=("srgb", "linear"), default="srgb")
     parser.add_argument("--transfer", choices=("srgb", "gamma2.2"), default="srgb")
     parser.add_argument("--levels", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=None,
+                        help="train on a random CROP x CROP window of the pair at each step (default: whole pairs)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="steps in a row on one pair before drawing the next (default 1; with --crop each on its own window)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--name", default=None, help="result file name (default from the settings)")
     parser.add_argument("--save", type=Path, default=None, help="write R's weights (state_dict) there")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.crop is not None and args.crop < 8:
+        parser.error(f"--crop must be at least 8 px, got {args.crop}")
     if args.mask and args.target != "warped":
         parser.error("--mask needs --target warped (the mask is that of the flow that aligns gt)")
     torch.set_num_threads(args.threads)
@@ -169,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     flow = build_flow_estimator("dis")
     train_pairs = _pairs(data, "train", args.target, flow)
     test_pairs = _pairs(data, "test", args.target, flow)
+    smallest = min(min(pair["blurry"].shape[-2:]) for pair in train_pairs)
+    if args.crop is not None and args.crop > smallest:
+        parser.error(f"--crop {args.crop} is larger than the smallest training pair of {data} ({smallest} px)")
     torch.manual_seed(args.seed)
     config = LossConfig(seed_bound=args.seed_bound, weight_logit_bound=args.logit_bound, reblur_space=args.space,
                         reblur_transfer=args.transfer)
@@ -178,9 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     history = []
     order = np.random.default_rng(args.seed)
     for step in range(1, args.steps + 1):
-        pair = train_pairs[int(order.integers(len(train_pairs)))]
-        out = net(pair["sharp"], pair["blurry"])
-        loss = charbonnier(out.reblurred - pair["blurry"], pair["mask"] if args.mask else None)
+        if (step - 1) % args.repeats == 0:
+            pair = train_pairs[int(order.integers(len(train_pairs)))]
+        sharp, blurry, mask = pair["sharp"], pair["blurry"], pair["mask"] if args.mask else None
+        if args.crop is not None:
+            height, width = blurry.shape[-2:]
+            top, left = int(order.integers(height - args.crop + 1)), int(order.integers(width - args.crop + 1))
+            window = (..., slice(top, top + args.crop), slice(left, left + args.crop))
+            sharp, blurry, mask = sharp[window], blurry[window], None if mask is None else mask[window]
+        out = net(sharp, blurry)
+        loss = charbonnier(out.reblurred - blurry, mask)
         if args.seed_penalty:
             loss = loss + seed_penalty(out.seeds, args.seed_penalty, args.seed_penalty_margin)
         if args.logit_penalty and out.level_logits is not None:

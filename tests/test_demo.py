@@ -427,9 +427,10 @@ def test_defocus_map_alone_scores_f_b_against_r_s_frozen_pseudo_map(synthetic, e
 
 
 def test_demo_rescore_reproduces_the_demo_and_refuses_its_training_photos(tmp_path, capsys):
-    """benchmarks/demo_rescore.py on a demo's own test pairs gives the demo's own numbers (means, and
-    ours - #4 with its standard error recomputed here from the demo's per-pair rows); a test set cut
-    from the demo's training photos is refused, naming --data; other blur settings are flagged."""
+    """benchmarks/demo_rescore.py (and defocus_map_use.py) on a demo's own test pairs gives the
+    demo's own numbers (means, by photo, and ours - #4 with its standard error recomputed here from
+    the demo's per-pair rows); a test set cut from the demo's training photos is refused, naming
+    --data; other blur settings are flagged."""
     import statistics
 
     demo = tmp_path / "demo"
@@ -472,6 +473,16 @@ def test_demo_rescore_reproduces_the_demo_and_refuses_its_training_photos(tmp_pa
         assert versus == pytest.approx(expected, abs=tolerance)
     assert row["r_map_spearman"] == pytest.approx(payload["defocus_spearman"], abs=1e-6)
     assert row["differs"] == {}
+    # Each row photo by photo, and the input's: the means of the demo's own per-pair PSNRs.
+    def by_photo_mean(rows):
+        values: dict[str, list[float]] = {}
+        for pair in rows:
+            values.setdefault(photo_of[pair["name"]], []).append(pair["psnr_gt"])
+        return {photo: statistics.mean(scores) for photo, scores in values.items()}
+
+    assert result["blurry_psnr_gt_by_photo"] == pytest.approx(by_photo_mean(payload["per_image"]["blurry"]), abs=1e-9)
+    for name in ("l1", "no_reblur", "ours"):
+        assert row["psnr_gt_by_photo"][name] == pytest.approx(by_photo_mean(payload["per_image"][name]), abs=1e-6), name
 
     with pytest.raises(SystemExit, match="--data"):
         rescore.main([str(demo), "--data", str(demo / "data"), "--split", "train"])
@@ -486,6 +497,27 @@ def test_demo_rescore_reproduces_the_demo_and_refuses_its_training_photos(tmp_pa
     other = make_synthetic_dataset(tmp_path / "other", 0, 2, size=48, max_radius=2.0, seed=5)
     assert rescore.main([str(demo), "--data", str(other), "--json", str(scores)]) == 0
     assert "max_radius" in json.loads(scores.read_text())["demos"][0]["differs"]
+
+    # benchmarks/defocus_map_use.py on the same demo (a test of its own would train another one):
+    # with F_B's map as predicted it repeats the demo's per-pair PSNRs; the map replaced by its
+    # spatial mean or by zeros changes the output, and F is left as it was.
+    spec = importlib.util.spec_from_file_location("defocus_map_use", REPO / "benchmarks" / "defocus_map_use.py")
+    map_use = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(map_use)
+    uses = tmp_path / "map_use.json"
+    assert map_use.main([str(demo / "runs" / "ours"), str(demo / "runs" / "no_reblur" / "last.pt"), "--data", str(demo / "data"),
+                         "--json", str(uses)]) == 0
+    assert "moon" in capsys.readouterr().out
+    used = json.loads(uses.read_text())
+    assert used["input"] == pytest.approx({p["name"]: p["psnr_gt"] for p in payload["per_image"]["blurry"]}, abs=1e-9)
+    ours = used["runs"][str(demo / "runs" / "ours")]
+    assert ours["as is"] == pytest.approx({p["name"]: p["psnr_gt"] for p in payload["per_image"]["ours"]}, abs=1e-6)
+    for mode in ("mean", "zeros"):
+        assert any(abs(ours[mode][name] - ours["as is"][name]) > 1e-6 for name in ours["as is"]), mode
+    with pytest.raises(SystemExit, match="best.pt or last.pt"):
+        map_use.main([str(tmp_path), "--data", str(demo / "data")])
+    with pytest.raises(SystemExit, match="--data"):
+        map_use.main([str(demo / "runs" / "ours"), "--data", str(tmp_path)])
 
 
 def test_warmup_is_the_papers_share_and_shorter_than_the_run():
