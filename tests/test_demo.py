@@ -75,6 +75,36 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert grid.shape[1] == tile * len(GRID_COLUMNS) and grid.shape[0] > 2 * tile
     for name in ("ours", "l1", "no_reblur"):
         assert (out / "runs" / name / "last.pt").is_file(), name
+    # Ours' reblurring net takes its prefit steps (two in a quick run), the others have none.
+    prefit = {}
+    for name in ("ours", "l1", "no_reblur"):
+        records = [json.loads(line) for line in (out / "runs" / name / "train_log.jsonl").read_text().splitlines()]
+        prefit[name] = [record["steps"] for record in records if record["kind"] == "prefit"]
+    assert prefit == {"ours": [2], "l1": [], "no_reblur": []}
+
+
+def test_demo_budget_leaves_ours_prefit_out(tmp_path, monkeypatch):
+    """In the wall-clock budget, ours' reblurring net prefit (paid once, before its first epoch) does
+    not take epochs from the three trainings: here one epoch costs 10 s per network, the prefit
+    100 s and the budget 60 s, so the three fit two epochs each; counted in, not one more."""
+    import types
+
+    from jdrl import demo
+
+    clock = [0.0]
+
+    def fake_advance(self, name, epochs):
+        first = self.epochs[name] == 0
+        prefit = 100.0 if name == "ours" and first else 0.0
+        clock[0] += prefit + 10.0 * (epochs - self.epochs[name])
+        self.results[name] = types.SimpleNamespace(prefit_seconds=prefit)
+        self.epochs[name] = epochs
+        return 10.0
+
+    monkeypatch.setattr(demo._Trainings, "advance", fake_advance)
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
+    trainings = demo._train_all(tmp_path / "data", tmp_path / "val", tmp_path / "runs", demo.DemoSettings(minutes=1.0))
+    assert trainings.epochs == {"ours": 2, "l1": 2, "no_reblur": 2}
 
 
 def test_demo_set_overrides_reach_every_training(tmp_path, capsys):
@@ -551,9 +581,10 @@ def test_bad_arguments_name_themselves(synthetic, tmp_path):
 
 
 def test_ours_reblur_lr_is_the_demo_rate_or_the_override():
-    from jdrl.demo import DEMO_REBLUR_LR, METHODS, DemoSettings, ours_reblur_lr
+    from jdrl.demo import DEMO_REBLUR_LR, DEMO_REBLUR_PREFIT_STEPS, METHODS, DemoSettings, ours_reblur_lr
 
     assert METHODS["ours"][1]["optim.reblur_lr"] == DEMO_REBLUR_LR == 1e-3
+    assert DemoSettings().reblur_prefit_steps == DEMO_REBLUR_PREFIT_STEPS == 1344
     assert ours_reblur_lr(DemoSettings()) == 1e-3
     # --set values are YAML: "1e-4" (no dot) arrives as a string, null as None (optim.reblur_lr's default).
     assert ours_reblur_lr(DemoSettings(overrides={"optim.reblur_lr": "1e-4"})) == 1e-4

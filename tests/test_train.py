@@ -283,6 +283,53 @@ def test_reblur_kernel_lr_scale_gives_the_seeds_branch_a_group_of_its_own(pairs,
     assert kernel_moved < 1e-8 and weight_moved > 1e-6
 
 
+def test_reblur_prefit_trains_r_alone_before_the_first_epoch(pairs, tmp_path):
+    """loss.reblur_prefit_steps: R takes its steps on windows of the flow-aligned pairs before the
+    first epoch, F is untouched and the epochs draw as without it; a resumed run does not prefit again."""
+    import json
+
+    overrides = {"train.epochs": 1, "train.max_steps_per_epoch": 2, "train.deterministic": True,
+                 "loss.reblur_prefit_crop": 16}
+    plain = train(tiny_config(pairs, tmp_path / "plain", **overrides))
+    prefit = train(tiny_config(pairs, tmp_path / "prefit", **overrides, **{"loss.reblur_prefit_steps": 3}))
+    assert plain.prefit_seconds == 0.0 and prefit.prefit_seconds > 0.0
+    records = [json.loads(line) for line in (tmp_path / "prefit" / "train_log.jsonl").read_text().splitlines()]
+    (record,) = [r for r in records if r["kind"] == "prefit"]
+    assert record["steps"] == 3 and math.isfinite(record["reblur_prefit_first"]) and math.isfinite(record["reblur_prefit_last"])
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("plain", "prefit"))
+    # The epoch is the flow warm-up: F's loss does not depend on R then, so F ends the same to the
+    # bit (no draw of the epochs moved), while R has taken 3 more steps.
+    assert same_state(a["model"], b["model"]) and a["step"] == b["step"] == 2
+    assert not same_state(a["reblur"], b["reblur"])
+    assert without_timing(plain.epoch_losses)[0]["deblur"] == without_timing(prefit.epoch_losses)[0]["deblur"]
+    # Resumed: no second prefit.
+    resumed = train(tiny_config(pairs, tmp_path / "prefit", **{**overrides, "loss.reblur_prefit_steps": 3,
+                                                               "train.epochs": 2}), resume="auto")
+    assert resumed.prefit_seconds == 0.0
+    records = [json.loads(line) for line in (tmp_path / "prefit" / "train_log.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "prefit" for r in records) == 1
+    # R's fit on a window (the whole side where the pair is smaller): only R gets a gradient.
+    config = tiny_config(pairs, tmp_path / "x", **{"loss.reblur_prefit_crop": 32}).loss
+    loss_module = JDRLLoss(config, lambda a, b: torch.zeros(a.shape[0], 2, *a.shape[2:]))
+    seen = []
+    original = loss_module.reblur_net.forward
+    loss_module.reblur_net.forward = lambda sharp, blurry: seen.append(tuple(blurry.shape)) or original(sharp, blurry)
+    value, terms = loss_module.reblur_prefit(torch.rand(1, 3, 40, 20), torch.rand(1, 3, 40, 20), torch.Generator().manual_seed(0))
+    value.backward()
+    assert seen == [(1, 3, 32, 20)] and set(terms) >= {"reblur_prefit"}
+    assert all(p.grad is not None for p in loss_module.reblur_net.parameters())
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [({"loss.reblur_prefit_steps": -1}, "loss.reblur_prefit_steps"),
+     ({"loss.reblur_prefit_crop": 8}, "loss.reblur_prefit_crop")],
+)
+def test_reblur_prefit_settings_are_checked(pairs, tmp_path, override, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        tiny_config(pairs, tmp_path, **override)
+
+
 def test_resume_reports_loss_settings_that_changed(pairs, tmp_path, capsys):
     overrides = {"train.max_steps_per_epoch": 1, "train.epochs": 1}
     train(tiny_config(pairs, tmp_path, **overrides))
@@ -381,8 +428,10 @@ def test_ddp_two_cpu_processes(pairs, tmp_path):
 
     # Two epochs of one step: the first is the flow warm-up, without the reblurring net when
     # loss.reblur_after_warmup is set, which DDP must tolerate.
+    # R's prefit runs on every rank and rank 0's R is broadcast after it.
     config = tiny_config(pairs, tmp_path / "run", **{"train.epochs": 2, "train.max_steps_per_epoch": 1,
-                                                     "loss.reblur_after_warmup": True})
+                                                     "loss.reblur_after_warmup": True, "loss.reblur_prefit_steps": 2,
+                                                     "loss.reblur_prefit_crop": 16})
     mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=False)

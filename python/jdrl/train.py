@@ -73,6 +73,8 @@ class TrainResult:
 
     ``epoch_losses``: per epoch trained in this call or restored from the checkpoint, the mean of
     ``total`` and each loss term (averaged over DDP ranks), ``lr`` and ``epoch`` (1-based).
+    ``prefit_seconds``: the time the reblurring net's prefit took before the first epoch (0 when
+    there was none in this call), so that callers can time the epochs alone.
     ``val_metrics``: per validation, ``aligned_metrics`` averages and ``epoch``. Checkpoint paths
     and metrics are None where nothing was written (no validation set, or DDP ranks other than 0).
     ``net``: the trained deblurring net (this rank's replica, in eval mode), for use in-process.
@@ -87,6 +89,8 @@ class TrainResult:
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     net: nn.Module | None = field(default=None, repr=False)
+    # Wall-clock seconds of the reblurring net's prefit (loss.reblur_prefit_steps) in this call.
+    prefit_seconds: float = 0.0
 
 
 @dataclass
@@ -222,6 +226,11 @@ class _Logger:
             self.stream.close()
         if self.writer is not None:
             self.writer.close()
+
+
+# The entropy word that separates the reblurring net's prefit draws from those of the epochs
+# (_epoch_generator uses the epoch number there).
+PREFIT_STREAM = 0x9E3779B9
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -538,8 +547,11 @@ class _Trainer:
             self.logger.message(f"--resume {resume}: no {self.last_path} yet, starting fresh")
 
     def fit(self) -> TrainResult:
-        """Every remaining epoch: train, end it, validate, checkpoint; then the result."""
+        """R's prefit (a fresh run with ``loss.reblur_prefit_steps``), then every remaining epoch:
+        train, end it, validate, checkpoint; then the result."""
         try:
+            if self.start_epoch == 0 and self.step == 0:
+                self.prefit_reblur()
             for epoch in range(self.start_epoch, self.config.train.epochs):
                 sums, started = self.train_epoch(epoch)
                 self.end_epoch(epoch, sums, started)
@@ -558,6 +570,51 @@ class _Trainer:
                 self.best_path if self.best_path.exists() and result.best_metric is not None else None
             )
         return result
+
+    def prefit_reblur(self) -> None:
+        """``loss.reblur_prefit_steps`` Adam steps of R alone on its fit term, each on a random
+        window of a random training pair (``JDRLLoss.reblur_prefit``); F is untouched (its
+        parameters get no gradient, so Adam leaves them and their state alone).
+
+        The draws come from a generator of their own (seeded by ``train.seed``), so the epochs
+        after it draw as without it. No checkpoint is written before the first epoch ends: a run
+        stopped here starts again from scratch, prefit included. Under DDP every rank takes the
+        same draws, and rank 0's R is broadcast after it, since DDP synchronizes only what passes
+        through its wrapper."""
+        steps = self.config.loss.reblur_prefit_steps
+        reblur_net = self.loss.reblur_net
+        if steps == 0 or reblur_net is None:
+            return
+        began = time.perf_counter()
+        generator = torch.Generator()
+        generator.manual_seed(int(np.random.SeedSequence([self.config.train.seed, PREFIT_STREAM]).generate_state(1)[0]))
+        self.train_set.set_epoch(0)
+        reblur_net.train()
+        first = last = None
+        for step in range(1, steps + 1):
+            pair = self.train_set[int(torch.randint(len(self.train_set), (1,), generator=generator))]
+            blurry, sharp = pair["blurry"][None].to(self.device), pair["sharp"][None].to(self.device)
+            loss, terms = self.loss.reblur_prefit(blurry, sharp, generator)
+            if not torch.isfinite(loss.detach()):
+                values = {name: float(value.detach()) for name, value in terms.items()}
+                raise NonFiniteLossError(0, 0, {f"prefit step {step}: total": float(loss.detach()), **values}, None)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            last = float(terms["reblur_prefit"].detach())
+            first = last if first is None else first
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.distributed.enabled:
+            for tensor in [*reblur_net.parameters(), *reblur_net.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+        self.result.prefit_seconds = time.perf_counter() - began
+        self.logger.record("prefit", 0, {"reblur_prefit_first": first, "reblur_prefit_last": last,
+                                         "steps": steps, "seconds": self.result.prefit_seconds})
+        self.logger.message(
+            f"reblurring net prefit: {steps} steps on {self.config.loss.reblur_prefit_crop} px windows of the "
+            f"flow-aligned training pairs, fit {first:.4f} (first step) -> {last:.4f} (last), "
+            f"{self.result.prefit_seconds:.0f} s"
+        )
 
     def epoch_loader(self, epoch: int) -> DataLoader:
         """This epoch's batches: crops and shuffle order are functions of (seed, epoch)."""
