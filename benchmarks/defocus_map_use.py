@@ -71,11 +71,11 @@ def score(net: nn.Module | None, pairs: list[tuple[str, torch.Tensor, torch.Tens
 
 
 def by_photo(scores: dict[str, float], photos: dict[str, str]) -> dict[str, float]:
-    """Photo -> mean PSNR over its pairs, and ``"all pairs"`` -> the mean over every pair."""
-    groups: dict[str, list[float]] = {}
-    for name, value in scores.items():
-        groups.setdefault(photos.get(name, name), []).append(value)
-    means = {photo: sum(values) / len(values) for photo, values in sorted(groups.items())}
+    """Photo -> mean PSNR over its pairs (``jdrl.synth.photo_means``), in name order, and ``"all
+    pairs"`` -> the mean over every pair."""
+    from jdrl.synth import photo_means
+
+    means = dict(sorted(photo_means(scores, photos).items()))
     means["all pairs"] = sum(scores.values()) / len(scores)
     return means
 

@@ -123,18 +123,15 @@ def rescore(
         )
     defocus = row["methods"]["ours"]["defocus"] or {}
     row["r_map_spearman"] = defocus.get("reblur", {}).get("spearman")
-    row["psnr_gt_by_photo"] = {
-        name: photo_means(method["per_image"], test_photos) for name, method in row["methods"].items()
-    }
+    row["psnr_gt_by_photo"] = {name: psnr_by_photo(method["per_image"], test_photos) for name, method in row["methods"].items()}
     return row
 
 
-def photo_means(per_image: list[dict], test_photos: dict[str, str], key: str = "psnr_gt") -> dict[str, float]:
-    """Photo -> the mean of ``key`` over its pairs (pairs without a recorded photo stand alone)."""
-    values: dict[str, list[float]] = {}
-    for pair in per_image:
-        values.setdefault(test_photos.get(pair["name"], pair["name"]), []).append(pair[key])
-    return {photo: sum(scores) / len(scores) for photo, scores in values.items()}
+def psnr_by_photo(per_image: list[dict], test_photos: dict[str, str]) -> dict[str, float]:
+    """Photo -> the mean PSNR against ``gt_aligned`` over its pairs (``jdrl.synth.photo_means``)."""
+    from jdrl.synth import photo_means
+
+    return photo_means({pair["name"]: pair["psnr_gt"] for pair in per_image}, test_photos)
 
 
 def markdown(rows: list[dict], blurry: dict, blurry_by_photo: dict[str, float], pairs: int) -> str:
@@ -209,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 for demo in args.demos]
     except AblationError as error:
         raise SystemExit(f"--data {args.data}: {error}") from None
-    blurry_by_photo = photo_means(blurry.per_image, test_photos)
+    blurry_by_photo = psnr_by_photo(blurry.per_image, test_photos)
     print(markdown(rows, blurry.means, blurry_by_photo, len(blurry.per_image)))
     if args.json is not None:
         payload = {

@@ -24,6 +24,8 @@ training pairs and on the test pairs it reports:
 ``loss.logit_penalty`` to ``L_R``. ``--crop`` trains on a random window of the pair at each step
 (R's step costs in proportion to its pixels) and ``--repeats`` takes that many steps in a row on one
 pair: is it steps or pixels that R needs, and do repeated steps on one pair count as new ones?
+(The windows are drawn from the generator that draws the pairs, so ``--crop`` also changes which
+pairs come in which order.)
 
 Example (one thread, about two minutes)::
 
@@ -158,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    if args.crop is not None and args.crop < 8:
-        parser.error(f"--crop must be at least 8 px, got {args.crop}")
+    from jdrl.losses import MIN_PREFIT_CROP
+
+    if args.crop is not None and args.crop < MIN_PREFIT_CROP:
+        parser.error(f"--crop must be at least {MIN_PREFIT_CROP} px (a kernel of radius 7 and a pixel), got {args.crop}")
     if args.mask and args.target != "warped":
         parser.error("--mask needs --target warped (the mask is that of the flow that aligns gt)")
     torch.set_num_threads(args.threads)

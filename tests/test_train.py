@@ -300,6 +300,7 @@ def test_reblur_prefit_trains_r_alone_before_the_first_epoch(pairs, tmp_path):
     # The epoch is the flow warm-up: F's loss does not depend on R then, so F ends the same to the
     # bit (no draw of the epochs moved), while R has taken 3 more steps.
     assert same_state(a["model"], b["model"]) and a["step"] == b["step"] == 2
+    assert same_state({"rng": a["rng"]}, {"rng": b["rng"]})  # the process RNGs too: nothing drew from them
     assert not same_state(a["reblur"], b["reblur"])
     assert without_timing(plain.epoch_losses)[0]["deblur"] == without_timing(prefit.epoch_losses)[0]["deblur"]
     # Resumed: no second prefit.
@@ -318,6 +319,19 @@ def test_reblur_prefit_trains_r_alone_before_the_first_epoch(pairs, tmp_path):
     value.backward()
     assert seen == [(1, 3, 32, 20)] and set(terms) >= {"reblur_prefit"}
     assert all(p.grad is not None for p in loss_module.reblur_net.parameters())
+
+
+def test_reblur_prefit_stops_on_a_non_finite_loss_naming_the_prefit(pairs, tmp_path, monkeypatch):
+    original = JDRLLoss.reblur_prefit
+
+    def poisoned(self, blurry, sharp, generator=None):
+        loss, terms = original(self, blurry, sharp, generator)
+        return loss * float("nan"), terms
+
+    monkeypatch.setattr(JDRLLoss, "reblur_prefit", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 1 of the reblurring net's prefit \(loss.reblur_prefit_steps\)") as error:
+        train(tiny_config(pairs, tmp_path, **{"loss.reblur_prefit_steps": 2, "loss.reblur_prefit_crop": 16}))
+    assert "optim.reblur_lr" in str(error.value) and not (tmp_path / "last.pt").exists()
 
 
 @pytest.mark.parametrize(
@@ -428,7 +442,8 @@ def test_ddp_two_cpu_processes(pairs, tmp_path):
 
     # Two epochs of one step: the first is the flow warm-up, without the reblurring net when
     # loss.reblur_after_warmup is set, which DDP must tolerate.
-    # R's prefit runs on every rank and rank 0's R is broadcast after it.
+    # R's prefit runs on every rank (it must neither hang nor desynchronize F; its broadcast of R is
+    # not checked here: every rank draws the same windows).
     config = tiny_config(pairs, tmp_path / "run", **{"train.epochs": 2, "train.max_steps_per_epoch": 1,
                                                      "loss.reblur_after_warmup": True, "loss.reblur_prefit_steps": 2,
                                                      "loss.reblur_prefit_crop": 16})

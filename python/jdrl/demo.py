@@ -42,7 +42,7 @@ steps) for tests.
 
 Example::
 
-    jdrl demo --out runs/demo         # about 14 minutes on a 2-core CPU
+    jdrl demo --out runs/demo         # about 13 minutes on a 2-core CPU
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ def _fresh_run_dir(path: Path) -> None:
 @dataclass
 class _Trainings:
     """The runs as they progress: where they write, their last TrainResult, epochs done and
-    wall-clock seconds spent (setup, epochs, validation and checkpoints included)."""
+    wall-clock seconds spent (setup, ours' reblurring net prefit, epochs, validation and checkpoints
+    included)."""
 
     data_root: Path
     val_root: Path
@@ -613,7 +614,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "prefit not counted (default 10)")
     parser.add_argument("--epochs", type=int, default=None, metavar="E",
                         help="train each network exactly E epochs instead (one epoch = one step per training pair)")
-    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run: tiny network, 48 px, 2 steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds-long smoke run: tiny network, 48 px, 2 steps (and 2 prefit steps of ours' reblurring net)")
     parser.add_argument("--size", type=int, default=None, metavar="PX", help="side of the synthetic images (default 128)")
     parser.add_argument("--train", type=int, default=None, metavar="N", help="training pairs (default 16)")
     parser.add_argument("--test", type=int, default=None, metavar="M", help="test pairs (default 32; the grid shows the first 4)")

@@ -41,6 +41,7 @@ __all__ = [
     "logit_penalty",
     "seed_penalty",
     "variant_overrides",
+    "MIN_PREFIT_CROP",
 ]
 
 # The floor of the calibration mask's tolerance, in pixels. Eq. 6 read literally keeps a pixel when
@@ -293,8 +294,9 @@ class LossConfig:
             does not depend on F, so these steps can come first: in the demo's training at 28
             epochs, 1344 of them (about 4.5 min on one core) lifted R's map on 64 test pairs from
             0.61-0.75 to 0.83-0.87 over four seeds, and ours stayed where it was, above #4 on all
-            four (benchmarks/RESULTS.md, "R's steps"). Ignored without a reblurring net
-            (``reblurring: false``), as R's other settings are.
+            four (benchmarks/RESULTS.md, "R's steps"). It runs whatever trains R afterwards (for
+            Eq. 2's R, ``reblur_anchor: false``, it is a longer ``reblur_pretrain``), and is ignored
+            without a reblurring net (``reblurring: false``), as R's other settings are.
         reblur_prefit_crop: the window side of ``reblur_prefit_steps`` (64; at least 16 px).
         pseudo_supervision: add ``beta * L_P`` (Eq. 2); False gives Eq. 1.
         weighted_pseudo_map: Eq. 13 (weights times seeds); False supervises with the raw seeds as

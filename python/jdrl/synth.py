@@ -84,6 +84,7 @@ __all__ = [
     "make_pair",
     "make_synthetic_dataset",
     "pair_sources",
+    "photo_means",
     "register",
     "run",
     "synth_defaults_meta",
@@ -1007,6 +1008,15 @@ def pair_sources(root: str | os.PathLike, split: str) -> dict[str, str]:
         return {}
     meta = json.loads(path.read_text())
     return {pair["name"]: pair["source"] for pair in meta.get("pairs", {}).get(split, [])}
+
+
+def photo_means(scores: dict[str, float], photos: dict[str, str]) -> dict[str, float]:
+    """Pair name -> score, to photo -> the mean score of its pairs (``photos``: what
+    :func:`pair_sources` gives; a pair without a recorded photo stands alone under its own name)."""
+    groups: dict[str, list[float]] = {}
+    for name, value in scores.items():
+        groups.setdefault(photos.get(name, name), []).append(value)
+    return {photo: sum(values) / len(values) for photo, values in groups.items()}
 
 
 def synth_defaults_meta() -> dict[str, Any]:

@@ -51,17 +51,26 @@ __all__ = ["NonFiniteLossError", "TrainResult", "train", "register", "run"]
 class NonFiniteLossError(JdrlError, RuntimeError):
     """The loss became NaN or infinite; the message names the step, the epoch and every term."""
 
-    def __init__(self, step: int, epoch: int, terms: dict[str, float], last_checkpoint: Path | None) -> None:
+    def __init__(
+        self, step: int, epoch: int, terms: dict[str, float], last_checkpoint: Path | None, prefit: bool = False
+    ) -> None:
         described = ", ".join(f"{name}={value:.6g}" for name, value in terms.items())
         kept = (
             f"the last good checkpoint {str(last_checkpoint)!r} is left as it was"
             if last_checkpoint is not None and last_checkpoint.exists()
             else "no checkpoint had been written yet"
         )
-        super().__init__(
-            f"non-finite loss at step {step} (epoch {epoch}): {described}; training stopped before the "
-            f"update, {kept}. Lower optim.lr or check the data."
-        )
+        if prefit:  # ``step`` counts the reblurring net's prefit steps (loss.reblur_prefit_steps)
+            super().__init__(
+                f"non-finite loss at step {step} of the reblurring net's prefit (loss.reblur_prefit_steps), "
+                f"before the first epoch: {described}; training stopped before the update, {kept}. Lower "
+                "optim.reblur_lr or check the data."
+            )
+        else:
+            super().__init__(
+                f"non-finite loss at step {step} (epoch {epoch}): {described}; training stopped before the "
+                f"update, {kept}. Lower optim.lr or check the data."
+            )
         self.step = step
         self.epoch = epoch
         self.terms = terms
@@ -577,10 +586,14 @@ class _Trainer:
         parameters get no gradient, so Adam leaves them and their state alone).
 
         The draws come from a generator of their own (seeded by ``train.seed``), so the epochs
-        after it draw as without it. No checkpoint is written before the first epoch ends: a run
-        stopped here starts again from scratch, prefit included. Under DDP every rank takes the
-        same draws, and rank 0's R is broadcast after it, since DDP synchronizes only what passes
-        through its wrapper."""
+        after it draw as without it. Each pair is read, cropped and flipped as in epoch 0 (with
+        ``data.crop`` R sees that crop of each pair) and aligned by the flow at every step, a small
+        cost beside R's own step. It runs whatever trains R afterwards (anchored, or Eq. 2's R on
+        ``(I_hat, I_B)``): it fits R as ``loss.reblur_pretrain`` does. No checkpoint is written
+        before the first epoch ends: a run stopped here starts again from scratch, prefit included.
+        Under DDP every rank takes the same draws, and rank 0's R is broadcast after it, since DDP
+        synchronizes only what passes through its wrapper (Adam's state for R is each rank's own).
+        The log's first and last fit values are those of single windows, not means."""
         steps = self.config.loss.reblur_prefit_steps
         reblur_net = self.loss.reblur_net
         if steps == 0 or reblur_net is None:
@@ -595,9 +608,9 @@ class _Trainer:
             pair = self.train_set[int(torch.randint(len(self.train_set), (1,), generator=generator))]
             blurry, sharp = pair["blurry"][None].to(self.device), pair["sharp"][None].to(self.device)
             loss, terms = self.loss.reblur_prefit(blurry, sharp, generator)
-            if not torch.isfinite(loss.detach()):
-                values = {name: float(value.detach()) for name, value in terms.items()}
-                raise NonFiniteLossError(0, 0, {f"prefit step {step}: total": float(loss.detach()), **values}, None)
+            if not _finite_everywhere(loss, self.distributed):
+                values = {"total": float(loss.detach()), **{name: float(value.detach()) for name, value in terms.items()}}
+                raise NonFiniteLossError(step, 0, values, None, prefit=True)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -612,7 +625,7 @@ class _Trainer:
                                          "steps": steps, "seconds": self.result.prefit_seconds})
         self.logger.message(
             f"reblurring net prefit: {steps} steps on {self.config.loss.reblur_prefit_crop} px windows of the "
-            f"flow-aligned training pairs, fit {first:.4f} (first step) -> {last:.4f} (last), "
+            f"flow-aligned training pairs, fit {first:.4f} (first window) -> {last:.4f} (last window), "
             f"{self.result.prefit_seconds:.0f} s"
         )
 
