@@ -236,11 +236,19 @@ def tiny_overrides(pairs: Path, out: Path, epochs: int) -> list[str]:
     return [part for key, value in values.items() for part in ("--set", f"{key}={value}")]
 
 
+def restore_default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_and_resume_auto_continues(tmp_path, pairs):
     out = tmp_path / "run"
     process = subprocess.Popen(
         [sys.executable, "-m", "jdrl.cli", "train", *tiny_overrides(pairs, out, epochs=1000)],
         env=subprocess_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A runner started in the background of a non-interactive shell ignores SIGINT, and a child
+        # inherits that (Python then installs no KeyboardInterrupt handler): give the child the
+        # default disposition, as a terminal would, so the test does not depend on how CI started.
+        preexec_fn=restore_default_sigint,
     )
     deadline = time.monotonic() + 240
     while not (out / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
