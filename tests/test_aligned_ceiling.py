@@ -1,0 +1,74 @@
+"""benchmarks/aligned_ceiling.py: it learns from gt_aligned (not the misaligned gt), scores the
+input as the metrics do, and names the argument whose data is unusable."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import aligned_ceiling  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_pair(tmp_path_factory):
+    """One 32 px synthetic pair, the same in train/ and test/ (so training on it must raise its PSNR),
+    with a black misaligned ``gt``: a script that learnt from ``gt`` would move away from ``gt_aligned``."""
+    from jdrl.imageio import write_image
+    from jdrl.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("ceiling")
+    make_synthetic_dataset(root, n_train=1, n_test=1, size=32, max_radius=3.0, seed=3)
+    for path in (root / "train" / "gt").glob("*.png"):
+        write_image(path, torch.zeros(3, 32, 32))
+    shutil.rmtree(root / "test")
+    shutil.copytree(root / "train", root / "test")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """main() sets the process's torch threads; give them back for the tests that follow."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_on_the_aligned_pair_raises_its_psnr(one_pair, tmp_path):
+    from jdrl.imageio import read_image
+    from jdrl.metrics import psnr
+
+    out = tmp_path / "ceiling.json"
+    argv = ["--train-data", str(one_pair), "--test-data", str(one_pair), "--preset", "tiny", "--lr", "2e-3",
+            "--steps", "40", "--every", "20", "--json", str(out)]
+    assert aligned_ceiling.main(argv) == 0
+    result = json.loads(out.read_text())
+    name = next((one_pair / "test" / "blur").glob("*.png")).name
+    blurry = read_image(one_pair / "test" / "blur" / name)[None]
+    aligned = read_image(one_pair / "test" / "gt_aligned" / name)[None]
+    assert result["input_psnr"] == pytest.approx(float(psnr(blurry, aligned)), abs=1e-6)
+    assert [row["step"] for row in result["rows"]] == [0, 20, 40]
+    first, last = result["rows"][0], result["rows"][-1]
+    # 40 steps on the one pair it is scored on: the net must move toward gt_aligned by a clear margin.
+    assert last["psnr"] > first["psnr"] + 1.0, result["rows"]
+    assert last["gain"] == pytest.approx(last["psnr"] - result["input_psnr"])
+
+
+def test_the_learning_rate_schedules():
+    assert aligned_ceiling.learning_rate(1e-3, "constant", 7, 10) == 1e-3
+    assert aligned_ceiling.learning_rate(1e-3, "cosine", 0, 10) == pytest.approx(1e-3)
+    assert aligned_ceiling.learning_rate(1e-3, "cosine", 10, 10) == pytest.approx(1e-5)
+    assert aligned_ceiling.learning_rate(1e-3, "cosine", 5, 10) == pytest.approx(0.5 * (1e-3 + 1e-5))
+
+
+def test_data_without_gt_aligned_names_the_argument(one_pair, tmp_path):
+    shutil.copytree(one_pair, tmp_path / "data")
+    shutil.rmtree(tmp_path / "data" / "test" / "gt_aligned")
+    with pytest.raises(SystemExit, match="--test-data .*gt_aligned"):
+        aligned_ceiling.main(["--train-data", str(one_pair), "--test-data", str(tmp_path / "data"), "--steps", "0"])
+    with pytest.raises(SystemExit):
+        aligned_ceiling.main(["--train-data", str(one_pair), "--test-data", str(one_pair), "--lr", "0"])
