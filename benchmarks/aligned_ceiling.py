@@ -1,16 +1,19 @@
 """How far can the deblurring net get on this data at all? Train F with L1 on *aligned* pairs.
 
-Misalignment-tolerant training can at best match training on perfectly aligned pairs. This script
-measures that ceiling for a budget: it trains a fresh JDRL deblurring net (``--preset``) with L1
+Misalignment-tolerant training aims to do as well as training on perfectly aligned pairs. This
+script measures that reference for a budget: it trains a fresh JDRL deblurring net (``--preset``) with L1
 against ``gt_aligned`` (what ``jdrl synth`` writes beside the misaligned ``gt``; no flow, no
-reblurring), one random pair per step (``--batch``), flipped left-right at random, and every
-``--every`` steps scores PSNR against ``gt_aligned`` on the test pairs, beside the blurry input.
-Use it to tell "the method falls short" from "the budget falls short": if L1 on aligned pairs
-gains G dB over the input in S steps, no loss on misaligned pairs is expected to gain more there.
+reblurring), ``--batch`` pairs per step drawn at random with replacement, each flipped
+left-right at random (training also flips up-down and shuffles by epoch), and every ``--every``
+steps scores PSNR against ``gt_aligned`` on the test pairs, beside the blurry input. Use it to
+tell "the method falls short" from "the budget falls short": if L1 on aligned pairs gains G dB
+over the input in S steps, a loss on misaligned pairs is not expected to gain much more there
+(a reference for the budget, not a strict bound: one seed of a noisy training).
 
-Example: 256 training pairs of the demo's kind against 32 test pairs::
+Example: 256 training pairs of the demo's kind against 32 test pairs of other photos::
 
     jdrl synth runs/train256 --train 256 --test 1 --size 128 --max-radius 7 --scale 0.3:0.6 --seed 7
+    jdrl synth runs/test64 --train 0 --test 64 --size 128 --max-radius 7 --scale 0.3:0.6 --seed 100
     PYTHONPATH=python:. python benchmarks/aligned_ceiling.py --train-data runs/train256 --pairs 256 \\
         --test-data runs/test64 --test-pairs 32 --steps 2000 --every 250 --json runs/ceiling.json
 """
@@ -51,7 +54,9 @@ def mean_psnr(net: torch.nn.Module | None, pairs: list[tuple[torch.Tensor, torch
 
 
 def learning_rate(base: float, schedule: str, step: int, steps: int) -> float:
-    """``constant``: ``base``; ``cosine``: from ``base`` down to ``base / 100`` at the last step."""
+    """The rate of Adam step ``step`` (0-based) of ``steps``. ``constant``: ``base``; ``cosine``:
+    from ``base`` at step 0 down toward ``base / 100``, which it reaches at ``step == steps``, just
+    after the last step."""
     if schedule == "constant":
         return base
     floor = base / 100
@@ -59,6 +64,7 @@ def learning_rate(base: float, schedule: str, step: int, steps: int) -> float:
 
 
 def train_and_score(args: argparse.Namespace) -> dict:
+    from jdrl.atomic import atomic_write
     from jdrl.models.restormer import RESTORMER_PRESETS, JDRLDeblurNet
 
     train = read_pairs(args.train_data, "train", args.pairs, "--train-data")
@@ -67,7 +73,8 @@ def train_and_score(args: argparse.Namespace) -> dict:
     net = JDRLDeblurNet(RESTORMER_PRESETS[args.preset])
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     draws = torch.Generator().manual_seed(args.seed + 1)
-    result = {"args": {key: str(value) for key, value in vars(args).items()}, "train_pairs": len(train),
+    arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    result = {"args": arguments, "train_pairs": len(train),
               "test_pairs": len(test), "input_psnr": mean_psnr(None, test), "rows": []}
     began = time.perf_counter()
     for step in range(args.steps + 1):
@@ -78,6 +85,10 @@ def train_and_score(args: argparse.Namespace) -> dict:
             row = {"step": step, "psnr": value, "gain": value - result["input_psnr"], "seconds": time.perf_counter() - began}
             result["rows"].append(row)
             print(f"step {step:5d}: {value:.3f} dB ({row['gain']:+.3f} over the input), {row['seconds']:.0f} s", flush=True)
+            if args.json is not None:
+                # After every row, so a long run stopped early keeps what it measured.
+                with atomic_write(args.json, "w") as stream:
+                    stream.write(json.dumps(result, indent=2) + "\n")
         if step == args.steps:
             break
         blurry, sharp = [], []
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="pairs per step (default 1, the demo's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the draws (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the arguments, the input's PSNR and the rows here (after every row)")
     args = parser.parse_args(argv)
     for name in ("pairs", "test_pairs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -122,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= {0 if name == 'steps' else 1}, got {getattr(args, name)}")
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json {args.json}: folder {args.json.parent} does not exist")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    result = train_and_score(args)
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    train_and_score(args)
     return 0
 
 
