@@ -21,13 +21,13 @@ Example: 256 training pairs of the demo's kind against 32 test pairs of other ph
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import write_json
 
 
 def read_pairs(root: Path, split: str, limit: int | None, argument: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -64,7 +64,6 @@ def learning_rate(base: float, schedule: str, step: int, steps: int) -> float:
 
 
 def train_and_score(args: argparse.Namespace) -> dict:
-    from jdrl.atomic import atomic_write
     from jdrl.models.restormer import RESTORMER_PRESETS, JDRLDeblurNet
 
     train = read_pairs(args.train_data, "train", args.pairs, "--train-data")
@@ -73,8 +72,7 @@ def train_and_score(args: argparse.Namespace) -> dict:
     net = JDRLDeblurNet(RESTORMER_PRESETS[args.preset])
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     draws = torch.Generator().manual_seed(args.seed + 1)
-    arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    result = {"args": arguments, "train_pairs": len(train),
+    result = {"args": vars(args), "train_pairs": len(train),
               "test_pairs": len(test), "input_psnr": mean_psnr(None, test), "rows": []}
     began = time.perf_counter()
     for step in range(args.steps + 1):
@@ -86,9 +84,8 @@ def train_and_score(args: argparse.Namespace) -> dict:
             result["rows"].append(row)
             print(f"step {step:5d}: {value:.3f} dB ({row['gain']:+.3f} over the input), {row['seconds']:.0f} s", flush=True)
             if args.json is not None:
-                # After every row, so a long run stopped early keeps what it measured.
-                with atomic_write(args.json, "w") as stream:
-                    stream.write(json.dumps(result, indent=2) + "\n")
+                # After every row (atomically), so a long run stopped early keeps what it measured.
+                write_json(args.json, result)
         if step == args.steps:
             break
         blurry, sharp = [], []
