@@ -8,7 +8,9 @@ left-right at random (training also flips up-down and shuffles by epoch), and ev
 steps scores PSNR against ``gt_aligned`` on the test pairs, beside the blurry input. Use it to
 tell "the method falls short" from "the budget falls short": if L1 on aligned pairs gains G dB
 over the input in S steps, a loss on misaligned pairs is not expected to gain much more there
-(a reference for the budget, not a strict bound: one seed of a noisy training).
+(a reference for the budget, not a strict bound: one seed of a noisy training). With ``--ema
+DECAY`` each row also scores the moving average of the weights that ``train.ema_decay`` keeps
+(``jdrl.weight_average``); the weights that train are the same with or without it.
 
 Example: 256 training pairs of the demo's kind against 32 test pairs of other photos::
 
@@ -65,12 +67,14 @@ def learning_rate(base: float, schedule: str, step: int, steps: int) -> float:
 
 def train_and_score(args: argparse.Namespace) -> dict:
     from jdrl.models.restormer import RESTORMER_PRESETS, JDRLDeblurNet
+    from jdrl.weight_average import WeightAverage
 
     train = read_pairs(args.train_data, "train", args.pairs, "--train-data")
     test = read_pairs(args.test_data, "test", args.test_pairs, "--test-data")
     torch.manual_seed(args.seed)
     net = JDRLDeblurNet(RESTORMER_PRESETS[args.preset])
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+    average = WeightAverage(net, args.ema) if args.ema > 0 else None
     draws = torch.Generator().manual_seed(args.seed + 1)
     result = {"args": vars(args), "train_pairs": len(train),
               "test_pairs": len(test), "input_psnr": mean_psnr(None, test), "rows": []}
@@ -80,9 +84,15 @@ def train_and_score(args: argparse.Namespace) -> dict:
             net.eval()
             value = mean_psnr(net, test)
             net.train()
-            row = {"step": step, "psnr": value, "gain": value - result["input_psnr"], "seconds": time.perf_counter() - began}
+            row = {"step": step, "psnr": value, "gain": value - result["input_psnr"]}
+            line = f"step {step:5d}: {value:.3f} dB ({row['gain']:+.3f} over the input)"
+            if average is not None:
+                row["ema_psnr"] = mean_psnr(average.net, test)
+                row["ema_gain"] = row["ema_psnr"] - result["input_psnr"]
+                line += f", average {row['ema_psnr']:.3f} dB ({row['ema_gain']:+.3f})"
+            row["seconds"] = time.perf_counter() - began
             result["rows"].append(row)
-            print(f"step {step:5d}: {value:.3f} dB ({row['gain']:+.3f} over the input), {row['seconds']:.0f} s", flush=True)
+            print(f"{line}, {row['seconds']:.0f} s", flush=True)
             if args.json is not None:
                 # After every row (atomically), so a long run stopped early keeps what it measured.
                 write_json(args.json, result)
@@ -101,6 +111,8 @@ def train_and_score(args: argparse.Namespace) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update(net)
     return result
 
 
@@ -118,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="Adam steps (default 1000)")
     parser.add_argument("--every", type=int, default=250, help="score every N steps (default 250)")
     parser.add_argument("--batch", type=int, default=1, help="pairs per step (default 1, the demo's)")
+    parser.add_argument("--ema", type=float, default=0.0, help="also score the moving average of the weights with this decay, as train.ema_decay keeps it (default 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the draws (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the arguments, the input's PSNR and the rows here (after every row)")
@@ -130,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= {0 if name == 'steps' else 1}, got {getattr(args, name)}")
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.ema < 1:
+        parser.error(f"--ema must be in [0, 1) (0: off), got {args.ema}")
     if args.json is not None and not args.json.parent.is_dir():
         parser.error(f"--json {args.json}: folder {args.json.parent} does not exist")
     torch.set_num_threads(args.threads)

@@ -47,7 +47,7 @@ def test_training_on_the_aligned_pair_raises_its_psnr(one_pair, tmp_path):
 
     out = tmp_path / "ceiling.json"
     argv = ["--train-data", str(one_pair), "--test-data", str(one_pair), "--preset", "tiny", "--lr", "2e-3",
-            "--steps", "40", "--every", "20", "--json", str(out)]
+            "--steps", "40", "--every", "20", "--ema", "0.9", "--json", str(out)]
     assert aligned_ceiling.main(argv) == 0
     result = json.loads(out.read_text())
     name = next((one_pair / "test" / "blur").glob("*.png")).name
@@ -61,6 +61,9 @@ def test_training_on_the_aligned_pair_raises_its_psnr(one_pair, tmp_path):
     assert last["psnr"] > first["psnr"] + 1.0, result["rows"]
     assert last["gain"] > 0, result["rows"]
     assert last["gain"] == pytest.approx(last["psnr"] - result["input_psnr"])
+    # The weight average starts at the initial weights and follows the training toward gt_aligned.
+    assert first["ema_psnr"] == first["psnr"]
+    assert last["ema_psnr"] > first["psnr"] + 1.0 and last["ema_psnr"] != last["psnr"], result["rows"]
 
 
 def test_the_learning_rate_schedules():
@@ -77,7 +80,7 @@ def test_bad_arguments_are_named(one_pair, tmp_path, capsys):
         aligned_ceiling.main(["--train-data", str(one_pair), "--test-data", str(tmp_path / "data"), "--steps", "0"])
     with pytest.raises(SystemExit, match="--train-data .*gt_aligned"):
         aligned_ceiling.main(["--train-data", str(tmp_path / "data" / "test"), "--test-data", str(one_pair), "--steps", "0"])
-    for extra, message in ((["--lr", "0"], "--lr must be > 0"), (["--json", str(tmp_path / "none" / "c.json")], "--json")):
+    for extra, message in ((["--lr", "0"], "--lr must be > 0"), (["--ema", "1"], "--ema must be in [0, 1)"), (["--json", str(tmp_path / "none" / "c.json")], "--json")):
         with pytest.raises(SystemExit) as stopped:
             aligned_ceiling.main(["--train-data", str(one_pair), "--test-data", str(one_pair), "--steps", "0", *extra])
         assert stopped.value.code == 2 and message in capsys.readouterr().err

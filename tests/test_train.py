@@ -123,6 +123,8 @@ def test_config_yaml_with_set_overrides(tmp_path):
         ("optim.reblur_lr=0", r"optim\.reblur_lr must be > 0"),
         ("optim.reblur_kernel_lr_scale=0", r"optim\.reblur_kernel_lr_scale must be a finite number > 0"),
         ("optim.reblur_kernel_lr_scale=nan", r"optim\.reblur_kernel_lr_scale must be a finite number > 0"),
+        ("train.ema_decay=1", r"train\.ema_decay must be in \[0, 1\)"),
+        ("train.ema_decay=nan", r"train\.ema_decay must be in \[0, 1\)"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, override, message):
@@ -240,6 +242,51 @@ def test_resume_equals_an_uninterrupted_run(pairs, tmp_path):
     for key in ("model", "reblur", "optimizer", "scheduler", "rng"):
         assert same_state({key: a[key]}, {key: b[key]}), key
     assert torch.are_deterministic_algorithms_enabled() is False  # the run restores the process setting
+
+
+def test_weight_average_checkpoints_hold_the_average_and_resume_exactly(pairs, tmp_path):
+    """With train.ema_decay, validation, best.pt/last.pt's ``model`` and ``result.net`` are the
+    average; the trained weights travel as ``training_model``; a resumed run equals an uninterrupted one."""
+    overrides = {"train.deterministic": True, "train.epochs": 3, "train.max_steps_per_epoch": 2, "train.ema_decay": 0.9,
+                 "data.val_root": str(pairs), "data.val_split": "train", "data.val_crop": 24}
+    straight = train(tiny_config(pairs, tmp_path / "straight", **overrides))
+    train(tiny_config(pairs, tmp_path / "resumed", **{**overrides, "train.epochs": 1}))
+    resumed = train(tiny_config(pairs, tmp_path / "resumed", **overrides), resume="auto")
+    assert without_timing(resumed.epoch_losses) == without_timing(straight.epoch_losses)
+    assert resumed.val_metrics == straight.val_metrics
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for key in ("model", "training_model", "weight_average", "optimizer"):
+        assert same_state({key: a[key]}, {key: b[key]}), key
+    assert a["weight_average"] == {"decay": 0.9, "updates": 6}
+
+    # Without the average the same run trains the same weights (the average only follows them).
+    plain = train(tiny_config(pairs, tmp_path / "plain", **{**overrides, "train.ema_decay": 0.0}))
+    assert without_timing(plain.epoch_losses) == without_timing(straight.epoch_losses)
+    c = load_checkpoint(tmp_path / "plain" / "last.pt")
+    assert same_state(c["model"], a["training_model"]) and "training_model" not in c
+    assert not same_state(a["model"], a["training_model"])
+    # The validation scored the average: the trained weights are the same in both runs, the metrics not.
+    assert plain.val_metrics != straight.val_metrics
+    image = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(load_deblur_net(tmp_path / "straight" / "last.pt")(image).sharp,
+                                   straight.net(image).sharp, rtol=0, atol=0)
+
+    # The average of the first steps, by hand: d_n = min(0.9, (1 + n) / (10 + n)).
+    from jdrl.weight_average import WeightAverage
+
+    source = torch.nn.Linear(2, 1)
+    average = WeightAverage(source, 0.9)
+    expected = source.weight.detach().clone()
+    for n in range(1, 40):
+        with torch.no_grad():
+            source.weight.add_(1.0)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * source.weight.detach()
+        average.update(source)
+    torch.testing.assert_close(average.net.weight, expected)
+    assert average.updates == 39 and not average.net.weight.requires_grad
 
 
 def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):

@@ -47,6 +47,9 @@ _FIX = "give a .pt file written by `jdrl train` (e.g. OUT_DIR/best.pt or last.pt
 #   1 (no "format_version" key): the jdrl net's fusion squeezed [I_B, B_hat] to 3 channels with a
 #     1x1 convolution ("fusion.to_image") before F_D;
 #   2: the fused 3 + S(m) channels enter F_D's first layer (SPEC section 7). UNet weights unchanged.
+# Keys added without a new version (older readers ignore them): a run with train.ema_decay keeps
+# the weight average as "model" and the trained weights as "training_model", with "weight_average"
+# (decay, update count); a jdrl without them loads "model", the average, everywhere.
 CHECKPOINT_FORMAT_VERSION = 2
 LEGACY_FORMAT_VERSION = 1
 

@@ -166,6 +166,10 @@ class TrainConfig:
     ``val_every``: validate every N epochs (and after the last); ``val_metric`` picks best.pt.
     ``max_steps_per_epoch``: cut epochs short (smoke tests, quick ablations).
     ``device``: "auto" (CUDA when available), "cpu" or "cuda[:N]".
+    ``ema_decay``: ours, not the paper's: validate and save an exponential moving average of the
+    deblurring net's weights with this decay (0: off, the paper; 0.999 is a common choice for long
+    runs; see ``jdrl.weight_average``). ``best.pt``/``last.pt`` then hold the average as ``model``
+    (what ``jdrl eval`` and ``jdrl deblur`` load) and the trained weights as ``training_model``.
     """
 
     epochs: int = 200
@@ -179,6 +183,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     device: str = "auto"
     val_metric: str = "psnr"
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "val_every", "log_every"):
@@ -190,6 +195,8 @@ class TrainConfig:
             raise ConfigError(f"train.val_metric must be one of {list(VAL_METRICS)} (higher is better), got {self.val_metric!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"train.device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0: no average), got {self.ema_decay}")
 
 
 @dataclass

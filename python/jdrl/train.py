@@ -44,6 +44,7 @@ from jdrl.config import REBLUR_LR_CAP, Config, ConfigError, load_config, save_co
 from jdrl.losses import JDRLLoss, LossOutput
 from jdrl.errors import JdrlError
 from jdrl.models.reblur_net import ReblurNet
+from jdrl.weight_average import WeightAverage
 
 __all__ = ["NonFiniteLossError", "TrainResult", "train", "register", "run"]
 
@@ -310,6 +311,7 @@ def _validate(net: nn.Module, val_set, flow_estimator, device: torch.device, amp
 def _checkpoint_state(
     config: Config,
     net: nn.Module,
+    average: WeightAverage | None,
     loss: JDRLLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -317,8 +319,14 @@ def _checkpoint_state(
     step: int,
     result: TrainResult,
 ) -> dict[str, Any]:
+    """With a weight average, ``model`` is the average (what eval, deblur and the demo load) and
+    ``training_model`` the weights the optimizer steps (what a resumed run trains on)."""
+    averaged = {} if average is None else {
+        "training_model": net.state_dict(), "weight_average": average.state_dict()
+    }
     return {
-        "model": net.state_dict(),
+        "model": net.state_dict() if average is None else average.net.state_dict(),
+        **averaged,
         "reblur": loss.reblur_net.state_dict() if loss.reblur_net is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -348,6 +356,7 @@ def _restore(
     path: Path,
     config: Config,
     net: nn.Module,
+    average: WeightAverage | None,
     loss: JDRLLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -361,7 +370,13 @@ def _restore(
             f"--resume {str(path)!r}: the checkpoint's model {saved_model} differs from the config's "
             f"{config.to_dict()['model']}"
         )
-    net.load_state_dict(state["model"])
+    # A checkpoint of a run with a weight average keeps the trained weights beside the average.
+    net.load_state_dict(state.get("training_model", state["model"]))
+    if average is not None:
+        if "weight_average" in state:
+            average.load_state_dict(state["model"], state["weight_average"])
+        else:  # train.ema_decay set only now: the average starts from the weights resumed
+            average.load_state_dict(net.state_dict(), {"updates": 0})
     if loss.reblur_net is not None:
         if state.get("reblur") is None:
             raise ConfigError(f"--resume {str(path)!r} has no reblurring net, but loss.reblurring is true")
@@ -495,6 +510,8 @@ class _Trainer:
         # One seed for the weights on every rank (DDP also broadcasts rank 0's at wrap time).
         _seed_everything(config.train.seed)
         self.net = build_deblur_net(config.model.arch, config.model.preset, config.model.levels).to(self.device)
+        # The weight average (train.ema_decay) is validated and saved as the model; None: the net itself.
+        self.average = WeightAverage(self.net, config.train.ema_decay) if config.train.ema_decay > 0 else None
         self.flow_estimator = build_flow_estimator(config.flow.backend, config.flow.weights)
         self.loss = JDRLLoss(config.loss, self.flow_estimator, levels=config.model.levels).to(self.device)
         self.step_module = _TrainStep(self.net, self.loss, config.train.amp, self.device)
@@ -515,7 +532,8 @@ class _Trainer:
         self.resume_path = _resolve_resume(resume, self.out_dir)
         if self.resume_path is not None:
             self.start_epoch, self.step, self.changed_loss = _restore(
-                self.resume_path, self.config, self.net, self.loss, self.optimizer, self.scheduler, self.result
+                self.resume_path, self.config, self.net, self.average, self.loss, self.optimizer, self.scheduler,
+                self.result,
             )
 
     def wrap_for_distributed(self) -> None:
@@ -572,7 +590,7 @@ class _Trainer:
             self.logger.close()
         result = self.result
         result.steps = self.step
-        result.net = self.net.eval()
+        result.net = self.net.eval() if self.average is None else self.average.net
         if self.distributed.is_main:
             result.last_checkpoint = self.last_path if self.last_path.exists() else None
             result.best_checkpoint = (
@@ -696,6 +714,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.net)
         self.step += 1
         return {k: float(v.detach()) for k, v in {**terms, **losses.stats}.items()}
 
@@ -721,7 +741,8 @@ class _Trainer:
         due = (epoch + 1) % config.train.val_every == 0 or is_last_epoch
         if self.val_set is None or not self.distributed.is_main or not due:
             return False
-        metrics, samples = _validate(self.net, self.val_set, self.flow_estimator, self.device, config.train.amp)
+        validated = self.net if self.average is None else self.average.net
+        metrics, samples = _validate(validated, self.val_set, self.flow_estimator, self.device, config.train.amp)
         metrics["epoch"] = epoch + 1
         result.val_metrics.append(metrics)
         self.logger.record("val", self.step, metrics)
@@ -742,7 +763,7 @@ class _Trainer:
         if not self.distributed.is_main:
             return
         state = _checkpoint_state(
-            self.config, self.net, self.loss, self.optimizer, self.scheduler, epoch + 1, self.step, self.result
+            self.config, self.net, self.average, self.loss, self.optimizer, self.scheduler, epoch + 1, self.step, self.result
         )
         save_checkpoint(self.last_path, state)
         if improved:
