@@ -245,48 +245,84 @@ def test_resume_equals_an_uninterrupted_run(pairs, tmp_path):
 
 
 def test_weight_average_checkpoints_hold_the_average_and_resume_exactly(pairs, tmp_path):
-    """With train.ema_decay, validation, best.pt/last.pt's ``model`` and ``result.net`` are the
-    average; the trained weights travel as ``training_model``; a resumed run equals an uninterrupted one."""
+    """With train.ema_decay, validation, best.pt/last.pt's ``averaged_model`` (what load_deblur_net
+    returns) and ``result.net`` are the average; ``model`` stays the trained weights; a resumed run
+    equals an uninterrupted one."""
+    from jdrl.flow import build_flow_estimator
+    from jdrl.train import _build_datasets, _validate
+
     overrides = {"train.deterministic": True, "train.epochs": 3, "train.max_steps_per_epoch": 2, "train.ema_decay": 0.9,
                  "data.val_root": str(pairs), "data.val_split": "train", "data.val_crop": 24}
-    straight = train(tiny_config(pairs, tmp_path / "straight", **overrides))
+    config = tiny_config(pairs, tmp_path / "straight", **overrides)
+    straight = train(config)
     train(tiny_config(pairs, tmp_path / "resumed", **{**overrides, "train.epochs": 1}))
     resumed = train(tiny_config(pairs, tmp_path / "resumed", **overrides), resume="auto")
     assert without_timing(resumed.epoch_losses) == without_timing(straight.epoch_losses)
     assert resumed.val_metrics == straight.val_metrics
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")
-    for key in ("model", "training_model", "weight_average", "optimizer"):
+    for key in ("model", "averaged_model", "weight_average", "optimizer"):
         assert same_state({key: a[key]}, {key: b[key]}), key
     assert a["weight_average"] == {"decay": 0.9, "updates": 6}
 
-    # Without the average the same run trains the same weights (the average only follows them).
-    plain = train(tiny_config(pairs, tmp_path / "plain", **{**overrides, "train.ema_decay": 0.0}))
-    assert without_timing(plain.epoch_losses) == without_timing(straight.epoch_losses)
-    c = load_checkpoint(tmp_path / "plain" / "last.pt")
-    assert same_state(c["model"], a["training_model"]) and "training_model" not in c
-    assert not same_state(a["model"], a["training_model"])
-    # The validation scored the average: the trained weights are the same in both runs, the metrics not.
-    assert plain.val_metrics != straight.val_metrics
+    # The validations scored the average: re-validating each checkpoint's net gives the metrics
+    # of its epoch (the last epoch's for last.pt, the best epoch's for best.pt).
+    _, val_set = _build_datasets(config)
+    flow = build_flow_estimator("dis")
+    best = load_checkpoint(tmp_path / "straight" / "best.pt")
+    for path, epoch in ((tmp_path / "straight" / "last.pt", 3), (tmp_path / "straight" / "best.pt", best["epoch"])):
+        metrics, _ = _validate(load_deblur_net(path), val_set, flow, torch.device("cpu"), False)
+        expected = next(m for m in straight.val_metrics if m["epoch"] == epoch)
+        assert metrics == pytest.approx({k: v for k, v in expected.items() if k != "epoch"}, abs=1e-9), path.name
+    assert not same_state(a["model"], a["averaged_model"])
     image = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         torch.testing.assert_close(load_deblur_net(tmp_path / "straight" / "last.pt")(image).sharp,
                                    straight.net(image).sharp, rtol=0, atol=0)
 
-    # The average of the first steps, by hand: d_n = min(0.9, (1 + n) / (10 + n)).
+    # Without the average the same run trains the same weights (the average only follows them), and
+    # switching it on or off at a resume trains them too: the trained weights travel as ``model``.
+    plain = train(tiny_config(pairs, tmp_path / "plain", **{**overrides, "train.ema_decay": 0.0}))
+    assert without_timing(plain.epoch_losses) == without_timing(straight.epoch_losses)
+    c = load_checkpoint(tmp_path / "plain" / "last.pt")
+    assert same_state(c["model"], a["model"]) and "averaged_model" not in c
+    for first, then in ((0.9, 0.0), (0.0, 0.9)):
+        run = tmp_path / f"switch_{first}_{then}"
+        train(tiny_config(pairs, run, **{**overrides, "train.epochs": 1, "train.ema_decay": first}))
+        switched = train(tiny_config(pairs, run, **{**overrides, "train.ema_decay": then}), resume="auto")
+        assert without_timing(switched.epoch_losses) == without_timing(straight.epoch_losses)
+        state = load_checkpoint(run / "last.pt")
+        assert same_state(state["model"], a["model"])
+        # Switched on at epoch 2: the average starts from the resumed weights, 4 updates later.
+        assert state.get("weight_average") == (None if then == 0 else {"decay": 0.9, "updates": 4})
+
+
+def test_weight_average_follows_its_rule():
+    """By hand: d_n = min(decay, (1 + n) / (10 + n)); with 0.9 the cap binds from n = 80 on."""
     from jdrl.weight_average import WeightAverage
 
     source = torch.nn.Linear(2, 1)
     average = WeightAverage(source, 0.9)
     expected = source.weight.detach().clone()
-    for n in range(1, 40):
+    for n in range(1, 150):
         with torch.no_grad():
             source.weight.add_(1.0)
         d = min(0.9, (1 + n) / (10 + n))
         expected = d * expected + (1 - d) * source.weight.detach()
         average.update(source)
     torch.testing.assert_close(average.net.weight, expected)
-    assert average.updates == 39 and not average.net.weight.requires_grad
+    assert average.updates == 149 and average.current_decay() == 0.9
+    assert not average.net.weight.requires_grad
+    with pytest.raises(ValueError, match="decay must be in"):
+        WeightAverage(source, 1.0)
+
+
+def test_resume_reports_a_changed_weight_average(pairs, tmp_path, capsys):
+    overrides = {"train.max_steps_per_epoch": 1, "train.epochs": 1}
+    train(tiny_config(pairs, tmp_path, **overrides))
+    capsys.readouterr()
+    train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2, "train.ema_decay": 0.99}), resume="auto")
+    assert "train.ema_decay: 0.0 -> 0.99 (best.pt so far scored the trained weights)" in capsys.readouterr().err
 
 
 def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):

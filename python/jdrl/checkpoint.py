@@ -47,9 +47,10 @@ _FIX = "give a .pt file written by `jdrl train` (e.g. OUT_DIR/best.pt or last.pt
 #   1 (no "format_version" key): the jdrl net's fusion squeezed [I_B, B_hat] to 3 channels with a
 #     1x1 convolution ("fusion.to_image") before F_D;
 #   2: the fused 3 + S(m) channels enter F_D's first layer (SPEC section 7). UNet weights unchanged.
-# Keys added without a new version (older readers ignore them): a run with train.ema_decay keeps
-# the weight average as "model" and the trained weights as "training_model", with "weight_average"
-# (decay, update count); a jdrl without them loads "model", the average, everywhere.
+# Keys added without a new version: a run with train.ema_decay adds the weight average as
+# "averaged_model" (what load_deblur_net returns) and "weight_average" (decay, update count);
+# "model" stays the trained weights, so a jdrl that predates them resumes such a checkpoint
+# correctly and evaluates the trained weights instead of the average.
 CHECKPOINT_FORMAT_VERSION = 2
 LEGACY_FORMAT_VERSION = 1
 
@@ -126,7 +127,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def load_deblur_net(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the deblurring net from the config saved in a checkpoint and load its weights.
+    """Rebuild the deblurring net from the config saved in a checkpoint and load its weights: the
+    weight average where the run kept one (``train.ema_decay``), else the trained weights.
 
     Returns the net in eval mode on ``map_location``.
     """
@@ -147,13 +149,14 @@ def load_deblur_net(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {str(path)!r} names a network this jdrl cannot build ({error}); "
             "was it written by another version?"
         ) from error
-    incompatible = _incompatible_weights(net, state["model"])
+    weights = state.get("averaged_model") or state["model"]
+    incompatible = _incompatible_weights(net, weights)
     if incompatible:
         raise CheckpointError(
             f"checkpoint {str(path)!r}: its weights do not fit the {model_config['arch']}/{model_config['preset']} "
             f"net its config names ({incompatible}); was it written by another version of jdrl?"
         )
-    net.load_state_dict(state["model"])
+    net.load_state_dict(weights)
     return net.to(map_location).eval()
 
 

@@ -168,8 +168,9 @@ class TrainConfig:
     ``device``: "auto" (CUDA when available), "cpu" or "cuda[:N]".
     ``ema_decay``: ours, not the paper's: validate and save an exponential moving average of the
     deblurring net's weights with this decay (0: off, the paper; 0.999 is a common choice for long
-    runs; see ``jdrl.weight_average``). ``best.pt``/``last.pt`` then hold the average as ``model``
-    (what ``jdrl eval`` and ``jdrl deblur`` load) and the trained weights as ``training_model``.
+    runs; the decay applies once the warm-up of ``jdrl.weight_average`` exceeds it, after about
+    ``(10 d - 1) / (1 - d)`` steps, ~9000 for 0.999). ``best.pt``/``last.pt`` then hold the average
+    as ``averaged_model`` (what ``jdrl eval`` and ``jdrl deblur`` load) beside ``model``.
     """
 
     epochs: int = 200

@@ -87,7 +87,9 @@ class TrainResult:
     there was none in this call), so that callers can time the epochs alone.
     ``val_metrics``: per validation, ``aligned_metrics`` averages and ``epoch``. Checkpoint paths
     and metrics are None where nothing was written (no validation set, or DDP ranks other than 0).
-    ``net``: the trained deblurring net (this rank's replica, in eval mode), for use in-process.
+    ``net``: the trained deblurring net (this rank's replica, in eval mode), for use in-process;
+    with ``train.ema_decay`` the average of its weights, the net that was validated and that
+    :func:`jdrl.checkpoint.load_deblur_net` loads.
     """
 
     epoch_losses: list[dict[str, float]] = field(default_factory=list)
@@ -319,13 +321,13 @@ def _checkpoint_state(
     step: int,
     result: TrainResult,
 ) -> dict[str, Any]:
-    """With a weight average, ``model`` is the average (what eval, deblur and the demo load) and
-    ``training_model`` the weights the optimizer steps (what a resumed run trains on)."""
+    """``model``: the weights the optimizer steps (what a resumed run trains on). With a weight
+    average also ``averaged_model`` (what eval, deblur and the demo load) and ``weight_average``."""
     averaged = {} if average is None else {
-        "training_model": net.state_dict(), "weight_average": average.state_dict()
+        "averaged_model": average.net.state_dict(), "weight_average": average.state_dict()
     }
     return {
-        "model": net.state_dict() if average is None else average.net.state_dict(),
+        "model": net.state_dict(),
         **averaged,
         "reblur": loss.reblur_net.state_dict() if loss.reblur_net is not None else None,
         "optimizer": optimizer.state_dict(),
@@ -370,11 +372,10 @@ def _restore(
             f"--resume {str(path)!r}: the checkpoint's model {saved_model} differs from the config's "
             f"{config.to_dict()['model']}"
         )
-    # A checkpoint of a run with a weight average keeps the trained weights beside the average.
-    net.load_state_dict(state.get("training_model", state["model"]))
+    net.load_state_dict(state["model"])
     if average is not None:
-        if "weight_average" in state:
-            average.load_state_dict(state["model"], state["weight_average"])
+        if "averaged_model" in state:
+            average.load_state_dict(state["averaged_model"], state["weight_average"])
         else:  # train.ema_decay set only now: the average starts from the weights resumed
             average.load_state_dict(net.state_dict(), {"updates": 0})
     if loss.reblur_net is not None:
@@ -398,7 +399,13 @@ def _restore(
     result.val_metrics = list(history.get("val_metrics", []))
     result.best_metric = state.get("best_metric")
     result.best_epoch = state.get("best_epoch")
-    return int(state["epoch"]), int(state["step"]), _changed_loss_settings(state["config"], config)
+    changed = _changed_loss_settings(state["config"], config)
+    saved_decay = (state.get("weight_average") or {}).get("decay", 0.0)
+    if saved_decay != config.train.ema_decay:
+        # best.pt was picked by validating the other net (the average or the trained weights).
+        changed.append(f"train.ema_decay: {saved_decay} -> {config.train.ema_decay} (best.pt so far scored "
+                       f"{'the weight average' if saved_decay else 'the trained weights'})")
+    return int(state["epoch"]), int(state["step"]), changed
 
 
 def _changed_loss_settings(saved: dict[str, Any], config: Config) -> list[str]:
@@ -569,7 +576,7 @@ class _Trainer:
         if self.resume_path is not None:
             self.logger.message(f"resumed from {self.resume_path} at epoch {self.start_epoch}, step {self.step}")
             if self.changed_loss:
-                self.logger.message("the loss differs from the checkpoint's: " + "; ".join(self.changed_loss))
+                self.logger.message("settings that differ from the checkpoint's: " + "; ".join(self.changed_loss))
         elif resume is not None:
             self.logger.message(f"--resume {resume}: no {self.last_path} yet, starting fresh")
 
