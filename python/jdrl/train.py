@@ -517,7 +517,8 @@ class _Trainer:
         # One seed for the weights on every rank (DDP also broadcasts rank 0's at wrap time).
         _seed_everything(config.train.seed)
         self.net = build_deblur_net(config.model.arch, config.model.preset, config.model.levels).to(self.device)
-        # The weight average (train.ema_decay) is validated and saved as the model; None: the net itself.
+        # The weight average (train.ema_decay): validated, and saved as averaged_model beside the net;
+        # None: the net itself is validated.
         self.average = WeightAverage(self.net, config.train.ema_decay) if config.train.ema_decay > 0 else None
         self.flow_estimator = build_flow_estimator(config.flow.backend, config.flow.weights)
         self.loss = JDRLLoss(config.loss, self.flow_estimator, levels=config.model.levels).to(self.device)
