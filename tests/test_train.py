@@ -317,14 +317,6 @@ def test_weight_average_follows_its_rule():
         WeightAverage(source, 1.0)
 
 
-def test_resume_reports_a_changed_weight_average(pairs, tmp_path, capsys):
-    overrides = {"train.max_steps_per_epoch": 1, "train.epochs": 1}
-    train(tiny_config(pairs, tmp_path, **overrides))
-    capsys.readouterr()
-    train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2, "train.ema_decay": 0.99}), resume="auto")
-    assert "train.ema_decay: 0.0 -> 0.99 (best.pt so far scored the trained weights)" in capsys.readouterr().err
-
-
 def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):
     overrides = {"optim.reblur_lr": 1e-9, "loss.flow_warmup_epochs": 0, "train.max_steps_per_epoch": 2,
                  "train.epochs": 1}
@@ -427,12 +419,19 @@ def test_reblur_prefit_settings_are_checked(pairs, tmp_path, override, message):
         tiny_config(pairs, tmp_path, **override)
 
 
-def test_resume_reports_loss_settings_that_changed(pairs, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "changed, message",
+    [
+        ({"loss.seed_bound": 4.0}, "loss.seed_bound: 6.0 -> 4.0"),
+        ({"train.ema_decay": 0.99}, "train.ema_decay: 0.0 -> 0.99 (best.pt so far scored the trained weights)"),
+    ],
+)
+def test_resume_reports_settings_that_changed(pairs, tmp_path, capsys, changed, message):
     overrides = {"train.max_steps_per_epoch": 1, "train.epochs": 1}
     train(tiny_config(pairs, tmp_path, **overrides))
     capsys.readouterr()
-    train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2, "loss.seed_bound": 4.0}), resume="auto")
-    assert "loss.seed_bound: 6.0 -> 4.0" in capsys.readouterr().err
+    train(tiny_config(pairs, tmp_path, **{**overrides, "train.epochs": 2, **changed}), resume="auto")
+    assert message in capsys.readouterr().err
 
 
 def test_cli_train_and_resume_auto(pairs, tmp_path, capsys):
