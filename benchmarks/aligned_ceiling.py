@@ -12,6 +12,12 @@ over the input in S steps, a loss on misaligned pairs is not expected to gain mu
 DECAY`` each row also scores the moving average of the weights that ``train.ema_decay`` keeps
 (``jdrl.weight_average``); the weights that train are the same with or without it.
 
+Each row also splits the test score by the photo the pairs were cut from (``meta.json``; crops of
+one photo are not independent, and one unusual photo can decide the mean), and with
+``--train-score-pairs N`` scores the first N *training* pairs the same way: a net that gains much
+more on the pairs it learns from than on the test photos is overfitting them, one that gains about
+as little on both is short of steps or capacity (``--dim`` widens the preset).
+
 Example: 256 training pairs of the demo's kind against 32 test pairs of other photos::
 
     jdrl synth runs/train256 --train 256 --test 1 --size 128 --max-radius 7 --scale 0.3:0.6 --seed 7
@@ -32,27 +38,42 @@ import torch
 from common import write_json
 
 
-def read_pairs(root: Path, split: str, limit: int | None, argument: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``limit`` (all for None) ``(blurry, gt_aligned)`` pairs of ``root/split``, each ``(3, H, W)``."""
-    from jdrl.imageio import read_image
+class Pairs:
+    """The first pairs of a ``jdrl synth`` split: ``blurry`` and ``sharp`` (``gt_aligned``) images,
+    each ``(3, H, W)``, and ``photos``, the photo each pair was cut from (its name where
+    ``meta.json`` does not say)."""
 
-    folder = root / split
-    paths = sorted((folder / "blur").glob("*.png"))
-    if not paths or not (folder / "gt_aligned").is_dir():
-        raise SystemExit(f"{argument} {root}: no {split}/blur/*.png with {split}/gt_aligned (make it with `jdrl synth`)")
-    return [(read_image(path), read_image(folder / "gt_aligned" / path.name)) for path in paths[:limit]]
+    def __init__(self, root: Path, split: str, limit: int | None, argument: str) -> None:
+        from jdrl.imageio import read_image
+        from jdrl.synth import pair_sources
+
+        folder = root / split
+        paths = sorted((folder / "blur").glob("*.png"))[:limit]
+        if not paths or not (folder / "gt_aligned").is_dir():
+            raise SystemExit(f"{argument} {root}: no {split}/blur/*.png with {split}/gt_aligned (make it with `jdrl synth`)")
+        sources = pair_sources(root, split)
+        self.blurry = [read_image(path) for path in paths]
+        self.sharp = [read_image(folder / "gt_aligned" / path.name) for path in paths]
+        self.photos = [sources.get(path.stem, path.stem) for path in paths]
+
+    def __len__(self) -> int:
+        return len(self.blurry)
 
 
 @torch.no_grad()
-def mean_psnr(net: torch.nn.Module | None, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Mean PSNR (dB) over the pairs of the net's output (of the blurry input for ``net=None``)."""
+def mean_psnr(net: torch.nn.Module | None, pairs: Pairs) -> tuple[float, dict[str, float]]:
+    """PSNR (dB) of the net's output (of the blurry input for ``net=None``) against ``gt_aligned``:
+    the mean over the pairs, and photo -> the mean over that photo's pairs."""
     from jdrl.metrics import psnr
 
+    scores: dict[str, list[float]] = {}
     total = 0.0
-    for blurry, sharp in pairs:
+    for blurry, sharp, photo in zip(pairs.blurry, pairs.sharp, pairs.photos):
         estimate = blurry[None] if net is None else net(blurry[None]).sharp
-        total += float(psnr(estimate.clamp(0, 1), sharp[None]))
-    return total / len(pairs)
+        value = float(psnr(estimate.clamp(0, 1), sharp[None]))
+        total += value
+        scores.setdefault(photo, []).append(value)
+    return total / len(pairs), {photo: sum(values) / len(values) for photo, values in sorted(scores.items())}
 
 
 def learning_rate(base: float, schedule: str, step: int, steps: int) -> float:
@@ -65,30 +86,53 @@ def learning_rate(base: float, schedule: str, step: int, steps: int) -> float:
     return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * step / max(steps, 1)))
 
 
+def gains(scores: dict[str, float], inputs: dict[str, float]) -> dict[str, float]:
+    """Photo -> its score minus the input's."""
+    return {photo: value - inputs[photo] for photo, value in scores.items()}
+
+
 def train_and_score(args: argparse.Namespace) -> dict:
+    from dataclasses import replace
+
     from jdrl.models.restormer import RESTORMER_PRESETS, JDRLDeblurNet
     from jdrl.weight_average import WeightAverage
 
-    train = read_pairs(args.train_data, "train", args.pairs, "--train-data")
-    test = read_pairs(args.test_data, "test", args.test_pairs, "--test-data")
+    train = Pairs(args.train_data, "train", args.pairs, "--train-data")
+    test = Pairs(args.test_data, "test", args.test_pairs, "--test-data")
+    # The first training pairs, which the net learns from (when --pairs leaves them in).
+    train_scored = Pairs(args.train_data, "train", min(args.train_score_pairs, len(train)), "--train-data") if args.train_score_pairs else None
     torch.manual_seed(args.seed)
-    net = JDRLDeblurNet(RESTORMER_PRESETS[args.preset])
+    preset = RESTORMER_PRESETS[args.preset]
+    if args.dim is not None:
+        preset = replace(preset, dim=args.dim)
+    net = JDRLDeblurNet(preset)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     average = WeightAverage(net, args.ema) if args.ema > 0 else None
     draws = torch.Generator().manual_seed(args.seed + 1)
-    result = {"args": vars(args), "train_pairs": len(train),
-              "test_pairs": len(test), "input_psnr": mean_psnr(None, test), "rows": []}
+    input_psnr, input_by_photo = mean_psnr(None, test)
+    result = {"args": vars(args), "parameters": sum(p.numel() for p in net.parameters()), "train_pairs": len(train),
+              "test_pairs": len(test), "input_psnr": input_psnr, "input_psnr_by_photo": input_by_photo, "rows": []}
+    if train_scored is not None:
+        result["train_scored_pairs"] = len(train_scored)
+        result["train_input_psnr"], result["train_input_psnr_by_photo"] = mean_psnr(None, train_scored)
     began = time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.every == 0 or step == args.steps:
             net.eval()
-            value = mean_psnr(net, test)
+            value, by_photo = mean_psnr(net, test)
+            row = {"step": step, "psnr": value, "gain": value - input_psnr, "gain_by_photo": gains(by_photo, input_by_photo)}
+            line = f"step {step:5d}: {value:.3f} dB ({row['gain']:+.3f} over the input"
+            line += "; " + ", ".join(f"{photo} {gain:+.2f}" for photo, gain in row["gain_by_photo"].items()) + ")"
+            if train_scored is not None:
+                row["train_psnr"], train_by_photo = mean_psnr(net, train_scored)
+                row["train_gain"] = row["train_psnr"] - result["train_input_psnr"]
+                row["train_gain_by_photo"] = gains(train_by_photo, result["train_input_psnr_by_photo"])
+                line += f", training pairs {row['train_gain']:+.3f}"
             net.train()
-            row = {"step": step, "psnr": value, "gain": value - result["input_psnr"]}
-            line = f"step {step:5d}: {value:.3f} dB ({row['gain']:+.3f} over the input)"
             if average is not None:
-                row["ema_psnr"] = mean_psnr(average.net, test)
-                row["ema_gain"] = row["ema_psnr"] - result["input_psnr"]
+                row["ema_psnr"], ema_by_photo = mean_psnr(average.net, test)
+                row["ema_gain"] = row["ema_psnr"] - input_psnr
+                row["ema_gain_by_photo"] = gains(ema_by_photo, input_by_photo)
                 line += f", average {row['ema_psnr']:.3f} dB ({row['ema_gain']:+.3f})"
             row["seconds"] = time.perf_counter() - began
             result["rows"].append(row)
@@ -100,7 +144,7 @@ def train_and_score(args: argparse.Namespace) -> dict:
             break
         blurry, sharp = [], []
         for index in torch.randint(len(train), (args.batch,), generator=draws).tolist():
-            pair = train[index]
+            pair = (train.blurry[index], train.sharp[index])
             if bool(torch.rand(1, generator=draws) < 0.5):
                 pair = (pair[0].flip(-1), pair[1].flip(-1))
             blurry.append(pair[0])
@@ -125,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-data", type=Path, required=True, help="`jdrl synth` folder whose test/ is scored")
     parser.add_argument("--test-pairs", type=int, default=None, help="score the first N test pairs (default all)")
     parser.add_argument("--preset", choices=sorted(RESTORMER_PRESETS), default="small", help="network size (default small, the demo's)")
+    parser.add_argument("--dim", type=int, default=None, help="channels at level 1 instead of the preset's (level k has dim * 2**(k-1); each level's heads must divide them)")
+    parser.add_argument("--train-score-pairs", type=int, default=0, help="also score the first N training pairs each row (default 0: none)")
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4, the demo's)")
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate schedule (default constant, the demo's)")
     parser.add_argument("--steps", type=int, default=1000, help="Adam steps (default 1000)")
@@ -138,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("pairs", "test_pairs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.train_score_pairs < 0:
+        parser.error(f"--train-score-pairs must be >= 0, got {args.train_score_pairs}")
+    if args.dim is not None:
+        heads = RESTORMER_PRESETS[args.preset].heads
+        if args.dim < 1 or any(args.dim * 2**level % count for level, count in enumerate(heads)):
+            parser.error(f"--dim must be a positive multiple of the heads of {args.preset}'s levels {heads} (level k has dim * 2**(k-1) channels), got {args.dim}")
     for name in ("steps", "every", "batch", "threads"):
         if getattr(args, name) < (0 if name == "steps" else 1):
             parser.error(f"--{name} must be >= {0 if name == 'steps' else 1}, got {getattr(args, name)}")

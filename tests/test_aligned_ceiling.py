@@ -47,7 +47,7 @@ def test_training_on_the_aligned_pair_raises_its_psnr(one_pair, tmp_path):
 
     out = tmp_path / "ceiling.json"
     argv = ["--train-data", str(one_pair), "--test-data", str(one_pair), "--preset", "tiny", "--lr", "2e-3",
-            "--steps", "40", "--every", "20", "--ema", "0.9", "--json", str(out)]
+            "--steps", "40", "--every", "20", "--ema", "0.9", "--train-score-pairs", "5", "--json", str(out)]
     assert aligned_ceiling.main(argv) == 0
     result = json.loads(out.read_text())
     name = next((one_pair / "test" / "blur").glob("*.png")).name
@@ -61,9 +61,55 @@ def test_training_on_the_aligned_pair_raises_its_psnr(one_pair, tmp_path):
     assert last["psnr"] > first["psnr"] + 1.0, result["rows"]
     assert last["gain"] > 0, result["rows"]
     assert last["gain"] == pytest.approx(last["psnr"] - result["input_psnr"])
+    # train/ holds the same one pair as test/ (and --train-score-pairs 5 asks for more than there
+    # are): its score is the test score, and its one photo's gain is the mean gain. meta.json
+    # names the pair's photo under train/ only (test/ is a copy), so under test/ it is the pair's name.
+    assert result["train_scored_pairs"] == 1
+    assert result["train_input_psnr"] == result["input_psnr"]
+    assert [row["train_psnr"] for row in result["rows"]] == [row["psnr"] for row in result["rows"]]
+    photo = json.loads((one_pair / "meta.json").read_text())["pairs"]["train"][0]["source"]
+    assert list(last["train_gain_by_photo"]) == [photo] and last["train_gain_by_photo"][photo] == pytest.approx(last["gain"])
+    assert list(last["gain_by_photo"]) == [name[: -len(".png")]] and last["gain_by_photo"][name[: -len(".png")]] == pytest.approx(last["gain"])
     # The weight average starts at the initial weights and follows the training toward gt_aligned.
     assert first["ema_psnr"] == first["psnr"]
     assert last["ema_psnr"] > first["psnr"] + 1.0 and last["ema_psnr"] != last["psnr"], result["rows"]
+
+
+def test_scores_are_split_by_photo(tmp_path):
+    """Each photo's score is the mean over its own pairs (crops of four test photos), and --dim
+    widens the net."""
+    from jdrl.imageio import read_image
+    from jdrl.metrics import psnr
+    from jdrl.synth import make_synthetic_dataset, pair_sources
+
+    root = tmp_path / "data"
+    make_synthetic_dataset(root, n_train=1, n_test=6, size=32, max_radius=3.0, seed=5)
+    out = tmp_path / "ceiling.json"
+    assert aligned_ceiling.main(["--train-data", str(root), "--test-data", str(root), "--preset", "tiny", "--dim", "4",
+                                 "--steps", "0", "--train-score-pairs", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    # The training pair is scored from train/, under its own photo (never a test photo).
+    (train_name, train_photo), = pair_sources(root, "train").items()
+    train_input = float(psnr(read_image(root / "train" / "blur" / f"{train_name}.png")[None],
+                             read_image(root / "train" / "gt_aligned" / f"{train_name}.png")[None]))
+    assert result["train_input_psnr_by_photo"] == pytest.approx({train_photo: train_input}, abs=1e-6)
+    scores: dict[str, list[float]] = {}
+    for name, photo in pair_sources(root, "test").items():
+        blurry = read_image(root / "test" / "blur" / f"{name}.png")[None]
+        aligned = read_image(root / "test" / "gt_aligned" / f"{name}.png")[None]
+        scores.setdefault(photo, []).append(float(psnr(blurry, aligned)))
+    assert len(scores) == 4 and max(len(values) for values in scores.values()) == 2
+    expected = {photo: sum(values) / len(values) for photo, values in scores.items()}
+    assert result["input_psnr_by_photo"] == pytest.approx(expected, abs=1e-6)
+    row = result["rows"][0]
+    assert set(row["gain_by_photo"]) == set(expected)
+    # The mean over pairs weighs each photo by its number of pairs.
+    weighted = sum(row["gain_by_photo"][photo] * len(values) for photo, values in scores.items()) / 6
+    assert row["gain"] == pytest.approx(weighted, abs=1e-6)
+    from jdrl.models.restormer import RESTORMER_PRESETS, JDRLDeblurNet
+
+    tiny = sum(p.numel() for p in JDRLDeblurNet(RESTORMER_PRESETS["tiny"]).parameters())
+    assert 0 < result["parameters"] < tiny
 
 
 def test_the_learning_rate_schedules():
@@ -80,7 +126,8 @@ def test_bad_arguments_are_named(one_pair, tmp_path, capsys):
         aligned_ceiling.main(["--train-data", str(one_pair), "--test-data", str(tmp_path / "data"), "--steps", "0"])
     with pytest.raises(SystemExit, match="--train-data .*gt_aligned"):
         aligned_ceiling.main(["--train-data", str(tmp_path / "data" / "test"), "--test-data", str(one_pair), "--steps", "0"])
-    for extra, message in ((["--lr", "0"], "--lr must be > 0"), (["--ema", "1"], "--ema must be in [0, 1)"), (["--json", str(tmp_path / "none" / "c.json")], "--json")):
+    for extra, message in ((["--lr", "0"], "--lr must be > 0"), (["--ema", "1"], "--ema must be in [0, 1)"), (["--json", str(tmp_path / "none" / "c.json")], "--json"),
+                           (["--train-score-pairs", "-1"], "--train-score-pairs must be >= 0"), (["--dim", "0"], "--dim must be")):
         with pytest.raises(SystemExit) as stopped:
             aligned_ceiling.main(["--train-data", str(one_pair), "--test-data", str(one_pair), "--steps", "0", *extra])
         assert stopped.value.code == 2 and message in capsys.readouterr().err
