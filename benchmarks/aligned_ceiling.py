@@ -16,7 +16,10 @@ Each row also splits the test score by the photo the pairs were cut from (``meta
 one photo are not independent, and one unusual photo can decide the mean), and with
 ``--train-score-pairs N`` scores the first N *training* pairs the same way: a net that gains much
 more on the pairs it learns from than on the test photos is overfitting them, one that gains about
-as little on both is short of steps or capacity (``--dim`` widens the preset).
+as little on both is short of steps or capacity (``--dim`` widens the preset). Each row also gives
+the median and largest global gradient norm of the steps since the row before (before clipping,
+which ``--grad-clip`` turns on): a swing of the score that follows a spike of the norm is the
+optimizer's, not the data's.
 
 Example: 256 training pairs of the demo's kind against 32 test pairs of other photos::
 
@@ -115,6 +118,7 @@ def train_and_score(args: argparse.Namespace) -> dict:
     if train_scored is not None:
         result["train_scored_pairs"] = len(train_scored)
         result["train_input_psnr"], result["train_input_psnr_by_photo"] = mean_psnr(None, train_scored)
+    norms: list[float] = []
     began = time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.every == 0 or step == args.steps:
@@ -134,6 +138,13 @@ def train_and_score(args: argparse.Namespace) -> dict:
                 row["ema_gain"] = row["ema_psnr"] - input_psnr
                 row["ema_gain_by_photo"] = gains(ema_by_photo, input_by_photo)
                 line += f", average {row['ema_psnr']:.3f} dB ({row['ema_gain']:+.3f})"
+            if norms:
+                # The global gradient norm (before clipping) over the steps since the last row:
+                # spikes in it come before the swings of the score.
+                ordered = sorted(norms)
+                row["grad_norm_median"], row["grad_norm_max"] = ordered[len(ordered) // 2], ordered[-1]
+                line += f", gradient norm median {row['grad_norm_median']:.3g} max {row['grad_norm_max']:.3g}"
+                norms.clear()
             row["seconds"] = time.perf_counter() - began
             result["rows"].append(row)
             print(f"{line}, {row['seconds']:.0f} s", flush=True)
@@ -154,6 +165,11 @@ def train_and_score(args: argparse.Namespace) -> dict:
         loss = (net(torch.stack(blurry)).sharp - torch.stack(sharp)).abs().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        gradients = [p.grad for p in net.parameters() if p.grad is not None]
+        if args.grad_clip > 0:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)))
+        else:
+            norms.append(float(torch.nn.utils.get_total_norm(gradients)))
         optimizer.step()
         if average is not None:
             average.update(net)
@@ -175,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate schedule (default constant, the demo's)")
     parser.add_argument("--steps", type=int, default=1000, help="Adam steps (default 1000)")
     parser.add_argument("--every", type=int, default=250, help="score every N steps (default 250)")
+    parser.add_argument("--grad-clip", type=float, default=0.0, help="clip the global norm of the gradients to this before each step, as optim.grad_clip does (default 0: off)")
     parser.add_argument("--batch", type=int, default=1, help="pairs per step (default 1, the demo's)")
     parser.add_argument("--ema", type=float, default=0.0, help="also score the moving average of the weights with this decay, as train.ema_decay keeps it (default 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the draws (default 0)")
@@ -195,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= {0 if name == 'steps' else 1}, got {getattr(args, name)}")
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    if not args.grad_clip >= 0:
+        parser.error(f"--grad-clip must be >= 0 (0: off), got {args.grad_clip}")
     if not 0 <= args.ema < 1:
         parser.error(f"--ema must be in [0, 1) (0: off), got {args.ema}")
     if args.json is not None and not args.json.parent.is_dir():

@@ -127,7 +127,30 @@ def test_bad_arguments_are_named(one_pair, tmp_path, capsys):
     with pytest.raises(SystemExit, match="--train-data .*gt_aligned"):
         aligned_ceiling.main(["--train-data", str(tmp_path / "data" / "test"), "--test-data", str(one_pair), "--steps", "0"])
     for extra, message in ((["--lr", "0"], "--lr must be > 0"), (["--ema", "1"], "--ema must be in [0, 1)"), (["--json", str(tmp_path / "none" / "c.json")], "--json"),
-                           (["--train-score-pairs", "-1"], "--train-score-pairs must be >= 0"), (["--dim", "0"], "--dim must be")):
+                           (["--train-score-pairs", "-1"], "--train-score-pairs must be >= 0"), (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
+                           (["--dim", "0"], "--dim must be")):
         with pytest.raises(SystemExit) as stopped:
             aligned_ceiling.main(["--train-data", str(one_pair), "--test-data", str(one_pair), "--steps", "0", *extra])
         assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gradient_clipping_and_its_norms(one_pair, tmp_path):
+    """Each row reports the gradient norms of the steps before it; a clip no step reaches changes
+    nothing, one below every norm changes the training."""
+
+    def rows(*extra):
+        out = tmp_path / "ceiling.json"
+        argv = ["--train-data", str(one_pair), "--test-data", str(one_pair), "--preset", "tiny", "--lr", "2e-3",
+                "--steps", "6", "--every", "3", "--json", str(out), *extra]
+        assert aligned_ceiling.main(argv) == 0
+        return json.loads(out.read_text())["rows"]
+
+    plain = rows()
+    assert "grad_norm_max" not in plain[0]
+    for row in plain[1:]:
+        assert 0 < row["grad_norm_median"] <= row["grad_norm_max"]
+    unreached = rows("--grad-clip", str(10 * max(row["grad_norm_max"] for row in plain[1:])))
+    assert [row["psnr"] for row in unreached] == [row["psnr"] for row in plain]
+    smallest = min(row["grad_norm_median"] for row in plain[1:])
+    clipped = rows("--grad-clip", str(smallest / 100))
+    assert clipped[1]["psnr"] != plain[1]["psnr"]
