@@ -125,6 +125,8 @@ def test_config_yaml_with_set_overrides(tmp_path):
         ("optim.reblur_kernel_lr_scale=nan", r"optim\.reblur_kernel_lr_scale must be a finite number > 0"),
         ("train.ema_decay=1", r"train\.ema_decay must be in \[0, 1\)"),
         ("train.ema_decay=nan", r"train\.ema_decay must be in \[0, 1\)"),
+        ("optim.grad_clip=-1", r"optim\.grad_clip must be a finite number >= 0"),
+        ("optim.grad_clip=inf", r"optim\.grad_clip must be a finite number >= 0"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, override, message):
@@ -343,6 +345,52 @@ def test_reblur_lr_is_a_second_parameter_group(pairs, tmp_path):
         train(tiny_config(pairs, tmp_path / "one", **{**overrides, "train.epochs": 2, "optim.lr": 2e-5}), resume="auto")
 
 
+def test_grad_clip_scales_only_the_deblurring_nets_large_gradients(pairs, tmp_path, monkeypatch):
+    """optim.grad_clip caps the global norm of F's gradients at each step and leaves R's alone; a
+    clip no step reaches changes nothing, and the log's grad_norm is F's norm before clipping."""
+    overrides = {"loss.flow_warmup_epochs": 0, "train.max_steps_per_epoch": 3, "train.epochs": 1}
+    seen: list[tuple[float, float]] = []
+    step = torch.optim.Adam.step
+
+    def recording_step(optimizer, *args, **kwargs):
+        # F's and R's gradient norms as Adam receives them (after any clipping).
+        trainer_net, reblur_net = recording_step.nets
+        seen.append((float(torch.nn.utils.get_total_norm([p.grad for p in trainer_net.parameters() if p.grad is not None])),
+                     float(torch.nn.utils.get_total_norm([p.grad for p in reblur_net.parameters() if p.grad is not None]))))
+        return step(optimizer, *args, **kwargs)
+
+    from jdrl import train as train_module
+
+    build = train_module._build_optimizer
+
+    def remember_nets(config, net, loss, step_module):
+        recording_step.nets = (net, loss.reblur_net)
+        return build(config, net, loss, step_module)
+
+    monkeypatch.setattr(train_module, "_build_optimizer", remember_nets)
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+
+    def run(name, **more):
+        seen.clear()
+        result = train(tiny_config(pairs, tmp_path / name, **overrides, **more))
+        return list(seen), result, load_checkpoint(tmp_path / name / "last.pt")
+
+    plain, plain_result, plain_state = run("plain")
+    assert len(plain) == 3 and all(f > 0 and r > 0 for f, r in plain)
+    # The epoch's grad_norm is the mean of F's norms before clipping (here: as Adam received them).
+    assert plain_result.epoch_losses[0]["grad_norm"] == pytest.approx(sum(f for f, _ in plain) / 3, rel=1e-5)
+    unreached, _, unreached_state = run("unreached", **{"optim.grad_clip": 10 * max(f for f, _ in plain)})
+    assert same_state(unreached_state["model"], plain_state["model"])
+    clip = min(f for f, _ in plain) / 4
+    clipped, clipped_result, clipped_state = run("clipped", **{"optim.grad_clip": clip})
+    assert all(f == pytest.approx(clip, rel=1e-4) for f, _ in clipped)
+    # The first step's gradients are the same as without the clip: R's reach Adam unscaled, and
+    # the log reports F's norm before clipping.
+    assert clipped[0][1] == pytest.approx(plain[0][1], rel=1e-5)
+    assert clipped_result.epoch_losses[0]["grad_norm"] > 4 * clip
+    assert not same_state(clipped_state["model"], plain_state["model"])
+
+
 def test_reblur_kernel_lr_scale_gives_the_seeds_branch_a_group_of_its_own(pairs, tmp_path):
     overrides = {"optim.reblur_kernel_lr_scale": 1e-6, "loss.flow_warmup_epochs": 0, "train.max_steps_per_epoch": 2,
                  "train.epochs": 1, "optim.lr": 2e-3}
@@ -424,6 +472,7 @@ def test_reblur_prefit_settings_are_checked(pairs, tmp_path, override, message):
     [
         ({"loss.seed_bound": 4.0}, "loss.seed_bound: 6.0 -> 4.0"),
         ({"train.ema_decay": 0.99}, "train.ema_decay: 0.0 -> 0.99 (best.pt so far scored the trained weights)"),
+        ({"optim.grad_clip": 0.5}, "optim.grad_clip: 0.0 -> 0.5"),
     ],
 )
 def test_resume_reports_settings_that_changed(pairs, tmp_path, capsys, changed, message):

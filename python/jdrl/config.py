@@ -120,6 +120,11 @@ class OptimConfig:
 
     ``reblur_kernel_lr_scale``: R_kpn, the branch that predicts the kernel seeds, trains at this
     fraction of R's rate (a group of its own when not 1; ``ReblurNet.parameter_groups``).
+
+    ``grad_clip``: ours, not the paper's (0: off, the paper): before each step, scale the
+    deblurring net's gradients down to this global L2 norm when they exceed it (R's are left
+    alone). Adam divides by a running gradient scale, so this mainly tames single steps whose
+    gradient is far above that scale. The log's ``grad_norm`` is the norm before clipping.
     """
 
     lr: float = 2e-5
@@ -129,6 +134,7 @@ class OptimConfig:
     lr_gamma: float = 0.5
     reblur_lr: float | None = None
     reblur_kernel_lr_scale: float = 1.0
+    grad_clip: float = 0.0
 
     def effective_reblur_lr(self) -> float:
         """The reblurring net's learning rate: ``reblur_lr``, or ``min(lr, REBLUR_LR_CAP)`` when None."""
@@ -147,6 +153,8 @@ class OptimConfig:
             raise ConfigError(f"optim.reblur_lr must be > 0 or null, got {self.reblur_lr}")
         if not (self.reblur_kernel_lr_scale > 0 and math.isfinite(self.reblur_kernel_lr_scale)):
             raise ConfigError(f"optim.reblur_kernel_lr_scale must be a finite number > 0, got {self.reblur_kernel_lr_scale}")
+        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
+            raise ConfigError(f"optim.grad_clip must be a finite number >= 0 (0: off), got {self.grad_clip}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
         if self.eps <= 0:

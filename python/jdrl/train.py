@@ -400,6 +400,9 @@ def _restore(
     result.best_metric = state.get("best_metric")
     result.best_epoch = state.get("best_epoch")
     changed = _changed_loss_settings(state["config"], config)
+    saved_clip = (state["config"].get("optim") or {}).get("grad_clip", 0.0)
+    if saved_clip != config.optim.grad_clip:
+        changed.append(f"optim.grad_clip: {saved_clip} -> {config.optim.grad_clip}")
     saved_decay = (state.get("weight_average") or {}).get("decay", 0.0)
     if saved_decay != config.train.ema_decay:
         # best.pt was picked by validating the other net (the average or the trained weights).
@@ -721,11 +724,18 @@ class _Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
+        # F's gradients only (under DDP already averaged over the ranks, so every rank clips alike).
+        gradients = [p.grad for p in self.net.parameters() if p.grad is not None]
+        clip = self.config.optim.grad_clip
+        if clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(gradients)
         self.optimizer.step()
         if self.average is not None:
             self.average.update(self.net)
         self.step += 1
-        return {k: float(v.detach()) for k, v in {**terms, **losses.stats}.items()}
+        return {k: float(v.detach()) for k, v in {**terms, **losses.stats, "grad_norm": grad_norm}.items()}
 
     def end_epoch(self, epoch: int, sums: dict[str, float], started: float) -> None:
         """The epoch's means (over steps and ranks) into the result and the log; the scheduler steps."""
