@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,8 +44,8 @@ from common import write_json
 
 class Pairs:
     """The first pairs of a ``jdrl synth`` split: ``blurry`` and ``sharp`` (``gt_aligned``) images,
-    each ``(3, H, W)``, and ``photos``, the photo each pair was cut from (its name where
-    ``meta.json`` does not say)."""
+    each ``(3, H, W)``, their ``names``, and ``photos``: pair name -> the photo it was cut from,
+    as ``meta.json`` records it."""
 
     def __init__(self, root: Path, split: str, limit: int | None, argument: str) -> None:
         from jdrl.imageio import read_image
@@ -54,13 +55,21 @@ class Pairs:
         paths = sorted((folder / "blur").glob("*.png"))[:limit]
         if not paths or not (folder / "gt_aligned").is_dir():
             raise SystemExit(f"{argument} {root}: no {split}/blur/*.png with {split}/gt_aligned (make it with `jdrl synth`)")
-        sources = pair_sources(root, split)
+        self.names = [path.stem for path in paths]
         self.blurry = [read_image(path) for path in paths]
         self.sharp = [read_image(folder / "gt_aligned" / path.name) for path in paths]
-        self.photos = [sources.get(path.stem, path.stem) for path in paths]
+        # Pair name -> photo (a pair meta.json does not name stands for itself).
+        self.photos = pair_sources(root, split)
 
     def __len__(self) -> int:
         return len(self.blurry)
+
+    def first(self, count: int) -> "Pairs":
+        """The first ``count`` of these pairs."""
+        subset = object.__new__(Pairs)
+        subset.names, subset.blurry, subset.sharp = self.names[:count], self.blurry[:count], self.sharp[:count]
+        subset.photos = self.photos
+        return subset
 
 
 @torch.no_grad()
@@ -68,15 +77,13 @@ def mean_psnr(net: torch.nn.Module | None, pairs: Pairs) -> tuple[float, dict[st
     """PSNR (dB) of the net's output (of the blurry input for ``net=None``) against ``gt_aligned``:
     the mean over the pairs, and photo -> the mean over that photo's pairs."""
     from jdrl.metrics import psnr
+    from jdrl.synth import photo_means
 
-    scores: dict[str, list[float]] = {}
-    total = 0.0
-    for blurry, sharp, photo in zip(pairs.blurry, pairs.sharp, pairs.photos):
+    scores = {}
+    for name, blurry, sharp in zip(pairs.names, pairs.blurry, pairs.sharp):
         estimate = blurry[None] if net is None else net(blurry[None]).sharp
-        value = float(psnr(estimate.clamp(0, 1), sharp[None]))
-        total += value
-        scores.setdefault(photo, []).append(value)
-    return total / len(pairs), {photo: sum(values) / len(values) for photo, values in sorted(scores.items())}
+        scores[name] = float(psnr(estimate.clamp(0, 1), sharp[None]))
+    return sum(scores.values()) / len(scores), dict(sorted(photo_means(scores, pairs.photos).items()))
 
 
 def learning_rate(base: float, schedule: str, step: int, steps: int) -> float:
@@ -98,12 +105,13 @@ def train_and_score(args: argparse.Namespace) -> dict:
     from dataclasses import replace
 
     from jdrl.models.restormer import RESTORMER_PRESETS, JDRLDeblurNet
+    from jdrl.train import clip_or_measure_gradients
     from jdrl.weight_average import WeightAverage
 
     train = Pairs(args.train_data, "train", args.pairs, "--train-data")
     test = Pairs(args.test_data, "test", args.test_pairs, "--test-data")
-    # The first training pairs, which the net learns from (when --pairs leaves them in).
-    train_scored = Pairs(args.train_data, "train", min(args.train_score_pairs, len(train)), "--train-data") if args.train_score_pairs else None
+    # The first training pairs, which the net learns from.
+    train_scored = train.first(args.train_score_pairs) if args.train_score_pairs else None
     torch.manual_seed(args.seed)
     preset = RESTORMER_PRESETS[args.preset]
     if args.dim is not None:
@@ -141,8 +149,7 @@ def train_and_score(args: argparse.Namespace) -> dict:
             if norms:
                 # The global gradient norm (before clipping) over the steps since the last row:
                 # spikes in it come before the swings of the score.
-                ordered = sorted(norms)
-                row["grad_norm_median"], row["grad_norm_max"] = ordered[len(ordered) // 2], ordered[-1]
+                row["grad_norm_median"], row["grad_norm_max"] = statistics.median(norms), max(norms)
                 line += f", gradient norm median {row['grad_norm_median']:.3g} max {row['grad_norm_max']:.3g}"
                 norms.clear()
             row["seconds"] = time.perf_counter() - began
@@ -165,11 +172,7 @@ def train_and_score(args: argparse.Namespace) -> dict:
         loss = (net(torch.stack(blurry)).sharp - torch.stack(sharp)).abs().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        gradients = [p.grad for p in net.parameters() if p.grad is not None]
-        if args.grad_clip > 0:
-            norms.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)))
-        else:
-            norms.append(float(torch.nn.utils.get_total_norm(gradients)))
+        norms.append(float(clip_or_measure_gradients(net, args.grad_clip)))
         optimizer.step()
         if average is not None:
             average.update(net)
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-data", type=Path, required=True, help="`jdrl synth` folder whose test/ is scored")
     parser.add_argument("--test-pairs", type=int, default=None, help="score the first N test pairs (default all)")
     parser.add_argument("--preset", choices=sorted(RESTORMER_PRESETS), default="small", help="network size (default small, the demo's)")
-    parser.add_argument("--dim", type=int, default=None, help="channels at level 1 instead of the preset's (level k has dim * 2**(k-1); each level's heads must divide them)")
+    parser.add_argument("--dim", type=int, default=None, help="channels at level 1 instead of the preset's, even (level k has dim * 2**(k-1); each level's heads must divide them)")
     parser.add_argument("--train-score-pairs", type=int, default=0, help="also score the first N training pairs each row (default 0: none)")
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4, the demo's)")
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate schedule (default constant, the demo's)")
@@ -205,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--train-score-pairs must be >= 0, got {args.train_score_pairs}")
     if args.dim is not None:
         heads = RESTORMER_PRESETS[args.preset].heads
-        if args.dim < 1 or any(args.dim * 2**level % count for level, count in enumerate(heads)):
-            parser.error(f"--dim must be a positive multiple of the heads of {args.preset}'s levels {heads} (level k has dim * 2**(k-1) channels), got {args.dim}")
+        # Each downsampling halves the channels before a 2x2 pixel unshuffle: they must be even.
+        if args.dim < 2 or args.dim % 2 or any(args.dim * 2**level % count for level, count in enumerate(heads)):
+            parser.error(f"--dim must be an even number >= 2 whose levels' channels (dim * 2**(k-1)) the heads {heads} of {args.preset} divide, got {args.dim}")
     for name in ("steps", "every", "batch", "threads"):
         if getattr(args, name) < (0 if name == "steps" else 1):
             parser.error(f"--{name} must be >= {0 if name == 'steps' else 1}, got {getattr(args, name)}")

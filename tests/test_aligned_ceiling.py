@@ -77,7 +77,7 @@ def test_training_on_the_aligned_pair_raises_its_psnr(one_pair, tmp_path):
 
 def test_scores_are_split_by_photo(tmp_path):
     """Each photo's score is the mean over its own pairs (crops of four test photos), and --dim
-    widens the net."""
+    sets the net's width (here below the preset's)."""
     from jdrl.imageio import read_image
     from jdrl.metrics import psnr
     from jdrl.synth import make_synthetic_dataset, pair_sources
@@ -128,7 +128,7 @@ def test_bad_arguments_are_named(one_pair, tmp_path, capsys):
         aligned_ceiling.main(["--train-data", str(tmp_path / "data" / "test"), "--test-data", str(one_pair), "--steps", "0"])
     for extra, message in ((["--lr", "0"], "--lr must be > 0"), (["--ema", "1"], "--ema must be in [0, 1)"), (["--json", str(tmp_path / "none" / "c.json")], "--json"),
                            (["--train-score-pairs", "-1"], "--train-score-pairs must be >= 0"), (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
-                           (["--dim", "0"], "--dim must be")):
+                           (["--dim", "0"], "--dim must be"), (["--dim", "5"], "--dim must be")):
         with pytest.raises(SystemExit) as stopped:
             aligned_ceiling.main(["--train-data", str(one_pair), "--test-data", str(one_pair), "--steps", "0", *extra])
         assert stopped.value.code == 2 and message in capsys.readouterr().err
@@ -153,4 +153,6 @@ def test_gradient_clipping_and_its_norms(one_pair, tmp_path):
     assert [row["psnr"] for row in unreached] == [row["psnr"] for row in plain]
     smallest = min(row["grad_norm_median"] for row in plain[1:])
     clipped = rows("--grad-clip", str(smallest / 100))
+    # The norms are reported before clipping.
+    assert clipped[1]["grad_norm_median"] > smallest / 10
     assert clipped[1]["psnr"] != plain[1]["psnr"]

@@ -588,3 +588,23 @@ def test_ddp_two_cpu_processes(pairs, tmp_path):
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert same_state(state["model"], rank0["net"]) and state["step"] == 2
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "last.pt", "train_log.jsonl"]
+
+
+def test_resume_of_a_checkpoint_from_before_grad_clip(pairs, tmp_path, capsys):
+    """A checkpoint without optim.grad_clip was trained unclipped: resuming it with 0 reports
+    nothing, with a clip reports the change."""
+
+    def drop_the_key():
+        state = load_checkpoint(tmp_path / "last.pt")
+        del state["config"]["optim"]["grad_clip"]
+        save_checkpoint(tmp_path / "last.pt", state)
+
+    overrides = {"train.max_steps_per_epoch": 1}
+    train(tiny_config(pairs, tmp_path, **overrides, **{"train.epochs": 1}))
+    drop_the_key()
+    capsys.readouterr()
+    train(tiny_config(pairs, tmp_path, **overrides, **{"train.epochs": 2}), resume="auto")
+    assert "optim.grad_clip" not in capsys.readouterr().err
+    drop_the_key()
+    train(tiny_config(pairs, tmp_path, **overrides, **{"train.epochs": 3, "optim.grad_clip": 0.5}), resume="auto")
+    assert "optim.grad_clip: 0.0 -> 0.5" in capsys.readouterr().err

@@ -422,6 +422,14 @@ def _changed_loss_settings(saved: dict[str, Any], config: Config) -> list[str]:
     ]
 
 
+def clip_or_measure_gradients(net: nn.Module, clip: float) -> torch.Tensor:
+    """The global L2 norm of ``net``'s gradients; with ``clip > 0`` they are also scaled down to
+    that norm when it is larger (``optim.grad_clip``). The norm returned is the one before clipping."""
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    return torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
+
+
 def _finite_everywhere(total: torch.Tensor, distributed: _Distributed) -> bool:
     """True when the loss is finite on every rank (so all ranks stop together, none hangs)."""
     finite = torch.isfinite(total.detach()).to(torch.float32).reshape(1)
@@ -725,12 +733,7 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         # F's gradients only (under DDP already averaged over the ranks, so every rank clips alike).
-        gradients = [p.grad for p in self.net.parameters() if p.grad is not None]
-        clip = self.config.optim.grad_clip
-        if clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm(gradients)
+        grad_norm = clip_or_measure_gradients(self.net, self.config.optim.grad_clip)
         self.optimizer.step()
         if self.average is not None:
             self.average.update(self.net)
