@@ -36,18 +36,27 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from common import write_json
 
 
+@dataclass
 class Pairs:
-    """The first pairs of a ``jdrl synth`` split: ``blurry`` and ``sharp`` (``gt_aligned``) images,
-    each ``(3, H, W)``, their ``names``, and ``photos``: pair name -> the photo it was cut from,
-    as ``meta.json`` records it."""
+    """Pairs of a ``jdrl synth`` split: their ``names``, ``blurry`` and ``sharp`` (``gt_aligned``)
+    images, each ``(3, H, W)``, and ``photos``: pair name -> the photo it was cut from, as
+    ``meta.json`` records it."""
 
-    def __init__(self, root: Path, split: str, limit: int | None, argument: str) -> None:
+    names: list[str]
+    blurry: list[torch.Tensor]
+    sharp: list[torch.Tensor]
+    photos: dict[str, str]
+
+    @classmethod
+    def read(cls, root: Path, split: str, limit: int | None, argument: str) -> "Pairs":
+        """The first ``limit`` (all for None) pairs of ``root/split``."""
         from jdrl.imageio import read_image
         from jdrl.synth import pair_sources
 
@@ -55,21 +64,15 @@ class Pairs:
         paths = sorted((folder / "blur").glob("*.png"))[:limit]
         if not paths or not (folder / "gt_aligned").is_dir():
             raise SystemExit(f"{argument} {root}: no {split}/blur/*.png with {split}/gt_aligned (make it with `jdrl synth`)")
-        self.names = [path.stem for path in paths]
-        self.blurry = [read_image(path) for path in paths]
-        self.sharp = [read_image(folder / "gt_aligned" / path.name) for path in paths]
-        # Pair name -> photo (a pair meta.json does not name stands for itself).
-        self.photos = pair_sources(root, split)
+        return cls([path.stem for path in paths], [read_image(path) for path in paths],
+                   [read_image(folder / "gt_aligned" / path.name) for path in paths], pair_sources(root, split))
 
     def __len__(self) -> int:
-        return len(self.blurry)
+        return len(self.names)
 
     def first(self, count: int) -> "Pairs":
         """The first ``count`` of these pairs."""
-        subset = object.__new__(Pairs)
-        subset.names, subset.blurry, subset.sharp = self.names[:count], self.blurry[:count], self.sharp[:count]
-        subset.photos = self.photos
-        return subset
+        return Pairs(self.names[:count], self.blurry[:count], self.sharp[:count], self.photos)
 
 
 @torch.no_grad()
@@ -108,8 +111,8 @@ def train_and_score(args: argparse.Namespace) -> dict:
     from jdrl.train import clip_or_measure_gradients
     from jdrl.weight_average import WeightAverage
 
-    train = Pairs(args.train_data, "train", args.pairs, "--train-data")
-    test = Pairs(args.test_data, "test", args.test_pairs, "--test-data")
+    train = Pairs.read(args.train_data, "train", args.pairs, "--train-data")
+    test = Pairs.read(args.test_data, "test", args.test_pairs, "--test-data")
     # The first training pairs, which the net learns from.
     train_scored = train.first(args.train_score_pairs) if args.train_score_pairs else None
     torch.manual_seed(args.seed)
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-data", type=Path, required=True, help="`jdrl synth` folder whose test/ is scored")
     parser.add_argument("--test-pairs", type=int, default=None, help="score the first N test pairs (default all)")
     parser.add_argument("--preset", choices=sorted(RESTORMER_PRESETS), default="small", help="network size (default small, the demo's)")
-    parser.add_argument("--dim", type=int, default=None, help="channels at level 1 instead of the preset's, even (level k has dim * 2**(k-1); each level's heads must divide them)")
+    parser.add_argument("--dim", type=int, default=None, help="channels at level 1 instead of the preset's, even (level k has dim * 2**(k-1))")
     parser.add_argument("--train-score-pairs", type=int, default=0, help="also score the first N training pairs each row (default 0: none)")
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4, the demo's)")
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="learning-rate schedule (default constant, the demo's)")
@@ -206,11 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.train_score_pairs < 0:
         parser.error(f"--train-score-pairs must be >= 0, got {args.train_score_pairs}")
-    if args.dim is not None:
-        heads = RESTORMER_PRESETS[args.preset].heads
-        # Each downsampling halves the channels before a 2x2 pixel unshuffle: they must be even.
-        if args.dim < 2 or args.dim % 2 or any(args.dim * 2**level % count for level, count in enumerate(heads)):
-            parser.error(f"--dim must be an even number >= 2 whose levels' channels (dim * 2**(k-1)) the heads {heads} of {args.preset} divide, got {args.dim}")
+    # Each downsampling halves the channels before a 2x2 pixel unshuffle, so they must be even (the
+    # net itself checks that each level's heads divide its channels).
+    if args.dim is not None and (args.dim < 2 or args.dim % 2):
+        parser.error(f"--dim must be an even number >= 2, got {args.dim}")
     for name in ("steps", "every", "batch", "threads"):
         if getattr(args, name) < (0 if name == "steps" else 1):
             parser.error(f"--{name} must be >= {0 if name == 'steps' else 1}, got {getattr(args, name)}")

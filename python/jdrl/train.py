@@ -364,7 +364,7 @@ def _restore(
     scheduler: Any,
     result: TrainResult,
 ) -> tuple[int, int, list[str]]:
-    """Load a checkpoint into the run; -> (epochs done, steps done, loss settings that changed)."""
+    """Load a checkpoint into the run; -> (epochs done, steps done, the settings that changed, as lines for the log)."""
     state = load_checkpoint(path)
     saved_model = state["config"].get("model")
     if saved_model != config.to_dict()["model"]:
@@ -540,7 +540,7 @@ class _Trainer:
         )
         self.result = TrainResult(out_dir=self.out_dir)
         self.start_epoch, self.step = 0, 0
-        self.changed_loss: list[str] = []
+        self.changed_settings: list[str] = []
         self.resume_path: Path | None = None
         self.model: nn.Module = self.step_module  # the DDP wrapper after wrap_for_distributed
         self.sampler: DistributedSampler | None = None
@@ -550,7 +550,7 @@ class _Trainer:
         """Continue from ``resume`` (a path, ``"auto"`` or None): nets, optimizer, scheduler, RNGs."""
         self.resume_path = _resolve_resume(resume, self.out_dir)
         if self.resume_path is not None:
-            self.start_epoch, self.step, self.changed_loss = _restore(
+            self.start_epoch, self.step, self.changed_settings = _restore(
                 self.resume_path, self.config, self.net, self.average, self.loss, self.optimizer, self.scheduler,
                 self.result,
             )
@@ -587,8 +587,8 @@ class _Trainer:
             self.logger.message(f"the reblurring net trains at lr {config.optim.effective_reblur_lr():g} ({how})")
         if self.resume_path is not None:
             self.logger.message(f"resumed from {self.resume_path} at epoch {self.start_epoch}, step {self.step}")
-            if self.changed_loss:
-                self.logger.message("settings that differ from the checkpoint's: " + "; ".join(self.changed_loss))
+            if self.changed_settings:
+                self.logger.message("settings that differ from the checkpoint's: " + "; ".join(self.changed_settings))
         elif resume is not None:
             self.logger.message(f"--resume {resume}: no {self.last_path} yet, starting fresh")
 
