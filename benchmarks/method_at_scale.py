@@ -1,0 +1,161 @@
+"""Train one of the demo's methods for longer and on more pairs, scored as aligned_ceiling.py scores.
+
+``jdrl demo`` trains each method for a few hundred steps on 16 pairs; ``aligned_ceiling.py`` shows
+what the same net reaches in thousands of steps when its targets are perfectly aligned. This
+script fills the gap between them: it trains one method of the demo (``--method ours``: Eq. 2 with
+the demo's reblurring rate and prefit; ``no_reblur``: #4 w/o reblurring; ``l1``: plain L1 on the
+misaligned ``gt``) with the real trainer (:func:`jdrl.train.train`, the config the demo gives that
+method) on the misaligned pairs of a ``jdrl synth`` folder, and every ``--every`` steps scores PSNR
+against ``gt_aligned`` on the test pairs, split by photo, as ``aligned_ceiling.py`` does. With
+``--set train.ema_decay=D`` each row scores both the weights and their moving average. At the
+same pairs, steps, rate, clip and seed, a row of this script beside the ceiling's row says what the
+misalignment costs the method, and ``ours`` beside ``no_reblur`` what the reblurring adds.
+
+The training runs in chunks of ``--every`` steps, one epoch each (``train.max_steps_per_epoch``),
+each chunk resuming the last one's ``last.pt`` in ``--out`` (as the demo advances its trainings),
+so a run stopped early keeps its checkpoint and its rows. The flow warm-up is the paper's share of
+the chunks (at least one), as in the demo. The net is never scored at step 0: the trainer builds it.
+
+Example, against the ceiling's run E (benchmarks/RESULTS.md)::
+
+    jdrl synth runs/train2048 --train 2048 --test 1 --size 128 --max-radius 7 --scale 0.3:0.6 --seed 8
+    jdrl synth runs/test64 --train 0 --test 64 --size 128 --max-radius 7 --scale 0.3:0.6 --seed 100
+    PYTHONPATH=python:. python benchmarks/method_at_scale.py --method ours --train-data runs/train2048 \\
+        --test-data runs/test64 --test-pairs 32 --steps 3000 --every 250 --out runs/ours_scale \\
+        --set optim.grad_clip=0.02 --set train.ema_decay=0.999 --json runs/ours_scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from aligned_ceiling import Pairs, gains, mean_psnr
+from common import write_json
+
+# Keys this script sets itself: a --set of one would break the chunks or the comparison.
+CONTROLLED = {
+    "data.root": "use --train-data", "data.split": "it trains on train/", "data.val_root": "rows are scored on --test-data",
+    "train.out_dir": "use --out", "train.epochs": "use --steps and --every", "train.max_steps_per_epoch": "use --every",
+    "train.seed": "use --seed", "train.device": "it trains on the CPU", "optim.lr": "use --lr",
+    "loss.flow_warmup_epochs": "the warm-up is the paper's share of the chunks",
+}
+
+
+def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
+    """The config overrides the demo trains ``method`` with (ours with its reblurring net's
+    prefit), then ``sets``."""
+    from jdrl.demo import DEMO_REBLUR_PREFIT_STEPS, METHODS
+
+    prefit = {"loss.reblur_prefit_steps": DEMO_REBLUR_PREFIT_STEPS} if method == "ours" else {}
+    return {**METHODS[method][1], **prefit, **sets}
+
+
+def _score(row: dict[str, Any], key: str, net: torch.nn.Module, pairs: Pairs, inputs: tuple[float, dict[str, float]]) -> str:
+    value, by_photo = mean_psnr(net, pairs)
+    row[f"{key}psnr"], row[f"{key}gain"] = value, value - inputs[0]
+    row[f"{key}gain_by_photo"] = gains(by_photo, inputs[1])
+    return f"{value:.3f} dB ({row[f'{key}gain']:+.3f}; " + ", ".join(f"{photo} {gain:+.2f}" for photo, gain in row[f"{key}gain_by_photo"].items()) + ")"
+
+
+def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
+    from jdrl.ablation import Budget, variant_config, warmup_share_of
+    from jdrl.checkpoint import load_checkpoint
+    from jdrl.train import train
+
+    test = Pairs.read(args.test_data, "test", args.test_pairs, "--test-data")
+    # Only to refuse a folder without gt_aligned before training: the trainer reads train/ itself.
+    Pairs.read(args.train_data, "train", 1, "--train-data")
+    chunks = args.steps // args.every
+    budget_of = lambda epochs: Budget(epochs=epochs, steps_per_epoch=args.every, lr=args.lr,  # noqa: E731
+                                      warmup_epochs=warmup_share_of(chunks))
+    overrides = method_overrides(args.method, sets)
+    inputs = mean_psnr(None, test)
+    result = {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+              "overrides": overrides, "warmup_steps": warmup_share_of(chunks) * args.every, "test_pairs": len(test),
+              "input_psnr": inputs[0], "input_psnr_by_photo": inputs[1], "rows": []}
+    began = time.perf_counter()
+    for chunk in range(1, chunks + 1):
+        config = variant_config(overrides, args.train_data, args.out, budget_of(chunk), seed=args.seed, preset=args.preset, device="cpu")
+        trained = train(config, resume=args.out / "last.pt" if chunk > 1 else None)
+        row: dict[str, Any] = {"step": trained.steps, "losses": trained.epoch_losses[-1]}
+        # trained.net is the weight average where the run keeps one (train.ema_decay), else the weights.
+        state = load_checkpoint(args.out / "last.pt")
+        with torch.no_grad():
+            if state.get("averaged_model"):
+                weights = copy.deepcopy(trained.net)
+                weights.load_state_dict(state["model"])
+                line = f"weights {_score(row, '', weights.eval(), test, inputs)}, average {_score(row, 'ema_', trained.net, test, inputs)}"
+            else:
+                line = _score(row, "", trained.net, test, inputs)
+        row["seconds"] = time.perf_counter() - began
+        result["rows"].append(row)
+        print(f"step {row['step']:5d}: {line}, {row['seconds']:.0f} s", flush=True)
+        if args.json is not None:
+            write_json(args.json, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jdrl.ablation import Budget, variant_config
+    from jdrl.config import ConfigError, parse_override
+    from jdrl.demo import METHODS
+    from jdrl.models.restormer import RESTORMER_PRESETS
+    from jdrl.process_env import set_threads
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", choices=list(METHODS), required=True, help="which of the demo's trainings")
+    parser.add_argument("--train-data", type=Path, required=True, help="`jdrl synth` folder whose train/ (misaligned gt) the net learns from")
+    parser.add_argument("--test-data", type=Path, required=True, help="`jdrl synth` folder whose test/ is scored against gt_aligned")
+    parser.add_argument("--test-pairs", type=int, default=None, help="score the first N test pairs (default all)")
+    parser.add_argument("--out", type=Path, required=True, help="the run's folder (checkpoints, train_log.jsonl); must not hold a run")
+    parser.add_argument("--preset", choices=sorted(RESTORMER_PRESETS), default="small", help="network size (default small, the demo's)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="constant Adam learning rate of F (default 5e-4, the demo's)")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps, a multiple of --every (default 1000)")
+    parser.add_argument("--every", type=int, default=250, help="score every N steps (default 250)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training (default 0)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch and OpenCV (default 1)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override after the method's own, VALUE read as YAML (repeatable), e.g. --set optim.grad_clip=0.02")
+    parser.add_argument("--json", type=Path, default=None, help="also write the settings, the input's PSNR and the rows here (after every row)")
+    args = parser.parse_args(argv)
+    if args.test_pairs is not None and args.test_pairs < 1:
+        parser.error(f"--test-pairs must be >= 1, got {args.test_pairs}")
+    for name in ("every", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.steps < args.every or args.steps % args.every:
+        parser.error(f"--steps must be a positive multiple of --every ({args.every}), got {args.steps}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
+    if (args.out / "last.pt").exists():
+        parser.error(f"--out {args.out}: holds a run already (last.pt); give a new folder")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json {args.json}: folder {args.json.parent} does not exist")
+    sets: dict[str, Any] = {}
+    for text in args.overrides:
+        try:
+            keys, value = parse_override(text)
+        except ConfigError as error:
+            parser.error(str(error))
+        key = ".".join(keys)
+        if key in CONTROLLED or key.startswith("model."):
+            parser.error(f"--set {key}: this script sets it itself; {CONTROLLED.get(key, 'use --preset')}")
+        sets[key] = value
+    try:  # a bad value of a --set key, named before any data is read
+        variant_config(method_overrides(args.method, sets), args.train_data, args.out, Budget(epochs=1, steps_per_epoch=args.every, lr=args.lr))
+    except ConfigError as error:
+        parser.error(str(error))
+    set_threads(args.threads)
+    torch.set_flush_denormal(True)
+    train_and_score(args, sets)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

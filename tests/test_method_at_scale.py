@@ -1,0 +1,115 @@
+"""benchmarks/method_at_scale.py: it trains the demo's config of a method in resumed chunks, scores
+the checkpoint's weights and average against gt_aligned, and names the argument that is wrong."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import method_at_scale  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from jdrl.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("scale")
+    make_synthetic_dataset(root, n_train=3, n_test=2, size=48, max_radius=3.0, seed=3)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def keep_process_state():
+    """main() sets the process's torch threads, flushes subnormals and the trainer seeds the global
+    generator; give them back for the tests that follow."""
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng():
+        yield
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)
+
+
+def _test_psnr(net, root: Path) -> float:
+    """Mean PSNR of ``net`` (the blurry input for None) against gt_aligned over root/test, computed
+    here independently of the script."""
+    from jdrl.imageio import read_image
+    from jdrl.metrics import psnr
+
+    scores = []
+    for path in sorted((root / "test" / "blur").glob("*.png")):
+        blurry = read_image(path)[None]
+        with torch.no_grad():
+            estimate = blurry if net is None else net(blurry).sharp.clamp(0, 1)
+        scores.append(float(psnr(estimate, read_image(root / "test" / "gt_aligned" / path.name)[None])))
+    return sum(scores) / len(scores)
+
+
+def test_l1_in_chunks_scores_the_weights_and_their_average(data, tmp_path):
+    from jdrl.checkpoint import load_checkpoint, load_deblur_net
+    from jdrl.models import build_deblur_net
+
+    out, report = tmp_path / "run", tmp_path / "run.json"
+    argv = ["--method", "l1", "--train-data", str(data), "--test-data", str(data), "--preset", "tiny", "--out", str(out),
+            "--steps", "4", "--every", "2", "--lr", "2e-3", "--set", "train.ema_decay=0.5", "--json", str(report)]
+    assert method_at_scale.main(argv) == 0
+    result = json.loads(report.read_text())
+    assert result["input_psnr"] == pytest.approx(_test_psnr(None, data), abs=1e-6)
+    # Two chunks of two steps, the second resumed from the first's checkpoint (one warm-up chunk).
+    assert [row["step"] for row in result["rows"]] == [2, 4]
+    assert result["warmup_steps"] == 2
+    state = load_checkpoint(out / "last.pt")
+    assert state["step"] == 4 and state["epoch"] == 2
+    config = state["config"]
+    assert config["loss"]["deblur_loss"] == "l1" and not config["loss"]["reblurring"]
+    assert config["optim"]["lr"] == 2e-3 and config["train"]["max_steps_per_epoch"] == 2
+    assert config["train"]["ema_decay"] == 0.5 and config["model"]["preset"] == "tiny"
+    # The last row scores the average the checkpoint keeps and, apart, the weights that trained.
+    last = result["rows"][-1]
+    assert last["ema_psnr"] == pytest.approx(_test_psnr(load_deblur_net(out / "last.pt"), data), abs=1e-5)
+    weights = build_deblur_net(arch="jdrl", preset="tiny", levels=config["model"]["levels"])
+    weights.load_state_dict(state["model"])
+    assert last["psnr"] == pytest.approx(_test_psnr(weights.eval(), data), abs=1e-5)
+    assert last["psnr"] != last["ema_psnr"]
+    assert last["gain"] == pytest.approx(last["psnr"] - result["input_psnr"])
+    assert set(last["gain_by_photo"]) == set(result["input_psnr_by_photo"])
+
+
+def test_ours_trains_the_reblurring_net_with_the_demos_settings(data, tmp_path):
+    from jdrl.checkpoint import load_checkpoint
+    from jdrl.demo import DEMO_REBLUR_LR
+
+    out = tmp_path / "ours"
+    argv = ["--method", "ours", "--train-data", str(data), "--test-data", str(data), "--test-pairs", "1", "--preset", "tiny",
+            "--out", str(out), "--steps", "2", "--every", "1", "--set", "loss.reblur_prefit_steps=1"]
+    assert method_at_scale.main(argv) == 0
+    state = load_checkpoint(out / "last.pt")
+    assert state["reblur"] is not None and state["config"]["loss"]["reblurring"]
+    assert state["config"]["optim"]["reblur_lr"] == DEMO_REBLUR_LR
+    # The --set wins over the demo's prefit.
+    assert state["config"]["loss"]["reblur_prefit_steps"] == 1
+    assert method_at_scale.method_overrides("ours", {})["loss.reblur_prefit_steps"] > 1
+
+
+def test_bad_arguments_are_named(data, tmp_path, capsys):
+    base = ["--method", "l1", "--train-data", str(data), "--test-data", str(data), "--out", str(tmp_path / "run")]
+    for extra, message in ((["--set", "model.preset=tiny"], "--set model.preset"), (["--set", "train.epochs=3"], "--set train.epochs"),
+                           (["--set", "optim.grad_clip=-1"], "grad_clip"), (["--set", "loss.no_such_key=1"], "no_such_key"),
+                           (["--steps", "3", "--every", "2"], "--steps must be a positive multiple"), (["--lr", "0"], "--lr must be > 0"),
+                           (["--json", str(tmp_path / "none" / "r.json")], "--json")):
+        with pytest.raises(SystemExit) as stopped:
+            method_at_scale.main(base + extra)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "last.pt").write_bytes(b"")
+    with pytest.raises(SystemExit) as stopped:
+        method_at_scale.main(base[:-1] + [str(tmp_path / "used")])
+    assert stopped.value.code == 2 and "holds a run already" in capsys.readouterr().err
+    shutil.copytree(data, tmp_path / "data")
+    shutil.rmtree(tmp_path / "data" / "test" / "gt_aligned")
+    with pytest.raises(SystemExit, match="--test-data .*gt_aligned"):
+        method_at_scale.main(base[:4] + ["--test-data", str(tmp_path / "data"), "--out", str(tmp_path / "run2"), "--steps", "1", "--every", "1"])
