@@ -6,7 +6,8 @@ script fills the gap between them: it trains one method of the demo (``--method 
 the demo's reblurring rate and prefit; ``no_reblur``: #4 w/o reblurring; ``l1``: plain L1 on the
 misaligned ``gt``) with the real trainer (:func:`jdrl.train.train`, the config the demo gives that
 method) on the misaligned pairs of a ``jdrl synth`` folder, and every ``--every`` steps scores PSNR
-against ``gt_aligned`` on the test pairs, split by photo, as ``aligned_ceiling.py`` does. With
+against ``gt_aligned`` on the test pairs, split by photo and also without each image's mean
+colour error, as ``aligned_ceiling.py`` does. With
 ``--set train.ema_decay=D`` each row scores both the weights and their moving average. At the
 same pairs, steps, rate, clip and seed, a row of this script beside the ceiling's row says what the
 misalignment costs the method, and ``ours`` beside ``no_reblur`` what the reblurring adds.
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from aligned_ceiling import Pairs, gains, mean_psnr
+from aligned_ceiling import Pairs, gains, mean_psnr, offset_free_gain
 from common import write_json
 
 # Keys this script sets itself: a --set of one would break the chunks or the comparison.
@@ -56,11 +57,14 @@ def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
     return {**METHODS[method][1], **prefit, **sets}
 
 
-def _score(row: dict[str, Any], key: str, net: torch.nn.Module, pairs: Pairs, inputs: tuple[float, dict[str, float]]) -> str:
+def _score(row: dict[str, Any], key: str, net: torch.nn.Module, pairs: Pairs, inputs: dict[bool, tuple[float, dict[str, float]]]) -> str:
+    """Score ``net`` into ``row`` under ``{key}psnr``, ``{key}gain``, ... as aligned_ceiling.py's rows
+    (also without the colour offset); ``inputs``: the input's scores with and without it."""
     value, by_photo = mean_psnr(net, pairs)
-    row[f"{key}psnr"], row[f"{key}gain"] = value, value - inputs[0]
-    row[f"{key}gain_by_photo"] = gains(by_photo, inputs[1])
-    return f"{value:.3f} dB ({row[f'{key}gain']:+.3f}; " + ", ".join(f"{photo} {gain:+.2f}" for photo, gain in row[f"{key}gain_by_photo"].items()) + ")"
+    row[f"{key}psnr"], row[f"{key}gain"] = value, value - inputs[False][0]
+    row[f"{key}gain_by_photo"] = gains(by_photo, inputs[False][1])
+    line = f"{value:.3f} dB ({row[f'{key}gain']:+.3f}; " + ", ".join(f"{photo} {gain:+.2f}" for photo, gain in row[f"{key}gain_by_photo"].items()) + ")"
+    return line + offset_free_gain(row, key, net, pairs, inputs[True])
 
 
 def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
@@ -75,10 +79,10 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
     budget_of = lambda epochs: Budget(epochs=epochs, steps_per_epoch=args.every, lr=args.lr,  # noqa: E731
                                       warmup_epochs=warmup_share_of(chunks))
     overrides = method_overrides(args.method, sets)
-    inputs = mean_psnr(None, test)
+    inputs = {offset_free: mean_psnr(None, test, offset_free=offset_free) for offset_free in (False, True)}
     result = {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
               "overrides": overrides, "warmup_steps": warmup_share_of(chunks) * args.every, "test_pairs": len(test),
-              "input_psnr": inputs[0], "input_psnr_by_photo": inputs[1], "rows": []}
+              "input_psnr": inputs[False][0], "input_psnr_by_photo": inputs[False][1], "rows": []}
     began = time.perf_counter()
     for chunk in range(1, chunks + 1):
         config = variant_config(overrides, args.train_data, args.out, budget_of(chunk), seed=args.seed, preset=args.preset, device="cpu")

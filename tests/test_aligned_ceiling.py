@@ -156,3 +156,29 @@ def test_gradient_clipping_and_its_norms(one_pair, tmp_path):
     # The norms are reported before clipping.
     assert clipped[1]["grad_norm_median"] > smallest / 10
     assert clipped[1]["psnr"] != plain[1]["psnr"]
+
+
+def test_offset_free_psnr_takes_out_each_images_mean_colour_error():
+    """A net whose output is the target shifted in colour, plus a little noise, scores as the noise
+    alone once the shift is taken out; the plain score counts the shift."""
+    from types import SimpleNamespace
+
+    from jdrl.metrics import psnr
+
+    generator = torch.Generator().manual_seed(0)
+    sharp = [0.2 + 0.6 * torch.rand(3, 16, 12, generator=generator) for _ in range(2)]
+    noise = [0.01 * torch.randn(3, 16, 12, generator=generator) for _ in range(2)]
+    shift = torch.tensor([0.05, -0.03, 0.02]).view(3, 1, 1)
+    outputs = {id(target): target + shift + wiggle for target, wiggle in zip(sharp, noise)}
+    by_input = {}
+    pairs = aligned_ceiling.Pairs(["a", "b"], [target.clone() for target in sharp], sharp, {"a": "p", "b": "q"})
+    for blurry, target in zip(pairs.blurry, sharp):
+        by_input[blurry.data_ptr()] = outputs[id(target)]
+    net = lambda batch: SimpleNamespace(sharp=by_input[batch[0].data_ptr()][None])  # noqa: E731
+    plain, _ = aligned_ceiling.mean_psnr(net, pairs)
+    free, by_photo = aligned_ceiling.mean_psnr(net, pairs, offset_free=True)
+    expected = [float(psnr((target + wiggle - wiggle.mean(dim=(-2, -1), keepdim=True))[None], target[None]))
+                for target, wiggle in zip(sharp, noise)]
+    assert by_photo == pytest.approx({"p": expected[0], "q": expected[1]}, abs=1e-4)
+    assert free == pytest.approx(sum(expected) / 2, abs=1e-4)
+    assert plain < free - 5
