@@ -76,8 +76,11 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
     # Only to refuse a folder without gt_aligned before training: the trainer reads train/ itself.
     Pairs.read(args.train_data, "train", 1, "--train-data")
     chunks = args.steps // args.every
-    budget_of = lambda epochs: Budget(epochs=epochs, steps_per_epoch=args.every, lr=args.lr,  # noqa: E731
-                                      warmup_epochs=warmup_share_of(chunks))
+
+    def budget_of(epochs: int) -> Budget:
+        """The budget of the first ``epochs`` chunks: the warm-up is always the whole run's share."""
+        return Budget(epochs=epochs, steps_per_epoch=args.every, lr=args.lr, warmup_epochs=warmup_share_of(chunks))
+
     overrides = method_overrides(args.method, sets)
     inputs = {offset_free: mean_psnr(None, test, offset_free=offset_free) for offset_free in (False, True)}
     result = {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
