@@ -9,13 +9,20 @@ method) on the misaligned pairs of a ``jdrl synth`` folder, and every ``--every`
 against ``gt_aligned`` on the test pairs, split by photo and also without each image's mean
 colour error, as ``aligned_ceiling.py`` does. With
 ``--set train.ema_decay=D`` each row scores both the weights and their moving average. At the
-same pairs, steps, rate, clip and seed, a row of this script beside the ceiling's row says what the
-misalignment costs the method, and ``ours`` beside ``no_reblur`` what the reblurring adds.
+same budget (pairs, steps, rate, clip), a row of this script beside the ceiling's row says roughly
+what the misalignment costs the method: the two differ also in how they draw pairs (shuffled
+epochs here, draws with replacement there), in the initial weights of one seed number, and in
+the flow warm-up that only this script has. ``ours`` beside ``no_reblur`` at the same settings and
+seed differ only in their loss: that pair says what the reblurring adds.
 
 The training runs in chunks of ``--every`` steps, one epoch each (``train.max_steps_per_epoch``),
 each chunk resuming the last one's ``last.pt`` in ``--out`` (as the demo advances its trainings),
-so a run stopped early keeps its checkpoint and its rows. The flow warm-up is the paper's share of
-the chunks (at least one), as in the demo. The net is never scored at step 0: the trainer builds it.
+so a run stopped early keeps its checkpoint and its rows. So ``--every`` shapes the training, not
+only its scoring: each chunk is a new shuffled pass cut to ``--every`` pairs (the training set must
+hold that many steps' worth), and the flow warm-up is the paper's share of the *chunks*, as in the
+demo (:func:`jdrl.ablation.warmup_share_of`: 3000 steps in chunks of 250 warm up for 250 steps, in
+chunks of 1000 for 1000, and a single chunk has none). The script prints the warm-up it uses.
+The net is never scored at step 0: the trainer builds it.
 
 Example, against the ceiling's run E (benchmarks/RESULTS.md)::
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 import time
 from pathlib import Path
@@ -57,14 +65,15 @@ def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
     return {**METHODS[method][1], **prefit, **sets}
 
 
-def _score(row: dict[str, Any], key: str, net: torch.nn.Module, pairs: Pairs, inputs: dict[bool, tuple[float, dict[str, float]]]) -> str:
+def _score(row: dict[str, Any], key: str, net: torch.nn.Module, pairs: Pairs, input_scores: tuple[float, dict[str, float]],
+           offset_free_input_scores: tuple[float, dict[str, float]]) -> str:
     """Score ``net`` into ``row`` under ``{key}psnr``, ``{key}gain``, ... as aligned_ceiling.py's rows
-    (also without the colour offset); ``inputs``: the input's scores with and without it."""
+    (also without the colour offset, against the input's score without it); -> the row's text."""
     value, by_photo = mean_psnr(net, pairs)
-    row[f"{key}psnr"], row[f"{key}gain"] = value, value - inputs[False][0]
-    row[f"{key}gain_by_photo"] = gains(by_photo, inputs[False][1])
+    row[f"{key}psnr"], row[f"{key}gain"] = value, value - input_scores[0]
+    row[f"{key}gain_by_photo"] = gains(by_photo, input_scores[1])
     line = f"{value:.3f} dB ({row[f'{key}gain']:+.3f}; " + ", ".join(f"{photo} {gain:+.2f}" for photo, gain in row[f"{key}gain_by_photo"].items()) + ")"
-    return line + offset_free_gain(row, key, net, pairs, inputs[True])
+    return line + offset_free_gain(row, key, net, pairs, offset_free_input_scores)
 
 
 def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
@@ -73,8 +82,6 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
     from jdrl.train import train
 
     test = Pairs.read(args.test_data, "test", args.test_pairs, "--test-data")
-    # Only to refuse a folder without gt_aligned before training: the trainer reads train/ itself.
-    Pairs.read(args.train_data, "train", 1, "--train-data")
     chunks = args.steps // args.every
 
     def budget_of(epochs: int) -> Budget:
@@ -82,14 +89,19 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
         return Budget(epochs=epochs, steps_per_epoch=args.every, lr=args.lr, warmup_epochs=warmup_share_of(chunks))
 
     overrides = method_overrides(args.method, sets)
-    inputs = {offset_free: mean_psnr(None, test, offset_free=offset_free) for offset_free in (False, True)}
+    input_scores = mean_psnr(None, test)
+    offset_free_input_scores = mean_psnr(None, test, offset_free=True)
     result = {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
               "overrides": overrides, "warmup_steps": warmup_share_of(chunks) * args.every, "test_pairs": len(test),
-              "input_psnr": inputs[False][0], "input_psnr_by_photo": inputs[False][1], "rows": []}
+              "input_psnr": input_scores[0], "input_psnr_by_photo": input_scores[1], "rows": []}
+    print(f"{args.method}: {args.steps} steps in chunks of {args.every}, the first {result['warmup_steps']} of them the flow warm-up; "
+          f"input {input_scores[0]:.3f} dB", flush=True)
     began = time.perf_counter()
     for chunk in range(1, chunks + 1):
         config = variant_config(overrides, args.train_data, args.out, budget_of(chunk), seed=args.seed, preset=args.preset, device="cpu")
         trained = train(config, resume=args.out / "last.pt" if chunk > 1 else None)
+        if trained.steps != chunk * args.every:  # main() checked the set is large enough; never silently short
+            raise RuntimeError(f"chunk {chunk} ended at step {trained.steps}, not {chunk * args.every}")
         row: dict[str, Any] = {"step": trained.steps, "losses": trained.epoch_losses[-1]}
         # trained.net is the weight average where the run keeps one (train.ema_decay), else the weights.
         state = load_checkpoint(args.out / "last.pt")
@@ -97,9 +109,10 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
             if state.get("averaged_model"):
                 weights = copy.deepcopy(trained.net)
                 weights.load_state_dict(state["model"])
-                line = f"weights {_score(row, '', weights.eval(), test, inputs)}, average {_score(row, 'ema_', trained.net, test, inputs)}"
+                line = (f"weights {_score(row, '', weights.eval(), test, input_scores, offset_free_input_scores)}, "
+                        f"average {_score(row, 'ema_', trained.net, test, input_scores, offset_free_input_scores)}")
             else:
-                line = _score(row, "", trained.net, test, inputs)
+                line = _score(row, "", trained.net, test, input_scores, offset_free_input_scores)
         row["seconds"] = time.perf_counter() - began
         result["rows"].append(row)
         print(f"step {row['step']:5d}: {line}, {row['seconds']:.0f} s", flush=True)
@@ -113,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from jdrl.config import ConfigError, parse_override
     from jdrl.demo import METHODS
     from jdrl.models.restormer import RESTORMER_PRESETS
-    from jdrl.process_env import set_threads
+    from jdrl.process_env import flush_denormals, set_threads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", choices=list(METHODS), required=True, help="which of the demo's trainings")
@@ -124,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(RESTORMER_PRESETS), default="small", help="network size (default small, the demo's)")
     parser.add_argument("--lr", type=float, default=5e-4, help="constant Adam learning rate of F (default 5e-4, the demo's)")
     parser.add_argument("--steps", type=int, default=1000, help="training steps, a multiple of --every (default 1000)")
-    parser.add_argument("--every", type=int, default=250, help="score every N steps (default 250)")
+    parser.add_argument("--every", type=int, default=250,
+                        help="score every N steps (default 250); each N steps are one epoch, and the warm-up is the paper's share of those chunks")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch and OpenCV (default 1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -138,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.steps < args.every or args.steps % args.every:
         parser.error(f"--steps must be a positive multiple of --every ({args.every}), got {args.steps}")
-    if not args.lr > 0:
-        parser.error(f"--lr must be > 0, got {args.lr}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
     if (args.out / "last.pt").exists():
         parser.error(f"--out {args.out}: holds a run already (last.pt); give a new folder")
     if args.json is not None and not args.json.parent.is_dir():
@@ -151,15 +165,26 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             parser.error(str(error))
         key = ".".join(keys)
-        if key in CONTROLLED or key.startswith("model."):
-            parser.error(f"--set {key}: this script sets it itself; {CONTROLLED.get(key, 'use --preset')}")
+        # A whole section (--set 'train={epochs: 3}') would replace the keys below it too.
+        controlled = [name for name in CONTROLLED if name == key or name.startswith(key + ".")]
+        if controlled or keys[0] == "model" or len(keys) < 2:
+            reason = CONTROLLED[controlled[0]] if controlled else "use --preset" if keys[0] == "model" else "set one key, SECTION.KEY"
+            parser.error(f"--set {key}: this script sets it itself or it is not one key; {reason}")
         sets[key] = value
     try:  # a bad value of a --set key, named before any data is read
-        variant_config(method_overrides(args.method, sets), args.train_data, args.out, Budget(epochs=1, steps_per_epoch=args.every, lr=args.lr))
+        config = variant_config(method_overrides(args.method, sets), args.train_data, args.out,
+                                Budget(epochs=1, steps_per_epoch=args.every, lr=args.lr))
     except ConfigError as error:
         parser.error(str(error))
+    # The trainer learns from train/gt; gt_aligned is only scored, but a folder without it was not
+    # made by `jdrl synth`, and its test/ would not be scored either.
+    Pairs.read(args.train_data, "train", 1, "--train-data")
+    pairs = len(list((args.train_data / "train" / "blur").glob("*.png")))
+    if math.ceil(pairs / config.train.batch_size) < args.every:
+        parser.error(f"--every {args.every}: --train-data holds {pairs} training pairs, {math.ceil(pairs / config.train.batch_size)} "
+                     "steps per epoch at most; each chunk of --every steps is one epoch")
     set_threads(args.threads)
-    torch.set_flush_denormal(True)
+    flush_denormals()  # as the training commands do: saturated softmaxes underflow into slow subnormal floats
     train_and_score(args, sets)
     return 0
 

@@ -49,22 +49,34 @@ def _test_psnr(net, root: Path) -> float:
     return sum(scores) / len(scores)
 
 
-def test_l1_in_chunks_scores_the_weights_and_their_average(data, tmp_path):
+def test_l1_in_chunks_scores_the_weights_and_their_average(data, tmp_path, monkeypatch):
+    import jdrl.train
     from jdrl.checkpoint import load_checkpoint, load_deblur_net
     from jdrl.models import build_deblur_net
 
+    resumed = []
+    real_train = jdrl.train.train
+
+    def recording_train(config, resume=None):
+        resumed.append(resume)
+        return real_train(config, resume=resume)
+
+    monkeypatch.setattr(jdrl.train, "train", recording_train)
     out, report = tmp_path / "run", tmp_path / "run.json"
     argv = ["--method", "l1", "--train-data", str(data), "--test-data", str(data), "--preset", "tiny", "--out", str(out),
             "--steps", "4", "--every", "2", "--lr", "2e-3", "--set", "train.ema_decay=0.5", "--json", str(report)]
     assert method_at_scale.main(argv) == 0
     result = json.loads(report.read_text())
     assert result["input_psnr"] == pytest.approx(_test_psnr(None, data), abs=1e-6)
-    # Two chunks of two steps, the second resumed from the first's checkpoint (one warm-up chunk).
+    # Two chunks of two steps, the second resumed from the first's checkpoint (one warm-up chunk,
+    # as the trainer was told).
+    assert resumed == [None, out / "last.pt"]
     assert [row["step"] for row in result["rows"]] == [2, 4]
     assert result["warmup_steps"] == 2
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 4 and state["epoch"] == 2
     config = state["config"]
+    assert config["loss"]["flow_warmup_epochs"] == 1
     assert config["loss"]["deblur_loss"] == "l1" and not config["loss"]["reblurring"]
     assert config["optim"]["lr"] == 2e-3 and config["train"]["max_steps_per_epoch"] == 2
     assert config["train"]["ema_decay"] == 0.5 and config["model"]["preset"] == "tiny"
@@ -77,6 +89,15 @@ def test_l1_in_chunks_scores_the_weights_and_their_average(data, tmp_path):
     assert last["psnr"] != last["ema_psnr"]
     assert last["gain"] == pytest.approx(last["psnr"] - result["input_psnr"])
     assert set(last["gain_by_photo"]) == set(result["input_psnr_by_photo"])
+    # Without the colour offset: against the input's score without it, for the weights and the average.
+    from aligned_ceiling import Pairs, mean_psnr
+
+    pairs = Pairs.read(data, "test", None, "--test-data")
+    offset_free_input = mean_psnr(None, pairs, offset_free=True)[0]
+    offset_free_average = mean_psnr(load_deblur_net(out / "last.pt"), pairs, offset_free=True)[0]
+    assert last["ema_offset_free_gain"] == pytest.approx(offset_free_average - offset_free_input, abs=1e-5)
+    assert last["offset_free_gain"] == pytest.approx(mean_psnr(weights, pairs, offset_free=True)[0] - offset_free_input, abs=1e-5)
+    assert set(last["offset_free_gain_by_photo"]) == set(last["ema_offset_free_gain_by_photo"]) == set(last["gain_by_photo"])
 
 
 def test_ours_trains_the_reblurring_net_with_the_demos_settings(data, tmp_path):
@@ -99,7 +120,9 @@ def test_bad_arguments_are_named(data, tmp_path, capsys):
     base = ["--method", "l1", "--train-data", str(data), "--test-data", str(data), "--out", str(tmp_path / "run")]
     for extra, message in ((["--set", "model.preset=tiny"], "--set model.preset"), (["--set", "train.epochs=3"], "--set train.epochs"),
                            (["--set", "optim.grad_clip=-1"], "grad_clip"), (["--set", "loss.no_such_key=1"], "no_such_key"),
-                           (["--steps", "3", "--every", "2"], "--steps must be a positive multiple"), (["--lr", "0"], "--lr must be > 0"),
+                           (["--steps", "3", "--every", "2"], "--steps must be a positive multiple"), (["--lr", "0"], "--lr must be a positive"),
+                           (["--lr", "inf"], "--lr must be a positive"), (["--set", "train={epochs: 3}"], "--set train:"),
+                           (["--set", "model={preset: paper}"], "--set model:"), (["--steps", "4", "--every", "4"], "3 training pairs"),
                            (["--json", str(tmp_path / "none" / "r.json")], "--json")):
         with pytest.raises(SystemExit) as stopped:
             method_at_scale.main(base + extra)
