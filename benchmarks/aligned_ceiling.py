@@ -78,31 +78,38 @@ class Pairs:
 
 
 @torch.no_grad()
-def mean_psnr(net: torch.nn.Module | None, pairs: Pairs, offset_free: bool = False) -> tuple[float, dict[str, float]]:
+def psnr_scores(net: torch.nn.Module | None, pairs: Pairs) -> dict[bool, tuple[float, dict[str, float]]]:
     """PSNR (dB) of the net's output (of the blurry input for ``net=None``) against ``gt_aligned``:
-    the mean over the pairs, and photo -> the mean over that photo's pairs.
+    the mean over the pairs, and photo -> the mean over that photo's pairs; under ``False`` as it
+    is, under ``True`` offset-free, from the same outputs (one pass of the net).
 
-    ``offset_free``: first take out of each output its mean colour error (the mean of output minus
+    Offset-free: first take out of each output its mean colour error (the mean of output minus
     ``gt_aligned`` over the image, per channel). A flat photo such as moon, scored near 37 dB, loses
     several dB to a colour shift of a few hundredths that costs a textured photo a fraction of one:
     the difference between the two scores tells a shift of the whole image from a wrong restoration."""
     from jdrl.metrics import psnr
     from jdrl.synth import photo_means
 
-    scores = {}
+    scores: dict[bool, dict[str, float]] = {False: {}, True: {}}
     for name, blurry, sharp in zip(pairs.names, pairs.blurry, pairs.sharp):
         estimate = (blurry[None] if net is None else net(blurry[None]).sharp).clamp(0, 1)
-        if offset_free:
-            estimate = estimate - (estimate - sharp[None]).mean(dim=(-2, -1), keepdim=True)
-        scores[name] = float(psnr(estimate, sharp[None]))
-    return sum(scores.values()) / len(scores), dict(sorted(photo_means(scores, pairs.photos).items()))
+        scores[False][name] = float(psnr(estimate, sharp[None]))
+        offset = (estimate - sharp[None]).mean(dim=(-2, -1), keepdim=True)
+        scores[True][name] = float(psnr(estimate - offset, sharp[None]))
+    return {offset_free: (sum(by_pair.values()) / len(by_pair), dict(sorted(photo_means(by_pair, pairs.photos).items())))
+            for offset_free, by_pair in scores.items()}
 
 
-def offset_free_gain(row: dict, key: str, net: torch.nn.Module, pairs: Pairs, inputs: tuple[float, dict[str, float]]) -> str:
+def mean_psnr(net: torch.nn.Module | None, pairs: Pairs, offset_free: bool = False) -> tuple[float, dict[str, float]]:
+    """One of :func:`psnr_scores`: the plain PSNR, or with ``offset_free`` the offset-free one."""
+    return psnr_scores(net, pairs)[offset_free]
+
+
+def offset_free_gain(row: dict, key: str, scores: tuple[float, dict[str, float]], inputs: tuple[float, dict[str, float]]) -> str:
     """Store in ``row`` the net's gain over the input once each image's mean colour error is taken
-    out of both (``mean_psnr(offset_free=True)``), as ``{key}offset_free_gain`` and ``..._by_photo``;
+    out of both (``psnr_scores(...)[True]`` of each), as ``{key}offset_free_gain`` and ``..._by_photo``;
     -> the text for the row's line."""
-    value, by_photo = mean_psnr(net, pairs, offset_free=True)
+    value, by_photo = scores
     row[f"{key}offset_free_gain"] = value - inputs[0]
     row[f"{key}offset_free_gain_by_photo"] = gains(by_photo, inputs[1])
     return f" [without the colour offset {row[f'{key}offset_free_gain']:+.3f}; " + ", ".join(
@@ -143,8 +150,8 @@ def train_and_score(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     average = WeightAverage(net, args.ema) if args.ema > 0 else None
     draws = torch.Generator().manual_seed(args.seed + 1)
-    input_psnr, input_by_photo = mean_psnr(None, test)
-    offset_free_input = mean_psnr(None, test, offset_free=True)
+    input_scores = psnr_scores(None, test)
+    (input_psnr, input_by_photo), offset_free_input = input_scores[False], input_scores[True]
     result = {"args": vars(args), "parameters": sum(p.numel() for p in net.parameters()), "train_pairs": len(train),
               "test_pairs": len(test), "input_psnr": input_psnr, "input_psnr_by_photo": input_by_photo, "rows": []}
     if train_scored is not None:
@@ -155,11 +162,12 @@ def train_and_score(args: argparse.Namespace) -> dict:
     for step in range(args.steps + 1):
         if step % args.every == 0 or step == args.steps:
             net.eval()
-            value, by_photo = mean_psnr(net, test)
+            scores = psnr_scores(net, test)
+            value, by_photo = scores[False]
             row = {"step": step, "psnr": value, "gain": value - input_psnr, "gain_by_photo": gains(by_photo, input_by_photo)}
             line = f"step {step:5d}: {value:.3f} dB ({row['gain']:+.3f} over the input"
             line += "; " + ", ".join(f"{photo} {gain:+.2f}" for photo, gain in row["gain_by_photo"].items()) + ")"
-            line += offset_free_gain(row, "", net, test, offset_free_input)
+            line += offset_free_gain(row, "", scores[True], offset_free_input)
             if train_scored is not None:
                 row["train_psnr"], train_by_photo = mean_psnr(net, train_scored)
                 row["train_gain"] = row["train_psnr"] - result["train_input_psnr"]
@@ -167,11 +175,12 @@ def train_and_score(args: argparse.Namespace) -> dict:
                 line += f", training pairs {row['train_gain']:+.3f}"
             net.train()
             if average is not None:
-                row["ema_psnr"], ema_by_photo = mean_psnr(average.net, test)
+                ema_scores = psnr_scores(average.net, test)
+                row["ema_psnr"], ema_by_photo = ema_scores[False]
                 row["ema_gain"] = row["ema_psnr"] - input_psnr
                 row["ema_gain_by_photo"] = gains(ema_by_photo, input_by_photo)
                 line += f", average {row['ema_psnr']:.3f} dB ({row['ema_gain']:+.3f})"
-                line += offset_free_gain(row, "ema_", average.net, test, offset_free_input)
+                line += offset_free_gain(row, "ema_", ema_scores[True], offset_free_input)
             if norms:
                 # The global gradient norm (before clipping) over the steps since the last row:
                 # spikes in it come before the swings of the score.

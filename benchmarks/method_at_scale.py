@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from aligned_ceiling import Pairs, gains, mean_psnr, offset_free_gain
+from aligned_ceiling import Pairs, gains, offset_free_gain, psnr_scores
 from common import write_json
 
 # Keys this script sets itself: a --set of one would break the chunks or the comparison.
@@ -65,15 +65,16 @@ def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
     return {**METHODS[method][1], **prefit, **sets}
 
 
-def _score(row: dict[str, Any], key: str, net: torch.nn.Module, pairs: Pairs, input_scores: tuple[float, dict[str, float]],
-           offset_free_input_scores: tuple[float, dict[str, float]]) -> str:
+def _score(row: dict[str, Any], key: str, net: torch.nn.Module, pairs: Pairs,
+           input_scores: dict[bool, tuple[float, dict[str, float]]]) -> str:
     """Score ``net`` into ``row`` under ``{key}psnr``, ``{key}gain``, ... as aligned_ceiling.py's rows
-    (also without the colour offset, against the input's score without it); -> the row's text."""
-    value, by_photo = mean_psnr(net, pairs)
-    row[f"{key}psnr"], row[f"{key}gain"] = value, value - input_scores[0]
-    row[f"{key}gain_by_photo"] = gains(by_photo, input_scores[1])
+    (also without the colour offset); ``input_scores``: the input's :func:`psnr_scores`; -> the row's text."""
+    scores = psnr_scores(net, pairs)
+    value, by_photo = scores[False]
+    row[f"{key}psnr"], row[f"{key}gain"] = value, value - input_scores[False][0]
+    row[f"{key}gain_by_photo"] = gains(by_photo, input_scores[False][1])
     line = f"{value:.3f} dB ({row[f'{key}gain']:+.3f}; " + ", ".join(f"{photo} {gain:+.2f}" for photo, gain in row[f"{key}gain_by_photo"].items()) + ")"
-    return line + offset_free_gain(row, key, net, pairs, offset_free_input_scores)
+    return line + offset_free_gain(row, key, scores[True], input_scores[True])
 
 
 def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
@@ -89,13 +90,12 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
         return Budget(epochs=epochs, steps_per_epoch=args.every, lr=args.lr, warmup_epochs=warmup_share_of(chunks))
 
     overrides = method_overrides(args.method, sets)
-    input_scores = mean_psnr(None, test)
-    offset_free_input_scores = mean_psnr(None, test, offset_free=True)
+    input_scores = psnr_scores(None, test)
     result = {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
               "overrides": overrides, "warmup_steps": warmup_share_of(chunks) * args.every, "test_pairs": len(test),
-              "input_psnr": input_scores[0], "input_psnr_by_photo": input_scores[1], "rows": []}
+              "input_psnr": input_scores[False][0], "input_psnr_by_photo": input_scores[False][1], "rows": []}
     print(f"{args.method}: {args.steps} steps in chunks of {args.every}, the first {result['warmup_steps']} of them the flow warm-up; "
-          f"input {input_scores[0]:.3f} dB", flush=True)
+          f"input {input_scores[False][0]:.3f} dB", flush=True)
     began = time.perf_counter()
     for chunk in range(1, chunks + 1):
         config = variant_config(overrides, args.train_data, args.out, budget_of(chunk), seed=args.seed, preset=args.preset, device="cpu")
@@ -109,10 +109,10 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
             if state.get("averaged_model"):
                 weights = copy.deepcopy(trained.net)
                 weights.load_state_dict(state["model"])
-                line = (f"weights {_score(row, '', weights.eval(), test, input_scores, offset_free_input_scores)}, "
-                        f"average {_score(row, 'ema_', trained.net, test, input_scores, offset_free_input_scores)}")
+                line = (f"weights {_score(row, '', weights.eval(), test, input_scores)}, "
+                        f"average {_score(row, 'ema_', trained.net, test, input_scores)}")
             else:
-                line = _score(row, "", trained.net, test, input_scores, offset_free_input_scores)
+                line = _score(row, "", trained.net, test, input_scores)
         row["seconds"] = time.perf_counter() - began
         result["rows"].append(row)
         print(f"step {row['step']:5d}: {line}, {row['seconds']:.0f} s", flush=True)
@@ -176,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                                 Budget(epochs=1, steps_per_epoch=args.every, lr=args.lr))
     except ConfigError as error:
         parser.error(str(error))
-    # The trainer learns from train/gt; gt_aligned is only scored, but a folder without it was not
-    # made by `jdrl synth`, and its test/ would not be scored either.
-    Pairs.read(args.train_data, "train", 1, "--train-data")
+    # The trainer reads train/blur and train/gt itself (gt_aligned is only needed of --test-data);
+    # each chunk is one epoch, so the set must hold --every steps.
     pairs = len(list((args.train_data / "train" / "blur").glob("*.png")))
+    if not pairs:
+        parser.error(f"--train-data {args.train_data}: no train/blur/*.png (make it with `jdrl synth`)")
     if math.ceil(pairs / config.train.batch_size) < args.every:
         parser.error(f"--every {args.every}: --train-data holds {pairs} training pairs, {math.ceil(pairs / config.train.batch_size)} "
                      "steps per epoch at most; each chunk of --every steps is one epoch")
