@@ -24,6 +24,16 @@ demo (:func:`jdrl.ablation.warmup_share_of`: 3000 steps in chunks of 250 warm up
 chunks of 1000 for 1000, and a single chunk has none). The script prints the warm-up it uses.
 The net is never scored at step 0: the trainer builds it.
 
+``--extend`` continues a finished run of this script to a larger ``--steps``: the same ``--out`` and
+``--json`` and the same settings, which it checks against the JSON. Its learning rate is constant
+after the warm-up, so the chunks it adds are the chunks a longer run would have trained, with one
+difference: the warm-up stays the first run's share, not the share of the longer run (3000 steps
+extended to 8000 warm up for 250 steps; a fresh 8000-step run in chunks of 250 would warm up for
+500). It checks the settings against the JSON and the config against the checkpoint's (a default
+may have changed since), and the JSON records each extension (``extended_from``: from which step,
+to which, at how many threads). A run stopped between two chunks continues the same way; one
+stopped while scoring cannot, as its checkpoint is a chunk ahead of its rows.
+
 Example, against the ceiling's run E (benchmarks/RESULTS.md)::
 
     jdrl synth runs/train2048 --train 2048 --test 1 --size 128 --max-radius 7 --scale 0.3:0.6 --seed 8
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import sys
 import time
@@ -77,27 +88,108 @@ def _score(row: dict[str, Any], key: str, net: torch.nn.Module, pairs: Pairs,
     return line + offset_free_gain(row, key, scores[True], input_scores[True])
 
 
-def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
+def _recorded_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``args`` as the JSON records them (paths as text)."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+
+# Arguments an extension may change: the others must be the first run's.
+EXTENSION_MAY_CHANGE = ("steps", "threads", "extend")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples as lists, paths as text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _differences(mine: dict, theirs: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts."""
+    keys = []
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def extension_of(args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
+    """The JSON of the run that ``--extend`` continues, checked against ``args``, the method's
+    ``overrides`` and the config its checkpoint trained with; raises ValueError naming what does
+    not match."""
+    from jdrl.ablation import Budget, variant_config
+    from jdrl.checkpoint import load_checkpoint
+
+    if args.json is None or not args.json.is_file():
+        raise ValueError(f"--extend needs --json: the file the first run wrote (got {args.json})")
+    try:
+        result = json.loads(args.json.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--json {args.json}: not a JSON file of this script ({error})") from None
+    recorded, given = result.get("args", {}), _recorded_args(args)
+    for key, value in given.items():
+        if key not in EXTENSION_MAY_CHANGE and recorded.get(key) != value:
+            raise ValueError(f"--extend: --{key.replace('_', '-')} is {value!r}, the run in {args.json} had {recorded.get(key)!r}")
+    if result.get("overrides") != _plain(overrides):
+        raise ValueError(f"--extend: the method's overrides are now {overrides}, the run in {args.json} had {result.get('overrides')}")
+    if not result.get("rows"):
+        raise ValueError(f"--extend: {args.json} holds no rows")
+    done = result["rows"][-1]["step"]
+    if not (args.out / "last.pt").is_file():
+        raise ValueError(f"--extend: --out {args.out} holds no last.pt")
+    state = load_checkpoint(args.out / "last.pt")
+    if state["step"] != done:
+        raise ValueError(f"--extend: --out {args.out}/last.pt is at step {state['step']}, {args.json}'s last row at {done} "
+                         "(a run stopped while scoring a chunk cannot be continued: start a new one)")
+    if args.steps <= done:
+        raise ValueError(f"--extend: --steps {args.steps} must be more than the run's {done}")
+    # The same settings as the command line and the JSON say are not enough: a default may have
+    # changed since. The next chunk's config must be the checkpoint's, but for its epoch count.
+    budget = Budget(epochs=done // args.every + 1, steps_per_epoch=args.every, lr=args.lr, warmup_epochs=result["warmup_steps"] // args.every)
+    config = variant_config(overrides, args.train_data, args.out, budget, seed=args.seed, preset=args.preset, device="cpu")
+    changed = [key for key in _differences(_plain(config.to_dict()), _plain(state["config"])) if key != "train.epochs"]
+    if changed:
+        raise ValueError(f"--extend: the config would differ from the one {args.out}/last.pt trained with in {', '.join(changed)}")
+    if result["warmup_steps"] == 0:
+        print("--extend: the run has no flow warm-up (a single chunk), and the extension will have none either", flush=True)
+    return result
+
+
+def train_and_score(args: argparse.Namespace, sets: dict[str, Any], extended: dict | None = None) -> dict:
+    """Train and score chunk by chunk; ``extended``: the JSON of the run that ``--extend`` continues."""
     from jdrl.ablation import Budget, variant_config, warmup_share_of
     from jdrl.checkpoint import load_checkpoint
     from jdrl.train import train
 
     test = Pairs.read(args.test_data, "test", args.test_pairs, "--test-data")
     chunks = args.steps // args.every
-
-    def budget_of(epochs: int) -> Budget:
-        """The budget of the first ``epochs`` chunks: the warm-up is always the whole run's share."""
-        return Budget(epochs=epochs, steps_per_epoch=args.every, lr=args.lr, warmup_epochs=warmup_share_of(chunks))
-
     overrides = method_overrides(args.method, sets)
     input_scores = psnr_scores(None, test)
-    result = {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
-              "overrides": overrides, "warmup_steps": warmup_share_of(chunks) * args.every, "test_pairs": len(test),
-              "input_psnr": input_scores[False][0], "input_psnr_by_photo": input_scores[False][1], "rows": []}
-    print(f"{args.method}: {args.steps} steps in chunks of {args.every}, the first {result['warmup_steps']} of them the flow warm-up; "
-          f"input {input_scores[False][0]:.3f} dB", flush=True)
+    if extended is None:
+        result = {"args": _recorded_args(args), "overrides": overrides, "warmup_steps": warmup_share_of(chunks) * args.every,
+                  "test_pairs": len(test), "input_psnr": input_scores[False][0], "input_psnr_by_photo": input_scores[False][1], "rows": []}
+        first_chunk, seconds_before = 1, 0.0
+    else:
+        result = extended
+        if abs(result["input_psnr"] - input_scores[False][0]) > 1e-9:
+            raise ValueError(f"--extend: the input scores {input_scores[False][0]:.6f} dB on the test pairs, "
+                             f"{result['input_psnr']:.6f} dB in the run's JSON: other test pairs")
+        done = result["rows"][-1]["step"]
+        # From which step, to which, at how many threads (the rows' seconds add up across them).
+        result.setdefault("extended_from", []).append({"step": done, "to_steps": args.steps, "threads": args.threads})
+        result["args"]["steps"] = args.steps
+        first_chunk, seconds_before = done // args.every + 1, result["rows"][-1]["seconds"]
+    warmup_chunks = result["warmup_steps"] // args.every
+
+    def budget_of(epochs: int) -> Budget:
+        """The budget of the first ``epochs`` chunks: the warm-up is always the (first) run's share."""
+        return Budget(epochs=epochs, steps_per_epoch=args.every, lr=args.lr, warmup_epochs=warmup_chunks)
+
+    print(f"{args.method}: {args.steps} steps in chunks of {args.every}, the first {result['warmup_steps']} of them the flow warm-up"
+          + (f", from step {(first_chunk - 1) * args.every} on" if extended else "") + f"; input {input_scores[False][0]:.3f} dB", flush=True)
     began = time.perf_counter()
-    for chunk in range(1, chunks + 1):
+    for chunk in range(first_chunk, chunks + 1):
         config = variant_config(overrides, args.train_data, args.out, budget_of(chunk), seed=args.seed, preset=args.preset, device="cpu")
         trained = train(config, resume=args.out / "last.pt" if chunk > 1 else None)
         if trained.steps != chunk * args.every:  # main() checked the set is large enough; never silently short
@@ -113,7 +205,7 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any]) -> dict:
                         f"average {_score(row, 'ema_', trained.net, test, input_scores)}")
             else:
                 line = _score(row, "", trained.net, test, input_scores)
-        row["seconds"] = time.perf_counter() - began
+        row["seconds"] = seconds_before + time.perf_counter() - began
         result["rows"].append(row)
         print(f"step {row['step']:5d}: {line}, {row['seconds']:.0f} s", flush=True)
         if args.json is not None:
@@ -144,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override after the method's own, VALUE read as YAML (repeatable), e.g. --set optim.grad_clip=0.02")
     parser.add_argument("--json", type=Path, default=None, help="also write the settings, the input's PSNR and the rows here (after every row)")
+    parser.add_argument("--extend", action="store_true",
+                        help="continue the finished run in --out (its --json, the same settings) to the larger --steps")
     args = parser.parse_args(argv)
     if args.test_pairs is not None and args.test_pairs < 1:
         parser.error(f"--test-pairs must be >= 1, got {args.test_pairs}")
@@ -154,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must be a positive multiple of --every ({args.every}), got {args.steps}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a positive number, got {args.lr}")
-    if (args.out / "last.pt").exists():
-        parser.error(f"--out {args.out}: holds a run already (last.pt); give a new folder")
+    if (args.out / "last.pt").exists() and not args.extend:
+        parser.error(f"--out {args.out}: holds a run already (last.pt); give a new folder, or --extend it")
     if args.json is not None and not args.json.parent.is_dir():
         parser.error(f"--json {args.json}: folder {args.json.parent} does not exist")
     sets: dict[str, Any] = {}
@@ -184,9 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     if math.ceil(pairs / config.train.batch_size) < args.every:
         parser.error(f"--every {args.every}: --train-data holds {pairs} training pairs, {math.ceil(pairs / config.train.batch_size)} "
                      "steps per epoch at most; each chunk of --every steps is one epoch")
+    extended = None
+    if args.extend:
+        try:
+            extended = extension_of(args, method_overrides(args.method, sets))
+        except ValueError as error:
+            parser.error(str(error))
     set_threads(args.threads)
     flush_denormals()  # as the training commands do: saturated softmaxes underflow into slow subnormal floats
-    train_and_score(args, sets)
+    train_and_score(args, sets, extended)
     return 0
 
 

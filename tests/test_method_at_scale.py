@@ -136,3 +136,55 @@ def test_bad_arguments_are_named(data, tmp_path, capsys):
     shutil.rmtree(tmp_path / "data" / "test" / "gt_aligned")
     with pytest.raises(SystemExit, match="--test-data .*gt_aligned"):
         method_at_scale.main(base[:4] + ["--test-data", str(tmp_path / "data"), "--out", str(tmp_path / "run2"), "--steps", "1", "--every", "1"])
+
+
+def test_extend_continues_a_run_as_a_longer_run_would_have(data, tmp_path, capsys):
+    from jdrl.checkpoint import load_checkpoint, save_checkpoint
+
+    # #4 reads the warm-up (flow against the blurry input), so a wrong warm-up would change its scores.
+    base = ["--method", "no_reblur", "--train-data", str(data), "--test-data", str(data), "--preset", "tiny", "--every", "1",
+            "--lr", "2e-3", "--set", "train.ema_decay=0.5"]
+    longer = tmp_path / "longer"
+    assert method_at_scale.main(base + ["--out", str(longer), "--steps", "3", "--json", str(tmp_path / "longer.json")]) == 0
+    run, report = tmp_path / "run", tmp_path / "run.json"
+    assert method_at_scale.main(base + ["--out", str(run), "--steps", "2", "--json", str(report)]) == 0
+    first_seconds = json.loads(report.read_text())["rows"][-1]["seconds"]
+    assert method_at_scale.main(base + ["--out", str(run), "--steps", "3", "--json", str(report), "--extend", "--threads", "2"]) == 0
+    extended, fresh = json.loads(report.read_text()), json.loads((tmp_path / "longer.json").read_text())
+    # Both warm up for one chunk (the share of 2 and of 3 chunks), so the third chunk is the same training.
+    assert extended["warmup_steps"] == fresh["warmup_steps"] == 1
+    assert extended["extended_from"] == [{"step": 2, "to_steps": 3, "threads": 2}] and extended["args"]["steps"] == 3
+    assert [row["step"] for row in extended["rows"]] == [1, 2, 3]
+    for mine, theirs in zip(extended["rows"], fresh["rows"]):
+        assert mine["psnr"] == pytest.approx(theirs["psnr"], abs=1e-6)
+        assert mine["ema_psnr"] == pytest.approx(theirs["ema_psnr"], abs=1e-6)
+    assert extended["rows"][2]["seconds"] > first_seconds
+    # Extended again, to 20 chunks: the warm-up stays the first run's one chunk (a fresh 20-chunk run's share is 2).
+    assert method_at_scale.main(base + ["--out", str(run), "--steps", "20", "--json", str(report), "--extend"]) == 0
+    extended = json.loads(report.read_text())
+    assert [entry["step"] for entry in extended["extended_from"]] == [2, 3] and extended["warmup_steps"] == 1
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 20 and state["config"]["loss"]["flow_warmup_epochs"] == 1
+    capsys.readouterr()
+    # What an extension refuses, named.
+    for extra, message in ((["--steps", "20", "--json", str(report)], "--steps 20 must be more"),
+                           (["--steps", "21", "--json", str(report), "--seed", "1"], "--seed is 1"),
+                           (["--steps", "21", "--json", str(report), "--set", "optim.grad_clip=0.1"], "--overrides is"),
+                           (["--steps", "21"], "--extend needs --json"),
+                           (["--steps", "21", "--json", str(tmp_path / "longer.json")], "--out is")):
+        with pytest.raises(SystemExit) as stopped:
+            method_at_scale.main(base + ["--out", str(run), "--extend"] + extra)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    # A checkpoint that trained with another config (as after a change of a default) is refused, by key.
+    state["config"]["loss"]["mask_lambda"] = 0.5
+    save_checkpoint(run / "last.pt", state)
+    with pytest.raises(SystemExit) as stopped:
+        method_at_scale.main(base + ["--out", str(run), "--extend", "--steps", "21", "--json", str(report)])
+    assert stopped.value.code == 2 and "in loss.mask_lambda" in capsys.readouterr().err
+    # A checkpoint ahead of the rows (stopped while scoring) is refused.
+    state["config"]["loss"]["mask_lambda"] = load_checkpoint(longer / "last.pt")["config"]["loss"]["mask_lambda"]
+    state["step"] = 21
+    save_checkpoint(run / "last.pt", state)
+    with pytest.raises(SystemExit) as stopped:
+        method_at_scale.main(base + ["--out", str(run), "--extend", "--steps", "22", "--json", str(report)])
+    assert stopped.value.code == 2 and "last.pt is at step 21" in capsys.readouterr().err
