@@ -63,7 +63,7 @@ CONTROLLED = {
     "data.root": "use --train-data", "data.split": "it trains on train/", "data.val_root": "rows are scored on --test-data",
     "train.out_dir": "use --out", "train.epochs": "use --steps and --every", "train.max_steps_per_epoch": "use --every",
     "train.seed": "use --seed", "train.device": "it trains on the CPU", "optim.lr": "use --lr",
-    "loss.flow_warmup_epochs": "the warm-up is the paper's share of the chunks",
+    "loss.flow_warmup_epochs": "use --warmup-steps",
 }
 
 
@@ -167,7 +167,8 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any], extended: di
     overrides = method_overrides(args.method, sets)
     input_scores = psnr_scores(None, test)
     if extended is None:
-        result = {"args": _recorded_args(args), "overrides": overrides, "warmup_steps": warmup_share_of(chunks) * args.every,
+        warmup = warmup_share_of(chunks) * args.every if args.warmup_steps is None else args.warmup_steps
+        result = {"args": _recorded_args(args), "overrides": overrides, "warmup_steps": warmup,
                   "test_pairs": len(test), "input_psnr": input_scores[False][0], "input_psnr_by_photo": input_scores[False][1], "rows": []}
         first_chunk, seconds_before = 1, 0.0
     else:
@@ -231,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="training steps, a multiple of --every (default 1000)")
     parser.add_argument("--every", type=int, default=250,
                         help="score every N steps (default 250); each N steps are one epoch, and the warm-up is the paper's share of those chunks")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="steps of the flow warm-up (flow against the blurry input, no reblurring loss), a multiple of --every; "
+                             "default the paper's share of the chunks; --steps: the whole run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training (default 0)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch and OpenCV (default 1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -246,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.steps < args.every or args.steps % args.every:
         parser.error(f"--steps must be a positive multiple of --every ({args.every}), got {args.steps}")
+    if args.warmup_steps is not None and not (0 <= args.warmup_steps <= args.steps and args.warmup_steps % args.every == 0):
+        parser.error(f"--warmup-steps must be a multiple of --every ({args.every}) from 0 to --steps ({args.steps}), got {args.warmup_steps}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if (args.out / "last.pt").exists() and not args.extend:

@@ -188,3 +188,19 @@ def test_extend_continues_a_run_as_a_longer_run_would_have(data, tmp_path, capsy
     with pytest.raises(SystemExit) as stopped:
         method_at_scale.main(base + ["--out", str(run), "--extend", "--steps", "22", "--json", str(report)])
     assert stopped.value.code == 2 and "last.pt is at step 21" in capsys.readouterr().err
+
+
+def test_warmup_steps_sets_the_flow_warm_up(data, tmp_path, capsys):
+    from jdrl.checkpoint import load_checkpoint
+
+    out, report = tmp_path / "run", tmp_path / "run.json"
+    base = ["--method", "no_reblur", "--train-data", str(data), "--test-data", str(data), "--test-pairs", "1", "--preset", "tiny",
+            "--steps", "2", "--every", "1"]
+    assert method_at_scale.main(base + ["--out", str(out), "--warmup-steps", "2", "--json", str(report)]) == 0
+    # The whole run warms up: its flow is always taken against the blurry input.
+    assert load_checkpoint(out / "last.pt")["config"]["loss"]["flow_warmup_epochs"] == 2
+    assert json.loads(report.read_text())["warmup_steps"] == 2
+    for value in ("3", "-1"):
+        with pytest.raises(SystemExit) as stopped:
+            method_at_scale.main(base + ["--warmup-steps", value, "--out", str(tmp_path / "other")])
+        assert stopped.value.code == 2 and "--warmup-steps must be" in capsys.readouterr().err
