@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch and OpenCV (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
-    if args.pairs < 1 or args.threads < 1:
-        parser.error(f"--pairs and --threads must be >= 1, got {args.pairs} and {args.threads}")
+    for name in ("pairs", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if any(not (sigma >= 0 and math.isfinite(sigma)) for sigma in args.blur):
         parser.error(f"--blur: sigmas must be finite and >= 0, got {args.blur}")
     if any(not math.isfinite(shift) for shift in args.shifts):
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--data {args.data}: no {args.split}/{folder}/*.png (make it with `jdrl synth`)")
     set_threads(args.threads)
     flush_denormals()
+    pairs = min(args.pairs, len(list((args.data / args.split / "blur").glob("*.png"))))
+    print(f"{pairs} pairs of {args.data / args.split}", flush=True)
     rows = loss_against_shift(args.data, args.split, args.pairs, args.blur, args.shifts)
     for blur in args.blur:
         for axis in ("x", "y"):
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         from common import write_json
 
-        write_json(args.json, {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}, "rows": rows})
+        write_json(args.json, {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+                               "pairs": pairs, "rows": rows})
     return 0
 
 

@@ -31,8 +31,10 @@ difference: the warm-up stays the first run's share, not the share of the longer
 extended to 8000 warm up for 250 steps; a fresh 8000-step run in chunks of 250 would warm up for
 500). It checks the settings against the JSON and the config against the checkpoint's (a default
 may have changed since), and the JSON records each extension (``extended_from``: from which step,
-to which, at how many threads). A run stopped between two chunks continues the same way; one
-stopped while scoring cannot, as its checkpoint is a chunk ahead of its rows.
+to which, at how many threads, with which warm-up). A run that never left its warm-up
+(``--warmup-steps`` as long as the run: the flow against the blurry input throughout) may be
+extended with a longer ``--warmup-steps``. A run stopped between two chunks continues the same
+way; one stopped while scoring cannot, as its checkpoint is a chunk ahead of its rows.
 
 Example, against the ceiling's run E (benchmarks/RESULTS.md)::
 
@@ -94,7 +96,8 @@ def _recorded_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # Arguments an extension may change: the others must be the first run's.
-EXTENSION_MAY_CHANGE = ("steps", "threads", "extend")
+# (--set is compared as the overrides it gives; --warmup-steps only where the warm-up never ended.)
+EXTENSION_MAY_CHANGE = ("steps", "threads", "extend", "overrides", "warmup_steps")
 
 
 def _plain(value: Any) -> Any:
@@ -121,8 +124,10 @@ def extension_of(args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
     from jdrl.ablation import Budget, variant_config
     from jdrl.checkpoint import load_checkpoint
 
-    if args.json is None or not args.json.is_file():
-        raise ValueError(f"--extend needs --json: the file the first run wrote (got {args.json})")
+    if args.json is None:
+        raise ValueError("--extend needs --json: the file the first run wrote")
+    if not args.json.is_file():
+        raise ValueError(f"--json {args.json}: not a file; --extend continues the run whose rows it holds")
     try:
         result = json.loads(args.json.read_text())
     except json.JSONDecodeError as error:
@@ -146,13 +151,23 @@ def extension_of(args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
         raise ValueError(f"--extend: --steps {args.steps} must be more than the run's {done}")
     # The same settings as the command line and the JSON say are not enough: a default may have
     # changed since. The next chunk's config must be the checkpoint's, but for its epoch count.
-    budget = Budget(epochs=done // args.every + 1, steps_per_epoch=args.every, lr=args.lr, warmup_epochs=result["warmup_steps"] // args.every)
+    # The warm-up stays the run's, unless the run never left it (--warmup-steps as long as the run,
+    # the flow against I_B throughout): then --warmup-steps may make it longer.
+    warmup = result["warmup_steps"]
+    if args.warmup_steps is not None and args.warmup_steps != warmup:
+        if warmup < done or args.warmup_steps < done:
+            raise ValueError(f"--extend: --warmup-steps {args.warmup_steps}: the run's warm-up was {warmup} steps; "
+                             "only a run still in its warm-up may have it lengthened")
+        warmup = args.warmup_steps
+    budget = Budget(epochs=done // args.every + 1, steps_per_epoch=args.every, lr=args.lr, warmup_epochs=warmup // args.every)
     config = variant_config(overrides, args.train_data, args.out, budget, seed=args.seed, preset=args.preset, device="cpu")
-    changed = [key for key in _differences(_plain(config.to_dict()), _plain(state["config"])) if key != "train.epochs"]
+    ignored = {"train.epochs"} | ({"loss.flow_warmup_epochs"} if warmup != result["warmup_steps"] else set())
+    changed = [key for key in _differences(_plain(config.to_dict()), _plain(state["config"])) if key not in ignored]
     if changed:
         raise ValueError(f"--extend: the config would differ from the one {args.out}/last.pt trained with in {', '.join(changed)}")
-    if result["warmup_steps"] == 0:
+    if warmup == 0:
         print("--extend: the run has no flow warm-up (a single chunk), and the extension will have none either", flush=True)
+    result["warmup_steps"] = warmup
     return result
 
 
@@ -178,7 +193,8 @@ def train_and_score(args: argparse.Namespace, sets: dict[str, Any], extended: di
                              f"{result['input_psnr']:.6f} dB in the run's JSON: other test pairs")
         done = result["rows"][-1]["step"]
         # From which step, to which, at how many threads (the rows' seconds add up across them).
-        result.setdefault("extended_from", []).append({"step": done, "to_steps": args.steps, "threads": args.threads})
+        result.setdefault("extended_from", []).append(
+            {"step": done, "to_steps": args.steps, "threads": args.threads, "warmup_steps": result["warmup_steps"]})
         result["args"]["steps"] = args.steps
         first_chunk, seconds_before = done // args.every + 1, result["rows"][-1]["seconds"]
     warmup_chunks = result["warmup_steps"] // args.every

@@ -42,13 +42,20 @@ def test_an_exact_estimate_scores_the_floor_and_a_half_pixel_costs(tmp_path):
     report = tmp_path / "rows.json"
     argv = ["--data", str(tmp_path / "data"), "--pairs", "2", "--blur", "0", "--shifts", "0", "0.5", "--json", str(report)]
     assert deformation_shift.main(argv) == 0
-    rows = {(row["axis"], row["shift"]): row for row in json.loads(report.read_text())["rows"]}
+    result = json.loads(report.read_text())
+    assert result["pairs"] == 2
+    rows = {(row["axis"], row["shift"]): row for row in result["rows"]}
     # Unshifted and exact: both of Eq. 7's Charbonnier terms sit at eps (1e-3), the pixel loss at eps.
     assert rows["x", 0.0]["deformation"] == pytest.approx(2e-3, rel=1e-3)
     assert rows["x", 0.0]["pixel"] == pytest.approx(1e-3, rel=1e-3)
     for axis in ("x", "y"):
         assert rows[axis, 0.5]["deformation"] > 2 * rows[axis, 0.0]["deformation"]
         assert rows[axis, 0.5]["pixel"] > rows[axis, 0.0]["pixel"]
+    # After the warm-up the flow follows the estimate: a whole pixel costs L_D less than the pixel loss.
+    argv = ["--data", str(tmp_path / "data"), "--pairs", "2", "--blur", "0", "--shifts", "1", "--json", str(report)]
+    assert deformation_shift.main(argv) == 0
+    for row in json.loads(report.read_text())["rows"]:
+        assert row["deformation"] < row["pixel"]
 
 
 def test_bad_arguments_are_named(tmp_path, capsys):

@@ -153,7 +153,7 @@ def test_extend_continues_a_run_as_a_longer_run_would_have(data, tmp_path, capsy
     extended, fresh = json.loads(report.read_text()), json.loads((tmp_path / "longer.json").read_text())
     # Both warm up for one chunk (the share of 2 and of 3 chunks), so the third chunk is the same training.
     assert extended["warmup_steps"] == fresh["warmup_steps"] == 1
-    assert extended["extended_from"] == [{"step": 2, "to_steps": 3, "threads": 2}] and extended["args"]["steps"] == 3
+    assert extended["extended_from"] == [{"step": 2, "to_steps": 3, "threads": 2, "warmup_steps": 1}] and extended["args"]["steps"] == 3
     assert [row["step"] for row in extended["rows"]] == [1, 2, 3]
     for mine, theirs in zip(extended["rows"], fresh["rows"]):
         assert mine["psnr"] == pytest.approx(theirs["psnr"], abs=1e-6)
@@ -169,8 +169,10 @@ def test_extend_continues_a_run_as_a_longer_run_would_have(data, tmp_path, capsy
     # What an extension refuses, named.
     for extra, message in ((["--steps", "20", "--json", str(report)], "--steps 20 must be more"),
                            (["--steps", "21", "--json", str(report), "--seed", "1"], "--seed is 1"),
-                           (["--steps", "21", "--json", str(report), "--set", "optim.grad_clip=0.1"], "--overrides is"),
+                           (["--steps", "21", "--json", str(report), "--set", "optim.grad_clip=0.1"], "the method's overrides are now"),
+                           (["--steps", "21", "--json", str(report), "--warmup-steps", "21"], "only a run still in its warm-up"),
                            (["--steps", "21"], "--extend needs --json"),
+                           (["--steps", "21", "--json", str(tmp_path / "none.json")], "not a file"),
                            (["--steps", "21", "--json", str(tmp_path / "longer.json")], "--out is")):
         with pytest.raises(SystemExit) as stopped:
             method_at_scale.main(base + ["--out", str(run), "--extend"] + extra)
@@ -200,7 +202,15 @@ def test_warmup_steps_sets_the_flow_warm_up(data, tmp_path, capsys):
     # The whole run warms up: its flow is always taken against the blurry input.
     assert load_checkpoint(out / "last.pt")["config"]["loss"]["flow_warmup_epochs"] == 2
     assert json.loads(report.read_text())["warmup_steps"] == 2
+    # A run that never left its warm-up may be extended with a longer one: the flow stays against I_B.
+    assert method_at_scale.main(base[:-4] + ["--steps", "3", "--every", "1", "--out", str(out), "--warmup-steps", "3",
+                                             "--json", str(report), "--extend"]) == 0
+    assert load_checkpoint(out / "last.pt")["config"]["loss"]["flow_warmup_epochs"] == 3
+    assert json.loads(report.read_text())["warmup_steps"] == 3
     for value in ("3", "-1"):
         with pytest.raises(SystemExit) as stopped:
             method_at_scale.main(base + ["--warmup-steps", value, "--out", str(tmp_path / "other")])
         assert stopped.value.code == 2 and "--warmup-steps must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # not a multiple of --every
+        method_at_scale.main(base[:-4] + ["--steps", "4", "--every", "2", "--warmup-steps", "1", "--out", str(tmp_path / "other")])
+    assert stopped.value.code == 2 and "--warmup-steps must be" in capsys.readouterr().err
