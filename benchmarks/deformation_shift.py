@@ -57,19 +57,18 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(rows, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
-def loss_against_shift(data: Path, split: str, pairs: int | None, blurs: list[float], shifts: list[float]) -> list[dict]:
-    """Mean L_D (#4's) and pixel loss over the pairs, for each blur, axis and shift -> rows."""
-    from jdrl.config import Config
+def loss_against_shift(paths: list[Path], blurs: list[float], shifts: list[float]) -> list[dict]:
+    """Mean L_D (#4's) and pixel loss over the pairs whose blurry images are ``paths`` (their
+    ``gt_aligned`` beside them), for each blur, axis and shift -> rows."""
+    from jdrl.config import load_config
+    from jdrl.demo import METHODS
     from jdrl.flow import build_flow_estimator
     from jdrl.imageio import read_image
     from jdrl.losses import JDRLLoss, charbonnier
 
-    config = Config()
-    config.loss.reblurring = False  # "#4 w/o reblurring": L_D alone
-    config.loss.pseudo_supervision = False
-    loss = JDRLLoss(config.loss, build_flow_estimator("dis"), levels=config.model.levels)
-    paths = sorted((data / split / "blur").glob("*.png"))[:pairs]
-    images = [(read_image(path)[None], read_image(data / split / "gt_aligned" / path.name)[None]) for path in paths]
+    config = load_config(None, METHODS["no_reblur"][1])  # "#4 w/o reblurring" as the demo trains it: L_D alone
+    loss = JDRLLoss(config.loss, build_flow_estimator(config.flow.backend, config.flow.weights), levels=config.model.levels)
+    images = [(read_image(path)[None], read_image(path.parent.parent / "gt_aligned" / path.name)[None]) for path in paths]
     rows = []
     for blur in blurs:
         for axis in ("x", "y"):
@@ -80,7 +79,7 @@ def loss_against_shift(data: Path, split: str, pairs: int | None, blurs: list[fl
                     estimate = moved.clamp(0, 1)
                     with torch.no_grad():
                         # After the warm-up: the flow is taken against the estimate (epoch past any warm-up).
-                        value, _, _ = loss._deblur_terms(estimate, sharp, blurry, epoch=config.loss.flow_warmup_epochs)
+                        value = loss(blurry, sharp, estimate, None, epoch=config.loss.flow_warmup_epochs).terms["deblur"]
                     deformation += float(value)
                     pixel += float(charbonnier(estimate - sharp, None, config.loss.eps))
                 rows.append({"blur": blur, "axis": axis, "shift": shift, "deformation": deformation / len(images), "pixel": pixel / len(images)})
@@ -111,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--data {args.data}: no {args.split}/{folder}/*.png (make it with `jdrl synth`)")
     set_threads(args.threads)
     flush_denormals()
-    pairs = min(args.pairs, len(list((args.data / args.split / "blur").glob("*.png"))))
-    print(f"{pairs} pairs of {args.data / args.split}", flush=True)
-    rows = loss_against_shift(args.data, args.split, args.pairs, args.blur, args.shifts)
+    paths = sorted((args.data / args.split / "blur").glob("*.png"))[: args.pairs]
+    print(f"{len(paths)} pairs of {args.data / args.split}", flush=True)
+    rows = loss_against_shift(paths, args.blur, args.shifts)
     for blur in args.blur:
         for axis in ("x", "y"):
             mine = [row for row in rows if row["blur"] == blur and row["axis"] == axis]
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         from common import write_json
 
         write_json(args.json, {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
-                               "pairs": pairs, "rows": rows})
+                               "pairs": len(paths), "rows": rows})
     return 0
 
 

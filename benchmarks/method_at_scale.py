@@ -171,15 +171,15 @@ def extension_of(args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
     return result
 
 
-def train_and_score(args: argparse.Namespace, sets: dict[str, Any], extended: dict | None = None) -> dict:
-    """Train and score chunk by chunk; ``extended``: the JSON of the run that ``--extend`` continues."""
+def train_and_score(args: argparse.Namespace, overrides: dict[str, Any], extended: dict | None = None) -> dict:
+    """Train and score chunk by chunk with the config ``overrides`` (:func:`method_overrides`);
+    ``extended``: the JSON of the run that ``--extend`` continues."""
     from jdrl.ablation import Budget, variant_config, warmup_share_of
     from jdrl.checkpoint import load_checkpoint
     from jdrl.train import train
 
     test = Pairs.read(args.test_data, "test", args.test_pairs, "--test-data")
     chunks = args.steps // args.every
-    overrides = method_overrides(args.method, sets)
     input_scores = psnr_scores(None, test)
     if extended is None:
         warmup = warmup_share_of(chunks) * args.every if args.warmup_steps is None else args.warmup_steps
@@ -287,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             reason = CONTROLLED[controlled[0]] if controlled else "use --preset" if keys[0] == "model" else "set one key, SECTION.KEY"
             parser.error(f"--set {key}: this script sets it itself or it is not one key; {reason}")
         sets[key] = value
+    overrides = method_overrides(args.method, sets)
     try:  # a bad value of a --set key, named before any data is read
-        config = variant_config(method_overrides(args.method, sets), args.train_data, args.out,
+        config = variant_config(overrides, args.train_data, args.out,
                                 Budget(epochs=1, steps_per_epoch=args.every, lr=args.lr))
     except ConfigError as error:
         parser.error(str(error))
@@ -303,12 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     extended = None
     if args.extend:
         try:
-            extended = extension_of(args, method_overrides(args.method, sets))
+            extended = extension_of(args, overrides)
         except ValueError as error:
             parser.error(str(error))
     set_threads(args.threads)
     flush_denormals()  # as the training commands do: saturated softmaxes underflow into slow subnormal floats
-    train_and_score(args, sets, extended)
+    train_and_score(args, overrides, extended)
     return 0
 
 
