@@ -58,6 +58,23 @@ def test_an_exact_estimate_scores_the_floor_and_a_half_pixel_costs(tmp_path):
         assert row["deformation"] < row["pixel"]
 
 
+def test_warp_interp_reaches_the_loss(tmp_path):
+    from jdrl.synth import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "data", n_train=0, n_test=2, size=48, max_radius=3.0, seed=5)
+    half_pixel = {}
+    for interp in ("bilinear", "bicubic"):
+        report = tmp_path / f"{interp}.json"
+        argv = ["--data", str(tmp_path / "data"), "--pairs", "2", "--blur", "0", "--shifts", "0", "0.5",
+                "--warp-interp", interp, "--json", str(report)]
+        assert deformation_shift.main(argv) == 0
+        rows = {(row["axis"], row["shift"]): row["deformation"] for row in json.loads(report.read_text())["rows"]}
+        assert rows["x", 0.0] == pytest.approx(2e-3, rel=1e-3)  # no flow, no interpolation: the floor either way
+        half_pixel[interp] = rows["x", 0.5]
+    # The cubic warp resamples the sharp image at a half-pixel flow with less blur than the bilinear one.
+    assert half_pixel["bicubic"] != pytest.approx(half_pixel["bilinear"], rel=0.02)
+
+
 def test_bad_arguments_are_named(tmp_path, capsys):
     for argv, message in ((["--data", str(tmp_path)], "no test/blur"), (["--data", str(tmp_path), "--blur", "-1"], "--blur"),
                           (["--data", str(tmp_path), "--pairs", "0"], "--pairs")):

@@ -19,6 +19,7 @@ from jdrl.losses import (
     charbonnier,
     pseudo_defocus_map,
     variant_overrides,
+    warp_bicubic,
 )
 
 EPS2 = 1e-6  # eps^2 for the default eps = 1e-3
@@ -251,6 +252,42 @@ def test_flow_is_estimated_against_the_blurry_input_during_the_warm_up():
     loss(blurry, sharp, estimate, None, epoch=15)
     (ref1, mov1), (ref2, mov2) = estimator.calls
     assert torch.equal(ref1, estimate) and torch.equal(mov2, estimate)
+
+
+def test_flow_reference_blurry_keeps_the_warm_up_flow_after_it():
+    blurry, sharp, estimate = row([0.9] * 4), row(SHARP), row(ESTIMATE)
+    for epoch in (14, 15, 100):
+        estimator = ConstantFlow([0.0] * 4)
+        JDRLLoss(deblur_only(flow_warmup_epochs=15, flow_reference="blurry"), estimator)(blurry, sharp, estimate, None, epoch)
+        (ref1, mov1), (ref2, mov2) = estimator.calls
+        assert torch.equal(ref1, blurry) and torch.equal(mov1, sharp), epoch
+        assert torch.equal(ref2, sharp) and torch.equal(mov2, blurry), epoch
+    with pytest.raises(ValueError, match="loss.flow_reference"):
+        LossConfig(flow_reference="sharp")
+
+
+def test_flow_reference_blurry_gives_an_anchored_r_the_same_aligned_pair_with_one_flow_less():
+    from jdrl.flow import DISFlow
+
+    class CountingFlow(DISFlow):
+        calls = 0
+
+        def __call__(self, reference, moving):
+            CountingFlow.calls += 1
+            return super().__call__(reference, moving)
+
+    torch.manual_seed(0)
+    blurry, sharp, estimate = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24)
+    fits = {}
+    for reference in ("estimate", "blurry"):
+        torch.manual_seed(1)  # the same R for both
+        loss = JDRLLoss(LossConfig(flow_warmup_epochs=1, reblur_anchor=True, flow_reference=reference), CountingFlow(), levels=8)
+        CountingFlow.calls = 0
+        out = loss(blurry, sharp, estimate, torch.zeros(1, 35, 24, 24), epoch=1)
+        fits[reference] = (out.terms["reblur_fit"].item(), CountingFlow.calls)
+    # R fits warp(I_S -> I_B) either way; against I_B, L_D's first flow is that one.
+    assert fits["blurry"][0] == pytest.approx(fits["estimate"][0], rel=1e-6)
+    assert fits["estimate"][1] == 3 and fits["blurry"][1] == 2
 
 
 def test_flow_carries_no_gradient_to_the_estimate():
@@ -539,6 +576,8 @@ def test_loss_config_names_bad_options():
         LossConfig(reblur_space="log")
     with pytest.raises(ValueError, match="loss.reblur_transfer"):
         LossConfig(reblur_transfer="gamma3")
+    with pytest.raises(ValueError, match="loss.warp_interp"):
+        LossConfig(warp_interp="nearest")
     with pytest.raises(ValueError, match="loss.pseudo_supervision"):
         LossConfig(reblurring=False)
     with pytest.raises(ValueError, match="flow_estimator"):
@@ -588,3 +627,53 @@ def test_every_variant_runs_and_has_its_terms(name, logit_penalty, anchor):
         assert loss.reblur_net.predict_weights == config.loss.predict_weights
         assert all(p.grad is not None for p in loss.reblur_net.parameters())
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_bicubic_warp_is_the_identity_at_zero_flow_and_flow_warp_at_whole_pixels():
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(2, 3, 9, 11, generator=generator, dtype=torch.float64)
+    flow = torch.zeros(2, 2, 9, 11, dtype=torch.float64)
+    torch.testing.assert_close(warp_bicubic(image, flow), image, rtol=0, atol=1e-14)
+    # At whole-pixel flows the cubic kernel is one tap; border clamping then agrees everywhere.
+    flow[:, 0] = torch.randint(-3, 4, (2, 9, 11), generator=generator).double()
+    flow[:, 1] = torch.randint(-3, 4, (2, 9, 11), generator=generator).double()
+    for padding in ("border", "zeros"):
+        torch.testing.assert_close(
+            warp_bicubic(image, flow, padding), jdrl_ext.flow_warp(image, flow, padding_mode=padding), rtol=0, atol=1e-14
+        )
+    with pytest.raises(ValueError, match="padding_mode"):
+        warp_bicubic(image, flow, "reflection")
+    with pytest.raises(ValueError, match="flow must have shape"):
+        warp_bicubic(image, flow[:, :1])
+
+
+def test_bicubic_warp_blurs_a_fine_pattern_less_than_bilinear_at_half_a_pixel():
+    # A cosine of period 4 px moved by half a pixel: bilinear averages two taps and keeps
+    # cos(pi / 4) ~ 0.71 of its amplitude; the cubic kernel keeps about 0.97.
+    xs = torch.arange(32, dtype=torch.float64)
+    image = torch.cos(2 * math.pi * xs / 4 + 0.3).view(1, 1, 1, -1).expand(1, 1, 4, 32).contiguous()
+    exact = torch.cos(2 * math.pi * (xs + 0.5) / 4 + 0.3).view(1, 1, 1, -1)
+    flow = torch.zeros(1, 2, 4, 32, dtype=torch.float64)
+    flow[:, 0] = 0.5
+    inside = slice(2, -3)  # away from the clamped border
+    bilinear = (jdrl_ext.flow_warp(image, flow) - exact)[..., inside].abs().max().item()
+    bicubic = (warp_bicubic(image, flow) - exact)[..., inside].abs().max().item()
+    assert bilinear > 0.25
+    assert bicubic < 0.05
+
+
+def test_deformation_loss_warps_with_the_configured_interpolation():
+    sharp = row([0.1, 0.5, 0.2, 0.9, 0.3, 0.7, 0.4, 0.6])
+    estimate = row([0.2, 0.4, 0.3, 0.8, 0.2, 0.6, 0.5, 0.5]).requires_grad_(True)
+    flow = torch.zeros(1, 2, 1, 8, dtype=torch.float64)
+    flow[:, 0] = 0.5
+    values = {}
+    for interp, warp in (("bilinear", jdrl_ext.flow_warp), ("bicubic", warp_bicubic)):
+        loss = JDRLLoss(deblur_only(warp_interp=interp, calibration_mask=False), ConstantFlow([0.5] * 8))
+        out = loss(sharp, sharp, estimate, None, epoch=100)
+        expected = charbonnier(warp(sharp, flow) - estimate) + charbonnier(warp(estimate, flow) - sharp)
+        assert out.terms["deblur"].item() == pytest.approx(expected.item(), rel=1e-12)
+        (gradient,) = torch.autograd.grad(out.total, estimate)
+        assert gradient.abs().sum() > 0
+        values[interp] = out.terms["deblur"].item()
+    assert values["bilinear"] != pytest.approx(values["bicubic"], rel=1e-3)

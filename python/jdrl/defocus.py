@@ -386,10 +386,10 @@ def reblur_net_input(
         return sharp_est
     if sharp is None or flow_estimator is None:
         raise ValueError("an anchored reblurring net (loss.reblur_anchor) needs sharp and flow_estimator")
-    import jdrl_ext
+    from jdrl.losses import loss_warp
 
     flow = flow_estimator(blurry.clamp(0, 1), sharp.clamp(0, 1)).to(device=sharp.device, dtype=sharp.dtype)
-    return jdrl_ext.flow_warp(sharp, flow, padding_mode=config.warp_padding)
+    return loss_warp(sharp, flow, config)
 
 
 @torch.no_grad()

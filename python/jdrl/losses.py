@@ -36,6 +36,8 @@ __all__ = [
     "JDRLLoss",
     "build_reblur_net",
     "charbonnier",
+    "loss_warp",
+    "warp_bicubic",
     "calibration_mask",
     "pseudo_defocus_map",
     "logit_penalty",
@@ -62,8 +64,37 @@ MIN_PREFIT_CROP = 16
 _KERNEL_SUPPORTS = ("window", "disk")
 _REBLUR_PADDINGS = ("replicate", "zeros")
 _WARP_PADDINGS = ("border", "zeros")
+WARP_INTERPOLATIONS = ("bilinear", "bicubic")
+FLOW_REFERENCES = ("estimate", "blurry")
 REBLUR_SPACES = ("srgb", "linear")
 REBLUR_TRANSFERS = ("srgb", "gamma2.2")
+
+
+def warp_bicubic(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+    """Backward warp as ``jdrl_ext.flow_warp`` (flow in pixels, channel 0 = x), but with bicubic
+    interpolation: ``F.grid_sample(mode="bicubic", align_corners=True)``. Zero flow is the identity
+    (the cubic kernel is 1 at 0 and 0 at the other integers). With ``border`` padding the taps are
+    clamped to the image (grid_sample's rule), not the sample coordinate; inside the image the two
+    agree."""
+    if padding_mode not in _WARP_PADDINGS:
+        raise ValueError(f"padding_mode must be one of {list(_WARP_PADDINGS)}, got {padding_mode!r}")
+    _, _, height, width = image.shape
+    if flow.shape != (image.shape[0], 2, height, width):
+        raise ValueError(f"flow must have shape {(image.shape[0], 2, height, width)}, got {tuple(flow.shape)}")
+    ys = torch.arange(height, device=image.device, dtype=image.dtype).view(1, height, 1)
+    xs = torch.arange(width, device=image.device, dtype=image.dtype).view(1, 1, width)
+    # align_corners=True maps pixel 0 to -1 and pixel n-1 to +1; a side of one pixel has no span.
+    grid_x = (xs + flow[:, 0]) * (2.0 / max(width - 1, 1)) - 1.0
+    grid_y = (ys + flow[:, 1]) * (2.0 / max(height - 1, 1)) - 1.0
+    grid = torch.stack((grid_x, grid_y), dim=-1)
+    return torch.nn.functional.grid_sample(image, grid, mode="bicubic", padding_mode=padding_mode, align_corners=True)
+
+
+def loss_warp(moving: torch.Tensor, flow: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """``moving`` warped by ``flow`` as the loss warps: ``config.warp_interp`` and ``config.warp_padding``."""
+    if config.warp_interp == "bilinear":
+        return jdrl_ext.flow_warp(moving, flow, padding_mode=config.warp_padding)
+    return warp_bicubic(moving, flow, padding_mode=config.warp_padding)
 
 
 def charbonnier(diff: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-3) -> torch.Tensor:
@@ -304,10 +335,22 @@ class LossConfig:
         alpha, beta: weights of ``L_R`` and ``L_P`` (0.5 each in the paper).
         eps: Charbonnier epsilon.
         flow_warmup_epochs: T; for epochs ``< T`` the flow is estimated against the blurry input.
+        flow_reference: what the flow of ``L_D`` is estimated against after the warm-up:
+            ``estimate`` (``I_hat``, the paper's) or ``blurry`` (``I_B``, ours, an option: the
+            warm-up's flow for the whole training). Why: against ``I_hat`` the flow follows the
+            output wherever it moves, so ``L_D`` does not hold its position (measured: "#4 w/o
+            reblurring" trained on aligned pairs moved its output by about 1 px and fell below the
+            input); against ``I_B`` it lines ``I_S`` up with the input, as ``L_R`` does.
         reblur_after_warmup: ``L_R`` and ``L_P`` join at epoch T, as in the authors' released
             training loop; before that ``I_hat`` is close to ``I_B`` and the best R is the identity,
             which then pulls ``I_hat`` back towards ``I_B``. False: from the first step.
         warp_padding: ``jdrl_ext.flow_warp`` padding mode.
+        warp_interp: ``bilinear`` (the paper's warp, ``jdrl_ext.flow_warp``) or ``bicubic``
+            (``F.grid_sample`` with cubic convolution, a = -0.75; no custom kernel yet), for every
+            warp of the loss. Why: at a fractional flow a bilinear warp low-passes what it moves,
+            so Eq. 7 compares ``I_hat`` with a blurred ``I_S`` and the blurred ``I_hat`` with
+            ``I_S``; a blurry estimate then scores lower a fraction of a pixel off
+            (benchmarks/deformation_shift.py). Bicubic interpolation blurs less.
     """
 
     deblur_loss: str = "deformation"
@@ -340,8 +383,10 @@ class LossConfig:
     beta: float = 0.5
     eps: float = 1e-3
     flow_warmup_epochs: int = 15
+    flow_reference: str = "estimate"
     reblur_after_warmup: bool = True
     warp_padding: str = "border"
+    warp_interp: str = "bilinear"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -353,6 +398,8 @@ class LossConfig:
             "kernel_support": _KERNEL_SUPPORTS,
             "reblur_padding": _REBLUR_PADDINGS,
             "warp_padding": _WARP_PADDINGS,
+            "warp_interp": WARP_INTERPOLATIONS,
+            "flow_reference": FLOW_REFERENCES,
             "reblur_space": REBLUR_SPACES,
             "reblur_transfer": REBLUR_TRANSFERS,
         }
@@ -490,6 +537,9 @@ class JDRLLoss(nn.Module):
             )
         return flow.to(device=reference.device, dtype=reference.dtype)
 
+    def _warp(self, moving: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        return loss_warp(moving, flow, self.config)
+
     def _mask(self, flow: torch.Tensor) -> torch.Tensor | None:
         if not self.config.calibration_mask:
             return None
@@ -509,7 +559,7 @@ class JDRLLoss(nn.Module):
         """``I_S`` warped onto ``I_B`` (no gradient) and the calibration mask of that flow."""
         flow = self._flow(blurry, sharp)
         with torch.no_grad():
-            warped = jdrl_ext.flow_warp(sharp, flow, padding_mode=self.config.warp_padding)
+            warped = self._warp(sharp, flow)
         return warped, self._mask(flow)
 
     def deblur_loss(
@@ -519,7 +569,8 @@ class JDRLLoss(nn.Module):
 
         ``C(M1 * (warp(I_S -> I_hat) - I_hat)) + C(M2 * (warp(I_hat -> I_S) - I_S))``. The flows
         carry no gradient; the second warp is differentiable in ``I_hat``. For ``epoch <
-        flow_warmup_epochs`` the flows are estimated against ``blurry`` instead of ``sharp_est``.
+        flow_warmup_epochs`` (and with ``flow_reference: blurry`` always) the flows are estimated
+        against ``blurry`` instead of ``sharp_est``.
         """
         loss, stats, _ = self._deblur_terms(sharp_est, sharp, blurry, epoch)
         return loss, stats
@@ -527,23 +578,24 @@ class JDRLLoss(nn.Module):
     def _deblur_terms(
         self, sharp_est: torch.Tensor, sharp: torch.Tensor, blurry: torch.Tensor, epoch: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None] | None]:
-        """``deblur_loss``, and during the warm-up ``I_S`` warped onto ``I_B`` with its mask (the
-        first warp of Eq. 7 then is exactly that; None otherwise)."""
+        """``deblur_loss``, and while the flow is taken against ``I_B`` (the warm-up, or
+        ``flow_reference: blurry``) ``I_S`` warped onto ``I_B`` with its mask (the first warp of
+        Eq. 7 then is exactly that; None otherwise)."""
         cfg = self.config
         if cfg.deblur_loss == "l1":
             return (sharp_est - sharp).abs().mean(), {}, None
-        warmup = epoch < cfg.flow_warmup_epochs
-        anchor = blurry if warmup else sharp_est
+        against_blurry = epoch < cfg.flow_warmup_epochs or cfg.flow_reference == "blurry"
+        anchor = blurry if against_blurry else sharp_est
         flow_to_est = self._flow(anchor, sharp)
         mask_to_est = self._mask(flow_to_est)
-        sharp_warped = jdrl_ext.flow_warp(sharp, flow_to_est, padding_mode=cfg.warp_padding)
-        aligned = (sharp_warped.detach(), mask_to_est) if warmup else None
+        sharp_warped = self._warp(sharp, flow_to_est)
+        aligned = (sharp_warped.detach(), mask_to_est) if against_blurry else None
         loss = charbonnier(sharp_warped - sharp_est, mask_to_est, cfg.eps)
         masks = [mask_to_est]
         if cfg.cycle_deformation:
             flow_to_sharp = self._flow(sharp, anchor)
             mask_to_sharp = self._mask(flow_to_sharp)
-            est_warped = jdrl_ext.flow_warp(sharp_est, flow_to_sharp, padding_mode=cfg.warp_padding)
+            est_warped = self._warp(sharp_est, flow_to_sharp)
             loss = loss + charbonnier(est_warped - sharp, mask_to_sharp, cfg.eps)
             masks.append(mask_to_sharp)
         stats = {}
