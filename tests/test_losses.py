@@ -281,7 +281,9 @@ def test_flow_reference_blurry_gives_an_anchored_r_the_same_aligned_pair_with_on
     fits = {}
     for reference in ("estimate", "blurry"):
         torch.manual_seed(1)  # the same R for both
-        loss = JDRLLoss(LossConfig(flow_warmup_epochs=1, reblur_anchor=True, flow_reference=reference), CountingFlow(), levels=8)
+        # With the fit's mask on, the reused pair must carry the mask of its own flow too.
+        config = LossConfig(flow_warmup_epochs=1, reblur_anchor=True, reblur_fit_mask=True, flow_reference=reference)
+        loss = JDRLLoss(config, CountingFlow(), levels=8)
         CountingFlow.calls = 0
         out = loss(blurry, sharp, estimate, torch.zeros(1, 35, 24, 24), epoch=1)
         fits[reference] = (out.terms["reblur_fit"].item(), CountingFlow.calls)
@@ -677,3 +679,23 @@ def test_deformation_loss_warps_with_the_configured_interpolation():
         assert gradient.abs().sum() > 0
         values[interp] = out.terms["deblur"].item()
     assert values["bilinear"] != pytest.approx(values["bicubic"], rel=1e-3)
+
+
+def test_an_anchored_r_reads_the_target_warped_as_the_loss_warps():
+    from jdrl.defocus import reblur_net_input
+
+    generator = torch.Generator().manual_seed(4)
+    blurry, sharp = torch.rand(1, 3, 6, 8, generator=generator, dtype=torch.float64), torch.rand(1, 3, 6, 8, generator=generator, dtype=torch.float64)
+    flow = torch.zeros(1, 2, 6, 8, dtype=torch.float64)
+    flow[:, 0], flow[:, 1] = 0.5, 0.25
+
+    def estimator(reference, moving):
+        return flow.clone()
+
+    for interp, warp in (("bilinear", jdrl_ext.flow_warp), ("bicubic", warp_bicubic)):
+        config = LossConfig(reblur_anchor=True, warp_interp=interp)
+        got = reblur_net_input(blurry, blurry, config, sharp, estimator)
+        torch.testing.assert_close(got, warp(sharp, flow), rtol=0, atol=1e-12)
+        # The loss's own aligned target (R's fit during the warm-up and after it) is the same.
+        aligned, _ = JDRLLoss(config, estimator, levels=8)._aligned_to_blurry(sharp, blurry)
+        torch.testing.assert_close(aligned, got, rtol=0, atol=1e-12)

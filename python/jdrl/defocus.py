@@ -381,7 +381,8 @@ def reblur_net_input(
 ) -> torch.Tensor:
     """What a trained reblurring net reads beside ``blurry`` ``(1, 3, H, W)``, as in training:
     ``sharp_est`` (Eq. 2), or for an anchored R (``config.reblur_anchor``) the misaligned ``sharp``
-    warped onto ``blurry`` by ``flow_estimator``."""
+    warped onto ``blurry`` by ``flow_estimator``, as the loss warps (``config.warp_interp``,
+    ``config.warp_padding``)."""
     if not getattr(config, "reblur_anchor", False):
         return sharp_est
     if sharp is None or flow_estimator is None:

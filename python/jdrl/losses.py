@@ -75,7 +75,8 @@ def warp_bicubic(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "b
     interpolation: ``F.grid_sample(mode="bicubic", align_corners=True)``. Zero flow is the identity
     (the cubic kernel is 1 at 0 and 0 at the other integers). With ``border`` padding the taps are
     clamped to the image (grid_sample's rule), not the sample coordinate; inside the image the two
-    agree."""
+    agree. A side of one pixel samples that pixel whatever the flow along it. The result may
+    overshoot the range of ``image`` (the cubic kernel has negative lobes)."""
     if padding_mode not in _WARP_PADDINGS:
         raise ValueError(f"padding_mode must be one of {list(_WARP_PADDINGS)}, got {padding_mode!r}")
     _, _, height, width = image.shape
@@ -668,7 +669,8 @@ class JDRLLoss(nn.Module):
             sharp: ``(B, 3, H, W)`` misaligned ground truth ``I_S``.
             sharp_est: ``(B, 3, H, W)`` deblurred ``I_hat``.
             defocus_map: ``(B, S(m), H, W)`` predicted ``B_hat`` (None for nets without one).
-            epoch: 0-based training epoch: during the warm-up it decides the flow anchor and, with
+            epoch: 0-based training epoch: during the warm-up it decides the flow anchor (unless
+                ``flow_reference: blurry`` keeps ``I_B`` throughout) and, with
                 ``reblur_after_warmup``, leaves out ``L_R`` and ``L_P``.
         """
         cfg = self.config
