@@ -341,7 +341,9 @@ class LossConfig:
             warm-up's flow for the whole training). Why: against ``I_hat`` the flow follows the
             output wherever it moves, so ``L_D`` does not hold its position (measured: "#4 w/o
             reblurring" trained on aligned pairs moved its output by about 1 px and fell below the
-            input); against ``I_B`` it lines ``I_S`` up with the input, as ``L_R`` does.
+            input); against ``I_B`` it lines ``I_S`` up with the input, as ``L_R`` does. Measured on
+            misaligned synthetic pairs it lifted ours and #4 alike, and cost on the most detailed
+            photo (benchmarks/RESULTS.md, "The flow against the input for ours").
         reblur_after_warmup: ``L_R`` and ``L_P`` join at epoch T, as in the authors' released
             training loop; before that ``I_hat`` is close to ``I_B`` and the best R is the identity,
             which then pulls ``I_hat`` back towards ``I_B``. False: from the first step.
@@ -351,7 +353,8 @@ class LossConfig:
             warp of the loss. Why: at a fractional flow a bilinear warp low-passes what it moves,
             so Eq. 7 compares ``I_hat`` with a blurred ``I_S`` and the blurred ``I_hat`` with
             ``I_S``; a blurry estimate then scores lower a fraction of a pixel off
-            (benchmarks/deformation_shift.py). Bicubic interpolation blurs less.
+            (benchmarks/deformation_shift.py). Bicubic interpolation blurs less; measured, it
+            neither raised ours or #4 consistently nor stopped #4's drift on aligned pairs.
     """
 
     deblur_loss: str = "deformation"
