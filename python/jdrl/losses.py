@@ -541,9 +541,6 @@ class JDRLLoss(nn.Module):
             )
         return flow.to(device=reference.device, dtype=reference.dtype)
 
-    def _warp(self, moving: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-        return loss_warp(moving, flow, self.config)
-
     def _mask(self, flow: torch.Tensor) -> torch.Tensor | None:
         if not self.config.calibration_mask:
             return None
@@ -563,7 +560,7 @@ class JDRLLoss(nn.Module):
         """``I_S`` warped onto ``I_B`` (no gradient) and the calibration mask of that flow."""
         flow = self._flow(blurry, sharp)
         with torch.no_grad():
-            warped = self._warp(sharp, flow)
+            warped = loss_warp(sharp, flow, self.config)
         return warped, self._mask(flow)
 
     def deblur_loss(
@@ -592,14 +589,14 @@ class JDRLLoss(nn.Module):
         anchor = blurry if against_blurry else sharp_est
         flow_to_est = self._flow(anchor, sharp)
         mask_to_est = self._mask(flow_to_est)
-        sharp_warped = self._warp(sharp, flow_to_est)
+        sharp_warped = loss_warp(sharp, flow_to_est, cfg)
         aligned = (sharp_warped.detach(), mask_to_est) if against_blurry else None
         loss = charbonnier(sharp_warped - sharp_est, mask_to_est, cfg.eps)
         masks = [mask_to_est]
         if cfg.cycle_deformation:
             flow_to_sharp = self._flow(sharp, anchor)
             mask_to_sharp = self._mask(flow_to_sharp)
-            est_warped = self._warp(sharp_est, flow_to_sharp)
+            est_warped = loss_warp(sharp_est, flow_to_sharp, cfg)
             loss = loss + charbonnier(est_warped - sharp, mask_to_sharp, cfg.eps)
             masks.append(mask_to_sharp)
         stats = {}
