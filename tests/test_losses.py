@@ -4,6 +4,8 @@ floor, the pseudo defocus map, and every ablation variant end to end on a tiny n
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,11 @@ from jdrl.losses import (
     variant_overrides,
     warp_bicubic,
 )
+from jdrl.models.reblur_net import ReblurOutput
+
+# benchmarks/deformation_shift.py's Fourier shift and Gaussian blur make the photo pairs of the
+# flow_refine tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 EPS2 = 1e-6  # eps^2 for the default eps = 1e-3
 
@@ -290,6 +297,91 @@ def test_flow_reference_blurry_gives_an_anchored_r_the_same_aligned_pair_with_on
     # R fits warp(I_S -> I_B) either way; against I_B, L_D's first flow is that one.
     assert fits["blurry"][0] == pytest.approx(fits["estimate"][0], rel=1e-6)
     assert fits["estimate"][1] == 3 and fits["blurry"][1] == 2
+
+
+class GaussianReblur(torch.nn.Module):
+    """A stand-in for R that knows the blur: a Gaussian of ``sigma`` px everywhere; its seeds and
+    weights are placeholders of R's shapes (m = 8), ignored by ``blur``."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = sigma
+        self.scale = torch.nn.Parameter(torch.ones(()))  # something for the fit's gradient to reach
+
+    def forward(self, sharp_est, blurry):
+        batch, _, height, width = sharp_est.shape
+        seeds = (self.scale * torch.ones(batch, 35, height, width)).to(sharp_est.dtype)
+        weights = torch.full((batch, 8, height, width), 1 / 8, dtype=sharp_est.dtype)
+        return ReblurOutput(self.blur(sharp_est, seeds, weights) * self.scale, seeds, weights, None)
+
+    def blur(self, image, seeds, weights):
+        from deformation_shift import gaussian_blur
+
+        return gaussian_blur(image, self.sigma)
+
+
+def _shifted_photo_pair():
+    """Astronaut's face: the truth, I_S moved by (0.6, -0.4) px (a Fourier shift), and I_B, the
+    truth blurred by a Gaussian of 2 px; -> (blurry, sharp, truth, the true flow from I_B to I_S)."""
+    from deformation_shift import fourier_shift, gaussian_blur
+    from skimage import data
+
+    truth = torch.from_numpy(data.astronaut()[100:196, 180:276]).permute(2, 0, 1)[None].double() / 255
+    sharp = fourier_shift(truth, 0.6, -0.4).float().clamp(0, 1)
+    truth = truth.float()
+    return gaussian_blur(truth, 2.0), sharp, truth, torch.tensor([0.6, -0.4])
+
+
+def test_flow_refine_estimates_both_flows_between_equal_blurs():
+    from jdrl.flow import DISFlow
+
+    class RecordingFlow(DISFlow):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __call__(self, reference, moving):
+            self.calls.append((reference, moving))
+            return super().__call__(reference, moving)
+
+    blurry, sharp, truth, true_flow = _shifted_photo_pair()
+    config = LossConfig(flow_warmup_epochs=1, reblur_anchor=True, flow_reference="blurry", flow_refine=True,
+                        pseudo_supervision=False)
+    estimator = RecordingFlow()
+    loss = JDRLLoss(config, estimator, levels=8, reblur_net=GaussianReblur(2.0))
+    out = loss(blurry, sharp, truth, None, epoch=1)
+    # The first flow (R's fit), the flow from I_S to I_B (R's blur into I_S's frame), then L_D's two.
+    (ref1, mov1), (ref2, mov2), (ref3, mov3), (ref4, mov4) = estimator.calls
+    assert torch.equal(ref1, blurry) and torch.equal(mov1, sharp)
+    assert torch.equal(ref2, sharp) and torch.equal(mov2, blurry)
+    blurred_sharp = GaussianReblur(2.0).blur(sharp, None, None)
+    assert torch.equal(ref3, blurry) and torch.allclose(mov3, blurred_sharp.clamp(0, 1))
+    assert torch.allclose(ref4, blurred_sharp.clamp(0, 1)) and torch.equal(mov4, blurry)
+    # The refined flow finds the true shift better than the flow between the blurry and the sharp image.
+    inside = (..., slice(12, -12), slice(12, -12))
+    first = estimator(blurry, sharp)[inside].mean(dim=(2, 3))[0]
+    refined = estimator(blurry, blurred_sharp.clamp(0, 1))[inside].mean(dim=(2, 3))[0]
+    assert (refined - true_flow).norm() < 0.5 * (first - true_flow).norm()
+    assert out.stats["flow_refine_change"] > 0.01
+    # R's fit still trains R (on the first target), and L_D's value is that of the refined flows.
+    out.total.backward()
+    assert loss.reblur_net.scale.grad is not None and loss.reblur_net.scale.grad != 0
+    plain = JDRLLoss(LossConfig(flow_warmup_epochs=1, reblur_anchor=True, flow_reference="blurry", pseudo_supervision=False),
+                     estimator, levels=8, reblur_net=GaussianReblur(2.0))
+    unrefined = plain(blurry, sharp, truth, None, epoch=1).terms
+    assert float(unrefined["deblur"]) > float(out.terms["deblur"])
+    assert float(unrefined["reblur_fit"].detach()) == pytest.approx(float(out.terms["reblur_fit"].detach()))
+    # In the warm-up R is not anchored yet: no refinement, the two flows of the warm-up.
+    estimator.calls.clear()
+    assert "flow_refine_change" not in loss(blurry, sharp, truth, None, epoch=0).stats and len(estimator.calls) == 2
+
+
+def test_flow_refine_needs_the_anchored_r_and_the_flow_against_the_input():
+    for overrides in ({"flow_reference": "estimate"}, {"reblur_anchor": False}, {"reblurring": False, "pseudo_supervision": False},
+                      {"deblur_loss": "l1"}):
+        with pytest.raises(ValueError, match="loss.flow_refine"):
+            LossConfig(**{"flow_refine": True, "flow_reference": "blurry", **overrides})
+    assert LossConfig(flow_refine=True, flow_reference="blurry").flow_refine
 
 
 def test_flow_carries_no_gradient_to_the_estimate():

@@ -190,6 +190,20 @@ def test_extend_continues_a_run_as_a_longer_run_would_have(data, tmp_path, capsy
     with pytest.raises(SystemExit) as stopped:
         method_at_scale.main(base + ["--out", str(run), "--extend", "--steps", "22", "--json", str(report)])
     assert stopped.value.code == 2 and "last.pt is at step 21" in capsys.readouterr().err
+    # A checkpoint from before an option existed (its key absent) trained as the option's default does:
+    # accepted where the extension keeps the default there, refused, by key, where it would not.
+    state["step"] = 20
+    del state["config"]["loss"]["warp_interp"]
+    del state["config"]["train"]["ema_decay"]  # the run sets 0.5, not the default
+    save_checkpoint(run / "last.pt", state)
+    with pytest.raises(SystemExit) as stopped:
+        method_at_scale.main(base + ["--out", str(run), "--extend", "--steps", "21", "--json", str(report)])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and "in train.ema_decay" in error and "warp_interp" not in error
+    state["config"]["train"]["ema_decay"] = 0.5
+    save_checkpoint(run / "last.pt", state)
+    assert method_at_scale.main(base + ["--out", str(run), "--extend", "--steps", "21", "--json", str(report)]) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 21
 
 
 def test_warmup_steps_sets_the_flow_warm_up(data, tmp_path, capsys):
