@@ -17,11 +17,17 @@ References:
 - ``oracle:S``: ``gt_aligned`` blurred by ``S`` px, an estimate not yet sharp.
 - ``estimate``: the output of a trained network (``--checkpoint``, its weight average where it
   kept one) on ``I_B``: what the paper's flow is taken against late in a training.
-- ``refined:N``: the flow against ``I_B`` refined N times with the reblurring net of
-  ``--checkpoint`` (a run of ours): R reads the blur from the current target and ``I_B`` (as the
-  anchored R does), reblurs the target, a second flow between ``I_B`` and that reblurred target
-  (two images of one blur) corrects the first, and the two are composed, so ``I_S`` is resampled
-  once.
+- ``refined``: ``loss.flow_refine``, as the loss computes it (``JDRLLoss._refined_flows``): R of
+  ``--checkpoint`` (a run of ours) reads the blur from ``I_S`` warped onto ``I_B``, that blur is
+  carried into ``I_S``'s frame, and both flows are estimated again between ``I_B`` and ``I_S``
+  blurred by it: two images of one blur.
+- ``composed:N``: another refinement, N times: R reblurs the current target, a second flow
+  between ``I_B`` and it corrects the first, and the two are composed (``I_S`` resampled once).
+  It refines the first flow only (no reverse score).
+
+Each reference is also scored in the reverse direction, as the cycle term of Eq. 7 warps: the
+truth warped onto ``I_S`` by the flow from ``I_S`` to the reference, against ``I_S`` (the
+exposure and colour change between the two shots are in every row alike).
 
 With ``--anchor L`` each ``oracle`` and ``estimate`` reference is also scored "anchored": the flow
 against it plus a Gaussian low-pass of ``L`` px of the difference between the flow against ``I_B``
@@ -48,15 +54,17 @@ import torch.nn.functional as F
 def parse_reference(text: str) -> tuple[str, float]:
     """``"blurry"``, ``"blurry:1.5"``, ``"oracle"``, ``"oracle:0.8"`` -> (kind, sigma)."""
     kind, _, sigma = text.partition(":")
-    if kind not in ("blurry", "oracle", "estimate", "refined"):
+    if kind not in ("blurry", "oracle", "estimate", "refined", "composed"):
         raise argparse.ArgumentTypeError(
-            f"reference must be blurry[:SIGMA], oracle[:SIGMA], estimate[:SIGMA] or refined:N, got {text!r}")
+            f"reference must be blurry[:SIGMA], oracle[:SIGMA], estimate[:SIGMA], refined or composed:N, got {text!r}")
     try:
         value = float(sigma) if sigma else 0.0
     except ValueError:
         raise argparse.ArgumentTypeError(f"reference {text!r}: SIGMA must be a number") from None
-    if kind == "refined" and not (value >= 1 and value == int(value)):
+    if kind == "composed" and not (value >= 1 and value == int(value)):
         raise argparse.ArgumentTypeError(f"reference {text!r}: N must be a whole number >= 1")
+    if kind == "refined" and sigma:
+        raise argparse.ArgumentTypeError(f"reference {text!r}: refined takes no number")
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"reference {text!r}: SIGMA must be finite and >= 0")
     return kind, value
@@ -91,7 +99,7 @@ def lowpass(flow: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_blur(flow, sigma)
 
 
-def refine(flow: torch.Tensor, blurry: torch.Tensor, sharp: torch.Tensor, reblur_net, estimator, times: int, loss_config) -> torch.Tensor:
+def composed(flow: torch.Tensor, blurry: torch.Tensor, sharp: torch.Tensor, reblur_net, estimator, times: int, loss_config) -> torch.Tensor:
     """The flow of ``I_S`` onto ``I_B`` corrected ``times`` times by the flow between ``I_B`` and
     the target reblurred by R (see the module docstring); R reads the blur once, from the first target."""
     from jdrl.losses import loss_warp
@@ -131,11 +139,11 @@ def score(paths: list[Path], references: list[tuple[str, float]], border: int, c
         net = load_deblur_net(checkpoint)
         with torch.no_grad():
             estimates = [_split_output(net(blurry))[0].clamp(0, 1) for _, blurry, _, _ in triples]
-    reblur_net = None
-    if any(kind == "refined" for kind, _ in references):
+    loss = None
+    if any(kind in ("refined", "composed") for kind, _ in references):
         from jdrl.checkpoint import load_checkpoint
         from jdrl.config import config_from_dict
-        from jdrl.losses import build_reblur_net
+        from jdrl.losses import JDRLLoss, build_reblur_net
 
         state = load_checkpoint(checkpoint)
         if not state.get("reblur"):
@@ -144,6 +152,23 @@ def score(paths: list[Path], references: list[tuple[str, float]], border: int, c
         reblur_net = build_reblur_net(saved.loss, levels=saved.model.levels)
         reblur_net.load_state_dict(state["reblur"])
         reblur_net.eval()
+        loss = JDRLLoss(config.loss, estimator, levels=saved.model.levels, reblur_net=reblur_net)
+
+    def flows(kind: str, sigma: float, index: int, blurry, sharp, truth) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (the flow from the reference to I_S, the flow from I_S to the reference or None)."""
+        if kind in ("blurry", "refined", "composed"):
+            moving = gaussian_blur(sharp, sigma) if kind == "blurry" else sharp
+            forward = estimator(blurry.clamp(0, 1), moving.clamp(0, 1))
+            if kind == "blurry":
+                return forward, estimator(moving.clamp(0, 1), blurry.clamp(0, 1))
+            if kind == "composed":
+                return composed(forward, blurry, sharp, loss.reblur_net, estimator, int(sigma), config.loss), None
+            with torch.no_grad():
+                fitted = loss.reblur_net(loss_warp(sharp, forward, config.loss), blurry)
+            return loss._refined_flows(sharp, blurry, fitted.seeds, fitted.weights)
+        reference = gaussian_blur(truth if kind == "oracle" else estimates[index], sigma).clamp(0, 1)
+        return estimator(reference, sharp.clamp(0, 1)), estimator(sharp.clamp(0, 1), reference)
+
     variants = [(kind, sigma, 0.0) for kind, sigma in references]
     if anchor > 0:
         variants += [(kind, sigma, anchor) for kind, sigma in references if kind in ("oracle", "estimate")]
@@ -152,17 +177,10 @@ def score(paths: list[Path], references: list[tuple[str, float]], border: int, c
         name = kind + (f":{sigma:g}" if sigma else "") + (f" anchored {low:g}" if low else "")
         per_pair = []
         for index, ((stem, blurry, sharp, truth), local) in enumerate(zip(triples, detail)):
-            if kind == "blurry":
-                reference, moving = blurry, gaussian_blur(sharp, sigma)
-            elif kind == "refined":
-                reference, moving = blurry, sharp
-            else:
-                reference, moving = gaussian_blur(truth if kind == "oracle" else estimates[index], sigma), sharp
-            flow = estimator(reference.clamp(0, 1), moving.clamp(0, 1))
-            if kind == "refined":
-                flow = refine(flow, blurry, sharp, reblur_net, estimator, int(sigma), config.loss)
+            flow, reverse = flows(kind, sigma, index, blurry, sharp, truth)
             if low:
                 flow = flow + lowpass(estimator(blurry.clamp(0, 1), sharp.clamp(0, 1)) - flow, low)
+                reverse = reverse + lowpass(estimator(sharp.clamp(0, 1), blurry.clamp(0, 1)) - reverse, low)
             warped = loss_warp(sharp, flow, config.loss)
             mask = calibration_mask(flow, config.loss.mask_lambda, config.loss.mask_tau)
             inside = torch.zeros_like(mask)
@@ -175,11 +193,13 @@ def score(paths: list[Path], references: list[tuple[str, float]], border: int, c
                 "psnr_textured": masked_psnr(warped, truth, inside & rich),
                 "psnr_textured_masked": masked_psnr(warped, truth, inside & mask & rich),
                 "mask_kept": float((mask & inside).sum() / inside.sum()),
+                "psnr_reverse": float("nan") if reverse is None else masked_psnr(loss_warp(truth, reverse, config.loss), sharp, inside),
             })
         means = {key: nanmean([row[key] for row in per_pair]) for key in per_pair[0] if key != "pair"}
         rows[name] = {"mean": means, "pairs": per_pair}
         print(f"{name:>12}: PSNR {means['psnr']:.2f}, masked {means['psnr_masked']:.2f}, textured {means['psnr_textured']:.2f}, "
-              f"textured masked {means['psnr_textured_masked']:.2f}, mask keeps {means['mask_kept']:.3f}", flush=True)
+              f"textured masked {means['psnr_textured_masked']:.2f}, mask keeps {means['mask_kept']:.3f}; "
+              f"reverse {means['psnr_reverse']:.2f}", flush=True)
     return rows
 
 
@@ -191,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train", help="train or test (default train)")
     parser.add_argument("--pairs", type=int, default=64, help="the first N pairs (default 64)")
     parser.add_argument("--references", type=parse_reference, nargs="+", default=[("blurry", 0.0), ("oracle", 0.0)],
-                        help="any of blurry[:SIGMA], oracle[:SIGMA], estimate[:SIGMA], refined:N (default: blurry oracle)")
+                        help="any of blurry[:SIGMA], oracle[:SIGMA], estimate[:SIGMA], refined, composed:N (default: blurry oracle)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a trained run's checkpoint: its net gives the estimate reference, its reblurring net the refined one")
+                        help="a trained run's checkpoint: its net gives the estimate reference, its reblurring net refined and composed")
     parser.add_argument("--anchor", type=float, default=0.0, help="also score oracle/estimate anchored to I_B's flow by a low-pass of this many px (0: not)")
     parser.add_argument("--border", type=int, default=4, help="pixels left out along each side (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch and OpenCV (default 1)")
@@ -204,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     for folder in ("blur", "gt", "gt_aligned"):
         if not any((args.data / args.split / folder).glob("*.png")):
             parser.error(f"--data {args.data}: no {args.split}/{folder}/*.png (make it with `jdrl synth`)")
-    if any(kind in ("estimate", "refined") for kind, _ in args.references) and args.checkpoint is None:
-        parser.error("--references estimate and refined need --checkpoint")
+    if any(kind in ("estimate", "refined", "composed") for kind, _ in args.references) and args.checkpoint is None:
+        parser.error("--references estimate, refined and composed need --checkpoint")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
     if not (args.anchor >= 0 and math.isfinite(args.anchor)):

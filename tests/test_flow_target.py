@@ -55,10 +55,36 @@ def test_the_oracle_target_is_the_truth_and_the_blurry_one_is_not(tmp_path):
     assert all(0 < row["mean"]["mask_kept"] <= 1 for row in rows.values())
 
 
+def test_refined_scores_both_directions_with_the_checkpoints_reblurring_net(tmp_path):
+    from jdrl.checkpoint import save_checkpoint
+    from jdrl.config import Config
+    from jdrl.losses import build_reblur_net
+    from jdrl.synth import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "data", n_train=0, n_test=2, size=48, max_radius=3.0, seed=4)
+    config = Config()
+    torch.manual_seed(0)
+    reblur_net = build_reblur_net(config.loss, levels=config.model.levels)
+    save_checkpoint(tmp_path / "ours.pt", {"config": config.to_dict(), "reblur": reblur_net.state_dict(), "model": {}})
+    report = tmp_path / "rows.json"
+    argv = ["--data", str(tmp_path / "data"), "--split", "test", "--pairs", "2", "--references", "blurry", "refined",
+            "composed:1", "--checkpoint", str(tmp_path / "ours.pt"), "--json", str(report)]
+    assert flow_target.main(argv) == 0
+    rows = json.loads(report.read_text())["rows"]
+    assert set(rows) == {"blurry", "refined", "composed:1"}
+    for name in ("blurry", "refined"):
+        assert 15 < rows[name]["mean"]["psnr"] < 60 and 15 < rows[name]["mean"]["psnr_reverse"] < 60
+    assert math.isnan(rows["composed:1"]["mean"]["psnr_reverse"])  # the composed refinement has no reverse flow
+    # An untrained R still blurs I_S, so the refined flows are not the blurry ones.
+    assert rows["refined"]["mean"]["psnr"] != rows["blurry"]["mean"]["psnr"]
+
+
 def test_bad_arguments_are_named(tmp_path, capsys):
     for argv, message in ((["--data", str(tmp_path)], "no train/blur"), (["--data", str(tmp_path), "--pairs", "0"], "--pairs"),
                           (["--data", str(tmp_path), "--references", "sharp"], "blurry[:SIGMA]"),
                           (["--data", str(tmp_path), "--references", "blurry:-1"], "SIGMA must be finite"),
+                          (["--data", str(tmp_path), "--references", "composed:0.5"], "N must be a whole number"),
+                          (["--data", str(tmp_path), "--references", "refined:2"], "refined takes no number"),
                           (["--data", str(tmp_path), "--anchor", "-2"], "--anchor")):
         with pytest.raises(SystemExit) as stopped:
             flow_target.main(argv)
@@ -73,7 +99,7 @@ def test_bad_arguments_are_named(tmp_path, capsys):
         assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_refine_corrects_the_flow_with_a_second_flow_between_equal_blurs():
+def test_composed_corrects_the_flow_with_a_second_flow_between_equal_blurs():
     from deformation_shift import gaussian_blur, fourier_shift
     from jdrl.config import Config
     from jdrl.flow import build_flow_estimator
@@ -97,7 +123,7 @@ def test_refine_corrects_the_flow_with_a_second_flow_between_equal_blurs():
     blurry = gaussian_blur(truth, 2.0)
     estimator, loss_config = build_flow_estimator("dis"), Config().loss
     flow = estimator(blurry, sharp)
-    refined = flow_target.refine(flow, blurry, sharp, GaussianReblur(), estimator, 2, loss_config)
+    refined = flow_target.composed(flow, blurry, sharp, GaussianReblur(), estimator, 2, loss_config)
     inside = (..., slice(12, -12), slice(12, -12))  # away from the periodic shift's wrapped border
     # truth(p) = sharp(p + (0.6, -0.4)): the true flow. Between a blurry and a sharp image DIS misses
     # it by about 0.09 px; between two images of equal blur by a fifth of that.
