@@ -25,7 +25,9 @@ References:
   between ``I_B`` and it corrects the first, and the two are composed (``I_S`` resampled once).
   It refines the first flow only (no reverse score).
 
-Each reference is also scored in the reverse direction, as the cycle term of Eq. 7 warps: the
+Each flow's mean over the image is compared with that of the flow against the truth: the mean of
+that offset over the pairs says whether the error has a common direction, its mean length how
+large it is per pair. Each reference is also scored in the reverse direction, as the cycle term of Eq. 7 warps: the
 truth warped onto ``I_S`` by the flow from ``I_S`` to the reference, against ``I_S`` (the
 exposure and colour change between the two shots are in every row alike).
 
@@ -141,18 +143,15 @@ def score(paths: list[Path], references: list[tuple[str, float]], border: int, c
             estimates = [_split_output(net(blurry))[0].clamp(0, 1) for _, blurry, _, _ in triples]
     loss = None
     if any(kind in ("refined", "composed") for kind, _ in references):
-        from jdrl.checkpoint import load_checkpoint
-        from jdrl.config import config_from_dict
-        from jdrl.losses import JDRLLoss, build_reblur_net
+        from jdrl.defocus import load_reblur_net
+        from jdrl.losses import JDRLLoss
 
-        state = load_checkpoint(checkpoint)
-        if not state.get("reblur"):
+        loaded = load_reblur_net(checkpoint)
+        if loaded is None:
             raise ValueError(f"--checkpoint {checkpoint}: holds no reblurring net (a run of ours has one)")
-        saved = config_from_dict(state["config"])
-        reblur_net = build_reblur_net(saved.loss, levels=saved.model.levels)
-        reblur_net.load_state_dict(state["reblur"])
-        reblur_net.eval()
-        loss = JDRLLoss(config.loss, estimator, levels=saved.model.levels, reblur_net=reblur_net)
+        reblur_net, trained = loaded
+        # R's run's own loss settings (its colour space, bounds and warps), keys it predates as they were then.
+        loss = JDRLLoss(trained, estimator, levels=reblur_net.levels, reblur_net=reblur_net)
 
     def flows(kind: str, sigma: float, index: int, blurry, sharp, truth) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (the flow from the reference to I_S, the flow from I_S to the reference or None)."""
@@ -162,13 +161,17 @@ def score(paths: list[Path], references: list[tuple[str, float]], border: int, c
             if kind == "blurry":
                 return forward, estimator(moving.clamp(0, 1), blurry.clamp(0, 1))
             if kind == "composed":
-                return composed(forward, blurry, sharp, loss.reblur_net, estimator, int(sigma), config.loss), None
+                return composed(forward, blurry, sharp, loss.reblur_net, estimator, int(sigma), loss.config), None
             with torch.no_grad():
-                fitted = loss.reblur_net(loss_warp(sharp, forward, config.loss), blurry)
+                # R's fit on the pair the first flow aligns, as the loss fits it; then the loss's refinement.
+                fitted = loss.reblur_net(loss_warp(sharp, forward, loss.config), blurry)
             return loss._refined_flows(sharp, blurry, fitted.seeds, fitted.weights)
         reference = gaussian_blur(truth if kind == "oracle" else estimates[index], sigma).clamp(0, 1)
         return estimator(reference, sharp.clamp(0, 1)), estimator(sharp.clamp(0, 1), reference)
 
+    # The flow against the truth, per pair: each flow's mean offset from it says whether its error
+    # has a common direction (a bias) or not.
+    truth_flows = [estimator(truth.clamp(0, 1), sharp.clamp(0, 1)) for _, _, sharp, truth in triples]
     variants = [(kind, sigma, 0.0) for kind, sigma in references]
     if anchor > 0:
         variants += [(kind, sigma, anchor) for kind, sigma in references if kind in ("oracle", "estimate")]
@@ -186,6 +189,7 @@ def score(paths: list[Path], references: list[tuple[str, float]], border: int, c
             inside = torch.zeros_like(mask)
             inside[..., border : mask.shape[-2] - border, border : mask.shape[-1] - border] = True
             rich = local[None] > threshold
+            offset = (flow - truth_flows[index])[..., border : flow.shape[-2] - border, border : flow.shape[-1] - border].mean(dim=(2, 3))[0]
             per_pair.append({
                 "pair": stem,
                 "psnr": masked_psnr(warped, truth, inside),
@@ -193,13 +197,17 @@ def score(paths: list[Path], references: list[tuple[str, float]], border: int, c
                 "psnr_textured": masked_psnr(warped, truth, inside & rich),
                 "psnr_textured_masked": masked_psnr(warped, truth, inside & mask & rich),
                 "mask_kept": float((mask & inside).sum() / inside.sum()),
+                "offset_x": float(offset[0]),
+                "offset_y": float(offset[1]),
+                "offset_length": float(offset.norm()),
                 "psnr_reverse": float("nan") if reverse is None else masked_psnr(loss_warp(truth, reverse, config.loss), sharp, inside),
             })
         means = {key: nanmean([row[key] for row in per_pair]) for key in per_pair[0] if key != "pair"}
         rows[name] = {"mean": means, "pairs": per_pair}
         print(f"{name:>12}: PSNR {means['psnr']:.2f}, masked {means['psnr_masked']:.2f}, textured {means['psnr_textured']:.2f}, "
               f"textured masked {means['psnr_textured_masked']:.2f}, mask keeps {means['mask_kept']:.3f}; "
-              f"reverse {means['psnr_reverse']:.2f}", flush=True)
+              f"reverse {means['psnr_reverse']:.2f}; mean offset from the truth's flow ({means['offset_x']:+.3f}, "
+              f"{means['offset_y']:+.3f}) px, length {means['offset_length']:.3f}", flush=True)
     return rows
 
 

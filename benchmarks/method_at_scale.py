@@ -30,8 +30,8 @@ after the warm-up, so the chunks it adds are the chunks a longer run would have 
 difference: the warm-up stays the first run's share, not the share of the longer run (3000 steps
 extended to 8000 warm up for 250 steps; a fresh 8000-step run in chunks of 250 would warm up for
 500). It checks the settings against the JSON and the config against the checkpoint's (a default
-may have changed since; an option added after the checkpoint was written is accepted at its
-default), and the JSON records each extension (``extended_from``: from which step,
+may have changed since; a loss option the checkpoint predates counts as what it meant then, as
+``jdrl.defocus.checkpoint_loss_config`` reads it), and the JSON records each extension (``extended_from``: from which step,
 to which, at how many threads, with which warm-up). A run that never left its warm-up
 (``--warmup-steps`` as long as the run: the flow against the blurry input throughout) may be
 extended with a longer ``--warmup-steps``. A run stopped between two chunks continues the same
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -106,21 +107,13 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-_ABSENT = object()
-
-
-def _differences(mine: dict, theirs: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
-    """The dotted keys whose values differ between two nested dicts. With ``defaults`` (nested the
-    same way), a key ``theirs`` lacks is no difference where ``mine`` holds its default there: a
-    checkpoint written before an option existed trained as its default does (options are added off)."""
+def _differences(mine: dict, theirs: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts."""
     keys = []
     for key in sorted(set(mine) | set(theirs)):
-        a, b = mine.get(key, _ABSENT), theirs.get(key, _ABSENT)
-        default = (defaults or {}).get(key, _ABSENT)
+        a, b = mine.get(key), theirs.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += _differences(a, b, f"{prefix}{key}.", default if isinstance(default, dict) else None)
-        elif b is _ABSENT and defaults is not None and a is not _ABSENT and a == default:
-            continue
+            keys += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
             keys.append(f"{prefix}{key}")
     return keys
@@ -132,7 +125,7 @@ def extension_of(args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
     not match."""
     from jdrl.ablation import Budget, variant_config
     from jdrl.checkpoint import load_checkpoint
-    from jdrl.config import Config
+    from jdrl.defocus import checkpoint_loss_config
 
     if args.json is None:
         raise ValueError("--extend needs --json: the file the first run wrote")
@@ -172,8 +165,10 @@ def extension_of(args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
     budget = Budget(epochs=done // args.every + 1, steps_per_epoch=args.every, lr=args.lr, warmup_epochs=warmup // args.every)
     config = variant_config(overrides, args.train_data, args.out, budget, seed=args.seed, preset=args.preset, device="cpu")
     ignored = {"train.epochs"} | ({"loss.flow_warmup_epochs"} if warmup != result["warmup_steps"] else set())
-    defaults = _plain(Config().to_dict())
-    changed = [key for key in _differences(_plain(config.to_dict()), _plain(state["config"]), defaults=defaults) if key not in ignored]
+    # The loss a checkpoint trained with: keys it predates take the values of their time (not today's
+    # defaults), as jdrl.defocus reads them.
+    trained = {**_plain(state["config"]), "loss": _plain(dataclasses.asdict(checkpoint_loss_config(state)))}
+    changed = [key for key in _differences(_plain(config.to_dict()), trained) if key not in ignored]
     if changed:
         raise ValueError(f"--extend: the config would differ from the one {args.out}/last.pt trained with in {', '.join(changed)}")
     if warmup == 0:

@@ -47,6 +47,8 @@ def test_the_oracle_target_is_the_truth_and_the_blurry_one_is_not(tmp_path):
     assert flow_target.main(argv) == 0
     aligned = json.loads(report.read_text())["rows"]
     assert aligned["oracle"]["mean"]["psnr"] > 45
+    assert aligned["oracle"]["mean"]["offset_length"] == 0  # the same flow, computed twice
+    assert aligned["blurry"]["mean"]["offset_length"] > 0.001
     assert aligned["blurry"]["mean"]["psnr"] < aligned["oracle"]["mean"]["psnr"] - 5
     # On the misaligned pairs the exact reference still gives the better target (the colour change
     # between the shots and the occluders keep both below the aligned case).

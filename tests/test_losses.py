@@ -338,11 +338,12 @@ def test_flow_refine_estimates_both_flows_between_equal_blurs():
     class RecordingFlow(DISFlow):
         def __init__(self):
             super().__init__()
-            self.calls = []
+            self.calls, self.flows = [], []
 
         def __call__(self, reference, moving):
             self.calls.append((reference, moving))
-            return super().__call__(reference, moving)
+            self.flows.append(super().__call__(reference, moving))
+            return self.flows[-1]
 
     blurry, sharp, truth, true_flow = _shifted_photo_pair()
     config = LossConfig(flow_warmup_epochs=1, reblur_anchor=True, flow_reference="blurry", flow_refine=True,
@@ -357,11 +358,12 @@ def test_flow_refine_estimates_both_flows_between_equal_blurs():
     blurred_sharp = GaussianReblur(2.0).blur(sharp, None, None)
     assert torch.equal(ref3, blurry) and torch.allclose(mov3, blurred_sharp.clamp(0, 1))
     assert torch.allclose(ref4, blurred_sharp.clamp(0, 1)) and torch.equal(mov4, blurry)
-    # The refined flow finds the true shift better than the flow between the blurry and the sharp image.
+    # The loss's refined flow finds the true shift better than its first flow, between the blurry and
+    # the sharp image (the reverse flows likewise, towards minus the shift).
     inside = (..., slice(12, -12), slice(12, -12))
-    first = estimator(blurry, sharp)[inside].mean(dim=(2, 3))[0]
-    refined = estimator(blurry, blurred_sharp.clamp(0, 1))[inside].mean(dim=(2, 3))[0]
+    first, back, refined, refined_back = (flow[inside].mean(dim=(2, 3))[0] for flow in estimator.flows)
     assert (refined - true_flow).norm() < 0.5 * (first - true_flow).norm()
+    assert (refined_back + true_flow).norm() < 0.5 * (back + true_flow).norm()
     assert out.stats["flow_refine_change"] > 0.01
     # R's fit still trains R (on the first target), and L_D's value is that of the refined flows.
     out.total.backward()
@@ -374,6 +376,68 @@ def test_flow_refine_estimates_both_flows_between_equal_blurs():
     # In the warm-up R is not anchored yet: no refinement, the two flows of the warm-up.
     estimator.calls.clear()
     assert "flow_refine_change" not in loss(blurry, sharp, truth, None, epoch=0).stats and len(estimator.calls) == 2
+    # Without the cycle term the reverse flow is not estimated again.
+    estimator.calls.clear()
+    JDRLLoss(LossConfig(flow_warmup_epochs=1, flow_reference="blurry", flow_refine=True, pseudo_supervision=False,
+                        cycle_deformation=False), estimator, levels=8, reblur_net=GaussianReblur(2.0))(blurry, sharp, truth, None, epoch=1)
+    assert len(estimator.calls) == 3
+
+
+def test_flow_refine_carries_rs_blur_into_the_sharp_frame_by_the_flow_from_i_s_to_i_b():
+    # A fake estimator: +3 px along x from I_B to I_S, -3 px back (told apart by which image is the reference).
+    blurry, sharp = torch.rand(1, 3, 12, 16), torch.rand(1, 3, 12, 16)
+
+    def estimator(reference, moving):
+        flow = reference.new_zeros(reference.shape[0], 2, *reference.shape[2:])
+        flow[:, 0] = -3.0 if torch.equal(reference, sharp) else 3.0
+        return flow
+
+    class RampReblur(torch.nn.Module):
+        """R whose seeds and level weights ramp along x, so that carrying them one way or the
+        other differs; records what ``blur`` receives."""
+
+        def __init__(self):
+            super().__init__()
+            self.received = []
+
+        def forward(self, sharp_est, blurry):
+            ramp = torch.linspace(0, 1, sharp_est.shape[-1]).expand(1, 1, *sharp_est.shape[-2:])
+            seeds = ramp.expand(1, 35, -1, -1).clone()
+            weights = torch.cat([ramp, 1 - ramp, torch.zeros(1, 6, *ramp.shape[-2:])], dim=1)
+            return ReblurOutput(self.blur(sharp_est, seeds, weights), seeds, weights, None)
+
+        def blur(self, image, seeds, weights):
+            self.received.append((image, seeds, weights))
+            return image * 0.5
+
+    reblur_net = RampReblur()
+    config = LossConfig(flow_warmup_epochs=0, flow_reference="blurry", flow_refine=True, pseudo_supervision=False)
+    JDRLLoss(config, estimator, levels=8, reblur_net=reblur_net)(blurry, sharp, torch.rand(1, 3, 12, 16), None, epoch=0)
+    (_, fit_seeds, fit_weights), (image, seeds, weights) = reblur_net.received[:2]
+    to_blurry = estimator(sharp, blurry)
+    assert torch.equal(image, sharp)
+    assert torch.allclose(seeds, jdrl_ext.flow_warp(fit_seeds, to_blurry, padding_mode="border"))
+    assert torch.allclose(weights, jdrl_ext.flow_warp(fit_weights, to_blurry, padding_mode="border"))
+    assert not torch.allclose(weights, jdrl_ext.flow_warp(fit_weights, -to_blurry, padding_mode="border"))
+    assert torch.allclose(weights.sum(dim=1), torch.ones(1, 12, 16))  # still a convex combination
+
+
+def test_flow_refine_trains_r_by_its_fit_alone():
+    from jdrl.flow import DISFlow
+
+    torch.manual_seed(0)
+    blurry, sharp, estimate = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24, requires_grad=True)
+    defocus_map = torch.rand(1, 35, 24, 24, requires_grad=True)
+    config = LossConfig(flow_warmup_epochs=1, flow_reference="blurry", flow_refine=True)
+    loss = JDRLLoss(config, DISFlow(), levels=8)
+    out = loss(blurry, sharp, estimate, defocus_map, epoch=1)
+    parameters = list(loss.reblur_net.parameters())
+    for name in ("deblur", "reblur", "pseudo"):
+        grads = torch.autograd.grad(out.terms[name], parameters, retain_graph=True, allow_unused=True)
+        assert all(grad is None or not grad.any() for grad in grads), name
+    assert torch.autograd.grad(out.terms["deblur"] + out.terms["reblur"], estimate, retain_graph=True)[0].abs().sum() > 0
+    grads = torch.autograd.grad(out.terms["reblur_fit"], parameters, allow_unused=True)
+    assert any(grad is not None and grad.abs().sum() > 0 for grad in grads)
 
 
 def test_flow_refine_needs_the_anchored_r_and_the_flow_against_the_input():

@@ -190,16 +190,20 @@ def test_extend_continues_a_run_as_a_longer_run_would_have(data, tmp_path, capsy
     with pytest.raises(SystemExit) as stopped:
         method_at_scale.main(base + ["--out", str(run), "--extend", "--steps", "22", "--json", str(report)])
     assert stopped.value.code == 2 and "last.pt is at step 21" in capsys.readouterr().err
-    # A checkpoint from before an option existed (its key absent) trained as the option's default does:
-    # accepted where the extension keeps the default there, refused, by key, where it would not.
+    # A checkpoint from before an option existed (its key absent) trained as the option meant then
+    # (jdrl.defocus.checkpoint_loss_config): accepted where that is what the extension would train
+    # (loss.warp_interp: bilinear then and now), refused, by key, where it is not (no loss.reblur_anchor:
+    # R was not anchored then, and is by default now; train.* keys are never filled in).
     state["step"] = 20
     del state["config"]["loss"]["warp_interp"]
-    del state["config"]["train"]["ema_decay"]  # the run sets 0.5, not the default
+    del state["config"]["loss"]["reblur_anchor"]
+    del state["config"]["train"]["ema_decay"]  # the run sets 0.5
     save_checkpoint(run / "last.pt", state)
     with pytest.raises(SystemExit) as stopped:
         method_at_scale.main(base + ["--out", str(run), "--extend", "--steps", "21", "--json", str(report)])
     error = capsys.readouterr().err
-    assert stopped.value.code == 2 and "in train.ema_decay" in error and "warp_interp" not in error
+    assert stopped.value.code == 2 and "loss.reblur_anchor" in error and "train.ema_decay" in error and "warp_interp" not in error
+    state["config"]["loss"]["reblur_anchor"] = True
     state["config"]["train"]["ema_decay"] = 0.5
     save_checkpoint(run / "last.pt", state)
     assert method_at_scale.main(base + ["--out", str(run), "--extend", "--steps", "21", "--json", str(report)]) == 0

@@ -354,6 +354,8 @@ def checkpoint_loss_config(state: dict[str, Any]):
     saved.setdefault("reblur_fit_mask", True)  # before 2026-12-01 R's fit always had Eq. 6's mask
     saved.setdefault("seed_penalty", 0.0)
     saved.setdefault("logit_penalty", 0.0)
+    # Added off, so today's defaults are what they meant before: flow_reference (estimate),
+    # warp_interp (bilinear), flow_refine (false).
     known = set(LossConfig.__dataclass_fields__)
     return LossConfig(**{key: value for key, value in saved.items() if key in known})
 

@@ -344,14 +344,17 @@ class LossConfig:
             input); against ``I_B`` it lines ``I_S`` up with the input, as ``L_R`` does. Measured on
             misaligned synthetic pairs it lifted ours and #4 alike, and cost on the most detailed
             photo (benchmarks/RESULTS.md, "The flow against the input for ours").
-        flow_refine: with ``flow_reference: blurry`` and an anchored R, estimate both flows of
-            ``L_D`` again in each step against ``I_S`` blurred as R says ``I_B`` is (R's fitted
-            seeds and weights, carried into ``I_S``'s frame by the flow from ``I_S`` to ``I_B``):
-            a flow between two images of one blur instead of a blurry and a sharp one. Ours, an
-            option. Why: between ``I_B`` and ``I_S`` the flow misses where fine detail is; the
-            target it gives is 2.8 dB below the one a perfect estimate would give on our synthetic
-            pairs, and the refined flows lift it by 0.4 dB (the cycle's by 0.7;
-            benchmarks/flow_target.py). R still fits the first target; ``I_S`` is resampled once.
+        flow_refine: with ``flow_reference: blurry`` and an anchored R, after the warm-up
+            estimate the flows of ``L_D`` again in each step against ``I_S`` blurred as R says
+            ``I_B`` is (R's fitted seeds and weights, carried into ``I_S``'s frame by the flow
+            from ``I_S`` to ``I_B``): a flow between two images of one blur instead of a blurry
+            and a sharp one. Ours, an option. R still fits the first target; ``I_S`` is resampled
+            once. Cost: two more flow estimates per step (one with ``cycle_deformation: false``)
+            and one blur of ``I_S``. Why: between ``I_B`` and ``I_S`` the flow misses where fine
+            detail is; on 256 of our synthetic training pairs the target it gives is 2.8 dB below
+            the one a perfect estimate would give, and with the R of a finished run (ours at 8000
+            steps) the refined flows lift it by 0.4 dB, the cycle's warp by 0.7 (on 32 test
+            pairs +0.2 / +0.65; benchmarks/flow_target.py, benchmarks/RESULTS.md).
         reblur_after_warmup: ``L_R`` and ``L_P`` join at epoch T, as in the authors' released
             training loop; before that ``I_hat`` is close to ``I_B`` and the best R is the identity,
             which then pulls ``I_hat`` back towards ``I_B``. False: from the first step.
@@ -593,18 +596,18 @@ class JDRLLoss(nn.Module):
         return loss, stats
 
     def _refined_flows(
-        self, sharp: torch.Tensor, blurry: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``loss.flow_refine``: the flows from ``I_B`` to ``I_S`` and back, estimated between ``I_B``
-        and ``I_S`` blurred by R's ``seeds`` and ``weights`` (read in ``I_B``'s frame, carried into
-        ``I_S``'s by the flow from ``I_S`` to ``I_B``); no gradient."""
+        self, sharp: torch.Tensor, blurry: torch.Tensor, seeds: torch.Tensor, weights: torch.Tensor, reverse: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``loss.flow_refine``: the flow from ``I_B`` to ``I_S`` and (with ``reverse``) back,
+        estimated between ``I_B`` and ``I_S`` blurred by R's ``seeds`` and ``weights`` (read in
+        ``I_B``'s frame, carried into ``I_S``'s by the flow from ``I_S`` to ``I_B``); no gradient."""
         with torch.no_grad():
-            flow_to_blurry = self._flow(sharp, blurry)
+            flow_sharp_to_blurry = self._flow(sharp, blurry)
             # Bilinear with border padding: interpolated level weights stay a convex combination.
-            seeds_in_sharp = jdrl_ext.flow_warp(seeds, flow_to_blurry, padding_mode="border")
-            weights_in_sharp = jdrl_ext.flow_warp(weights, flow_to_blurry, padding_mode="border")
+            seeds_in_sharp = jdrl_ext.flow_warp(seeds, flow_sharp_to_blurry, padding_mode="border")
+            weights_in_sharp = jdrl_ext.flow_warp(weights, flow_sharp_to_blurry, padding_mode="border")
             blurred_sharp = self.reblur_net.blur(sharp, seeds_in_sharp, weights_in_sharp)
-        return self._flow(blurry, blurred_sharp), self._flow(blurred_sharp, blurry)
+        return self._flow(blurry, blurred_sharp), self._flow(blurred_sharp, blurry) if reverse else None
 
     def _deblur_terms(
         self,
@@ -612,7 +615,7 @@ class JDRLLoss(nn.Module):
         sharp: torch.Tensor,
         blurry: torch.Tensor,
         epoch: int,
-        flows: tuple[torch.Tensor, torch.Tensor] | None = None,
+        flows: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None] | None]:
         """``deblur_loss``, and while the flow is taken against ``I_B`` (the warm-up, or
         ``flow_reference: blurry``) ``I_S`` warped onto ``I_B`` with its mask (the first warp of
@@ -716,13 +719,14 @@ class JDRLLoss(nn.Module):
         anchored = self.reblur_net is not None and cfg.reblur_anchor and self.reblur_active(epoch)
         fitted = None  # with the anchor: R's output on the aligned pair (set below, used by L_R and L_P)
         terms: dict[str, torch.Tensor] = {}
-        if cfg.flow_refine and anchored:
+        if cfg.flow_refine and anchored and epoch >= cfg.flow_warmup_epochs:
             # R fits the pair aligned by the first flow, then its blur makes the flows of L_D.
             first_flow = self._flow(blurry, sharp)
-            target = loss_warp(sharp, first_flow, cfg)
+            with torch.no_grad():
+                target = loss_warp(sharp, first_flow, cfg)
             fit, fitted = self._fit_term(target, blurry, self._mask(first_flow), terms, "reblur_fit")
-            flows = self._refined_flows(sharp, blurry, fitted.seeds.detach(), fitted.weights.detach())
-            deblur, stats, _ = self._deblur_terms(sharp_est, sharp, blurry, epoch, flows)
+            flows = self._refined_flows(sharp, blurry, fitted.seeds.detach(), fitted.weights.detach(), cfg.cycle_deformation)
+            deblur, stats, aligned = self._deblur_terms(sharp_est, sharp, blurry, epoch, flows)
             stats["flow_refine_change"] = torch.linalg.vector_norm(flows[0] - first_flow, dim=1).mean().detach()
             total = deblur + fit
         else:
