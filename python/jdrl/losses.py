@@ -355,9 +355,9 @@ class LossConfig:
             the one a perfect estimate would give, and with the R of a finished run (ours at 8000
             steps, two seeds) the refined flows lift it by 0.4-0.6 dB, the cycle's warp by
             0.7-0.8 (on 32 test pairs +0.2-0.4 / +0.65-0.8; benchmarks/flow_target.py). In
-            training (ours, seed 0, 8000 steps) it lifted the weight average by 0.07 dB at every
-            row from 3250 steps on, most on coffee, at 2% more time (benchmarks/RESULTS.md, "How
-            far the flow against I_B is from the truth").
+            training (ours, seed 0, 8000 steps) it lifted the weight average by 0.07 dB on average
+            over the rows from 3250 steps on (above at every one of them), most on coffee, at 2%
+            more time (benchmarks/RESULTS.md, "How far the flow against I_B is from the truth").
         reblur_after_warmup: ``L_R`` and ``L_P`` join at epoch T, as in the authors' released
             training loop; before that ``I_hat`` is close to ``I_B`` and the best R is the identity,
             which then pulls ``I_hat`` back towards ``I_B``. False: from the first step.
