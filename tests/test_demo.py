@@ -137,6 +137,44 @@ def test_demo_refuses_set_keys_it_controls(tmp_path, capsys, key):
     assert not (tmp_path / "demo").exists()  # refused before any data is made
 
 
+def test_demo_set_ours_reaches_ours_only(tmp_path, capsys):
+    out = tmp_path / "demo"
+    # loss.flow_refine needs the reblurring net: #4 and L1 refuse it, so it can reach ours only.
+    argv = ["demo", "--quick", "--out", str(out), "--threads", "1", "--device", "cpu",
+            "--set-ours", "loss.flow_reference=blurry", "--set-ours", "loss.flow_refine=true"]
+    assert main(argv) == 0
+    loss = {
+        name: torch.load(out / "runs" / name / "last.pt", map_location="cpu", weights_only=False)["config"]["loss"]
+        for name in ("ours", "l1", "no_reblur")
+    }
+    assert loss["ours"]["flow_refine"] is True and loss["ours"]["flow_reference"] == "blurry"
+    for name in ("l1", "no_reblur"):
+        assert loss[name]["flow_refine"] is False and loss[name]["flow_reference"] != "blurry", name
+    markdown = (out / "metrics.md").read_text()
+    assert "Config overrides for ours only: `loss.flow_reference=blurry`, `loss.flow_refine=True`." in markdown
+    assert "Config overrides for every training" not in markdown
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings["ours_overrides"] == {"loss.flow_reference": "blurry", "loss.flow_refine": True}
+    assert settings["overrides"] == {}
+
+
+def test_demo_set_of_an_option_only_ours_has_fails_before_training(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--quick", "--out", str(out), "--threads", "1", "--device", "cpu",
+            "--set", "loss.flow_reference=blurry", "--set", "loss.flow_refine=true"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    # The method that refuses it, the option, and where it belongs; and not one training ran.
+    assert "L1 on the misaligned pairs" in error and "loss.flow_refine" in error and "--set-ours" in error
+    assert not any((out / "runs" / name / "last.pt").exists() for name in ("ours", "l1", "no_reblur"))
+
+
+def test_demo_refuses_set_ours_keys_it_controls(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--device", "cpu", "--set-ours", "train.epochs=3"]) == 2
+    assert "--set-ours train.epochs" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_demo_rejects_a_bad_budget(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--minutes", "0"]) == 2
     assert "--minutes" in capsys.readouterr().err
@@ -594,3 +632,5 @@ def test_ours_reblur_lr_is_the_demo_rate_or_the_override():
     # --set values are YAML: "1e-4" (no dot) arrives as a string, null as None (optim.reblur_lr's default).
     assert ours_reblur_lr(DemoSettings(overrides={"optim.reblur_lr": "1e-4"})) == 1e-4
     assert ours_reblur_lr(DemoSettings(overrides={"optim.reblur_lr": None})) == 5e-4  # min(lr 5e-4, cap 1e-3)
+    # --set-ours (ours only) wins over --set (every training).
+    assert ours_reblur_lr(DemoSettings(overrides={"optim.reblur_lr": 2e-4}, ours_overrides={"optim.reblur_lr": 1e-4})) == 1e-4

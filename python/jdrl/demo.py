@@ -37,8 +37,10 @@ fixes the count instead. The reblurring net trains at 1e-3 (``DEMO_REBLUR_LR``; 
 optim.reblur_lr=...`` changes it; the networks at ``--lr``), and learns the blur from the flow-aligned sharp targets:
 alone for ``DEMO_REBLUR_PREFIT_STEPS`` steps on 64 px windows before the first epoch
 (``loss.reblur_prefit_steps``), during the warm-up
-(``loss.reblur_pretrain``) and after it (``loss.reblur_anchor``). ``--quick`` is a seconds-long smoke run (tiny network, 48 px images, 2
-steps) for tests.
+(``loss.reblur_pretrain``) and after it (``loss.reblur_anchor``). ``--set KEY=VALUE`` overrides a
+config key for every training, ``--set-ours`` for ours only (the reblurring net's options, which #4
+and L1 refuse; every method's config is built before the first training, so a refusal costs no
+training). ``--quick`` is a seconds-long smoke run (tiny network, 48 px images, 2 steps) for tests.
 
 Example::
 
@@ -78,7 +80,7 @@ from jdrl.ablation import (
 from jdrl.atomic import atomic_write
 from jdrl.losses import VARIANTS
 
-__all__ = ["DEMO_CONTROLLED_KEYS", "DEMO_REBLUR_LR", "DEMO_REBLUR_PREFIT_STEPS", "DemoResult", "DemoSettings", "check_demo_overrides", "ours_prefit_steps", "ours_reblur_lr", "register", "run", "run_demo", "write_grid"]
+__all__ = ["DEMO_CONTROLLED_KEYS", "DEMO_REBLUR_LR", "DEMO_REBLUR_PREFIT_STEPS", "DemoResult", "DemoSettings", "check_demo_overrides", "ours_overrides", "ours_prefit_steps", "ours_reblur_lr", "register", "run", "run_demo", "write_grid"]
 
 # The trainings, on one network: the reblurring-guided loss (Eq. 2), the plain L1 baseline and the
 # flow-deformed loss without the reblurring module (Table 5 #4).
@@ -112,27 +114,33 @@ DEMO_CONTROLLED_KEYS: dict[str, str] = {
 def ours_reblur_lr(settings: DemoSettings) -> float:
     """The rate ours' reblurring net trains at: ``DEMO_REBLUR_LR``, or what ``--set
     optim.reblur_lr`` gives (a YAML value: ``1e-4`` arrives as a string, ``null`` as None, which
-    means ``optim.reblur_lr``'s own default, ``min(lr, REBLUR_LR_CAP)``)."""
+    means ``optim.reblur_lr``'s own default, ``min(lr, REBLUR_LR_CAP)``); ``--set-ours`` wins over ``--set``."""
     from jdrl.config import OptimConfig
 
-    value = settings.overrides.get("optim.reblur_lr", DEMO_REBLUR_LR)
+    value = ours_overrides(settings).get("optim.reblur_lr", DEMO_REBLUR_LR)
     return OptimConfig(lr=settings.lr, reblur_lr=None if value is None else float(value)).effective_reblur_lr()
 
 
 def ours_prefit_steps(settings: DemoSettings) -> int:
     """The steps ours' reblurring net takes alone before the first epoch: ``settings.reblur_prefit_steps``,
-    or what ``--set loss.reblur_prefit_steps`` gives."""
-    return int(settings.overrides.get("loss.reblur_prefit_steps", settings.reblur_prefit_steps))
+    or what ``--set`` / ``--set-ours loss.reblur_prefit_steps`` gives."""
+    return int(ours_overrides(settings).get("loss.reblur_prefit_steps", settings.reblur_prefit_steps))
 
 
-def check_demo_overrides(overrides: dict[str, Any]) -> None:
-    """Refuse `--set` keys the demo controls itself (:data:`DEMO_CONTROLLED_KEYS`, and the network's
-    ``model.*``), naming the flag to use instead."""
+def ours_overrides(settings: DemoSettings) -> dict[str, Any]:
+    """The overrides ours trains with beyond its method's own: ``--set`` (every training), then
+    ``--set-ours`` (ours only; it wins where both name a key)."""
+    return {**settings.overrides, **settings.ours_overrides}
+
+
+def check_demo_overrides(overrides: dict[str, Any], flag: str = "--set") -> None:
+    """Refuse ``flag`` (``--set`` or ``--set-ours``) keys the demo controls itself
+    (:data:`DEMO_CONTROLLED_KEYS`, and the network's ``model.*``), naming the flag to use instead."""
     for key in overrides:
         if key in DEMO_CONTROLLED_KEYS:
-            raise AblationError(f"--set {key}: the demo sets this itself; {DEMO_CONTROLLED_KEYS[key]}")
+            raise AblationError(f"{flag} {key}: the demo sets this itself; {DEMO_CONTROLLED_KEYS[key]}")
         if key.startswith("model."):
-            raise AblationError(f"--set {key}: the demo trains the JDRL `small` network; use jdrl train for another")
+            raise AblationError(f"{flag} {key}: the demo trains the JDRL `small` network; use jdrl train for another")
 
 
 GRID_COLUMNS = (
@@ -177,6 +185,10 @@ class DemoSettings:
     # e.g. {"loss.reblur_anchor": False, "loss.logit_penalty": 0, "loss.reblur_fit_mask": True} to
     # train "ours" with Eq. 2's reblurring net (on I_hat, I_B), the defaults until 2026-12-01.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Overrides for ours only (``--set-ours``), after ``overrides``: the options of the reblurring
+    # net, which #4 and L1 do not have (their configs refuse loss.flow_refine, which needs it), e.g.
+    # {"loss.flow_reference": "blurry", "loss.flow_refine": True}.
+    ours_overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoSettings:
@@ -227,13 +239,9 @@ class _Trainings:
     epochs: dict[str, int] = field(default_factory=lambda: {name: 0 for name in METHODS})
     seconds: dict[str, float] = field(default_factory=lambda: {name: 0.0 for name in METHODS})
 
-    def advance(self, name: str, epochs: int) -> float:
-        """Train ``name`` up to ``epochs`` epochs in total (resuming its last checkpoint); -> seconds
-        per epoch of this call."""
-        from jdrl.train import train
-
+    def config(self, name: str, epochs: int):
+        """The :class:`jdrl.config.Config` that trains ``name`` up to ``epochs`` epochs."""
         settings = self.settings
-        done = self.epochs[name]
         budget = Budget(
             epochs=epochs, steps_per_epoch=settings.steps_per_epoch, lr=settings.lr, warmup_epochs=self.warmup_epochs
         )
@@ -241,13 +249,14 @@ class _Trainings:
             **METHODS[name][1],
             **({"loss.reblur_prefit_steps": settings.reblur_prefit_steps} if name == "ours" else {}),
             **settings.overrides,
+            **(settings.ours_overrides if name == "ours" else {}),
             # best.pt is picked on validation pairs (never the test pairs): a short, high-learning-rate
             # run can have a bad last epoch.
             "data.val_root": str(self.val_root),
             "data.val_split": "train",
             "train.val_every": 1,
         }
-        config = variant_config(
+        return variant_config(
             overrides,
             self.data_root,
             self.runs / name,
@@ -256,6 +265,26 @@ class _Trainings:
             preset=settings.preset,
             device=settings.device,
         )
+
+    def check_configs(self) -> None:
+        """Build every method's config before the first training, so that an override one of them
+        refuses stops the demo at once, not after the trainings before it."""
+        from jdrl.config import ConfigError
+
+        for name, (label, _) in METHODS.items():
+            try:
+                self.config(name, 1)
+            except ConfigError as error:
+                hint = "" if name == "ours" else "; an option of ours only goes in --set-ours"
+                raise ConfigError(f"{label}: {error}{hint}") from error
+
+    def advance(self, name: str, epochs: int) -> float:
+        """Train ``name`` up to ``epochs`` epochs in total (resuming its last checkpoint); -> seconds
+        per epoch of this call."""
+        from jdrl.train import train
+
+        done = self.epochs[name]
+        config = self.config(name, epochs)
         began = time.perf_counter()
         resume = self.runs / name / "last.pt" if done > 0 else None
         self.results[name] = train(config, resume=resume)
@@ -272,6 +301,7 @@ def _train_all(data_root: Path, val_root: Path, runs: Path, settings: DemoSettin
     for name in METHODS:
         _fresh_run_dir(runs / name)
     trainings = _Trainings(data_root, val_root, runs, settings)
+    trainings.check_configs()
     if settings.epochs is not None:
         trainings.warmup_epochs = warmup_share_of(settings.epochs)
         for index, (name, (label, _)) in enumerate(METHODS.items(), start=1):
@@ -559,6 +589,13 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
             if settings.overrides
             else ""
         )
+        + (
+            "Config overrides for ours only: "
+            + ", ".join(f"`{key}={value}`" for key, value in settings.ours_overrides.items())
+            + ".\n"
+            if settings.ours_overrides
+            else ""
+        )
         + "PSNR/SSIM vs gt_aligned: against the sharp image in the blurry image's geometry (synthetic data only). "
         "Flow-aligned: the misaligned gt warped onto the prediction by DIS optical flow (the paper's protocol). "
         "Unaligned: the misaligned gt as it is.\n\n"
@@ -627,6 +664,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every training, VALUE read as YAML (repeatable), "
                              "e.g. --set loss.seed_penalty=0")
+    parser.add_argument("--set-ours", dest="ours_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for ours only, after --set (repeatable): the reblurring net's options, "
+                             "which #4 and L1 do not have, e.g. --set-ours loss.flow_reference=blurry "
+                             "--set-ours loss.flow_refine=true")
     parser.set_defaults(func=run)
 
 
@@ -647,8 +688,9 @@ def run(args: argparse.Namespace) -> int:
             raise AblationError(f"--minutes must be positive, got {args.minutes}")
         if args.epochs is not None and args.epochs < 1:
             raise AblationError(f"--epochs must be >= 1, got {args.epochs}")
-        overrides["overrides"] = {".".join(key): value for key, value in (parse_override(text) for text in args.overrides)}
-        check_demo_overrides(overrides["overrides"])
+        for flag, name in (("--set", "overrides"), ("--set-ours", "ours_overrides")):
+            overrides[name] = {".".join(key): value for key, value in (parse_override(text) for text in getattr(args, name))}
+            check_demo_overrides(overrides[name], flag)
         set_threads(args.threads)
         flush_denormals()
         settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings(**overrides)
