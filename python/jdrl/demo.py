@@ -248,8 +248,7 @@ class _Trainings:
         overrides = {
             **METHODS[name][1],
             **({"loss.reblur_prefit_steps": settings.reblur_prefit_steps} if name == "ours" else {}),
-            **settings.overrides,
-            **(settings.ours_overrides if name == "ours" else {}),
+            **(ours_overrides(settings) if name == "ours" else settings.overrides),
             # best.pt is picked on validation pairs (never the test pairs): a short, high-learning-rate
             # run can have a bad last epoch.
             "data.val_root": str(self.val_root),
@@ -354,6 +353,13 @@ def _chosen_net(result) -> tuple[Any, int | None]:
 
 # --------------------------------------------------------------------------------------------
 # Grid and table
+
+
+def _overrides_line(title: str, overrides: dict[str, Any]) -> str:
+    """``title: `key=value`, ....`` and a newline for metrics.md, or nothing without overrides."""
+    if not overrides:
+        return ""
+    return f"{title}: " + ", ".join(f"`{key}={value}`" for key, value in overrides.items()) + ".\n"
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -582,20 +588,8 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
         f"{ours_prefit_steps(settings)} steps alone on windows of the flow-aligned pairs) on {settings.n_train} pairs whose sharp target is shifted "
         f"{settings.shift:g} px and zoomed {100 * settings.zoom:g}%, from the same initial weights; each row uses "
         f"its weights with the best flow-aligned PSNR on {settings.n_val} validation pairs ({chosen}).\n"
-        + (
-            "Config overrides for every training: "
-            + ", ".join(f"`{key}={value}`" for key, value in settings.overrides.items())
-            + ".\n"
-            if settings.overrides
-            else ""
-        )
-        + (
-            "Config overrides for ours only: "
-            + ", ".join(f"`{key}={value}`" for key, value in settings.ours_overrides.items())
-            + ".\n"
-            if settings.ours_overrides
-            else ""
-        )
+        + _overrides_line("Config overrides for every training", settings.overrides)
+        + _overrides_line("Config overrides for ours only", settings.ours_overrides)
         + "PSNR/SSIM vs gt_aligned: against the sharp image in the blurry image's geometry (synthetic data only). "
         "Flow-aligned: the misaligned gt warped onto the prediction by DIS optical flow (the paper's protocol). "
         "Unaligned: the misaligned gt as it is.\n\n"
