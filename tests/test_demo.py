@@ -624,11 +624,16 @@ def test_bad_arguments_name_themselves(synthetic, tmp_path):
 
 
 def test_ours_reblur_lr_is_the_demo_rate_or_the_override():
-    from jdrl.demo import DEMO_REBLUR_LR, DEMO_REBLUR_PREFIT_STEPS, METHODS, DemoSettings, ours_reblur_lr
+    from jdrl.demo import (DEMO_REBLUR_LR, DEMO_REBLUR_PREFIT_LR, DEMO_REBLUR_PREFIT_STEPS, METHODS, DemoSettings,
+                           ours_reblur_lr, ours_reblur_prefit_lr)
 
-    assert METHODS["ours"][1]["optim.reblur_lr"] == DEMO_REBLUR_LR == 1e-3
+    assert METHODS["ours"][1]["optim.reblur_lr"] == DEMO_REBLUR_LR == 1e-4
+    assert METHODS["ours"][1]["optim.reblur_prefit_lr"] == DEMO_REBLUR_PREFIT_LR == 1e-3
     assert DemoSettings().reblur_prefit_steps == DEMO_REBLUR_PREFIT_STEPS == 1344
-    assert ours_reblur_lr(DemoSettings()) == 1e-3
+    assert ours_reblur_lr(DemoSettings()) == 1e-4 and ours_reblur_prefit_lr(DemoSettings()) == 1e-3
+    # The prefit's rate: an override of it, or null for R's rate throughout.
+    assert ours_reblur_prefit_lr(DemoSettings(ours_overrides={"optim.reblur_prefit_lr": "3e-4"})) == 3e-4
+    assert ours_reblur_prefit_lr(DemoSettings(overrides={"optim.reblur_prefit_lr": None, "optim.reblur_lr": 2e-4})) == 2e-4
     # --set values are YAML: "1e-4" (no dot) arrives as a string, null as None (optim.reblur_lr's default).
     assert ours_reblur_lr(DemoSettings(overrides={"optim.reblur_lr": "1e-4"})) == 1e-4
     assert ours_reblur_lr(DemoSettings(overrides={"optim.reblur_lr": None})) == 5e-4  # min(lr 5e-4, cap 1e-3)

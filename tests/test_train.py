@@ -141,7 +141,7 @@ def test_config_missing_file_is_named(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", ["paper.yaml", "small_cpu.yaml", "ablation_unet.yaml"])
+@pytest.mark.parametrize("name", ["paper.yaml", "small_cpu.yaml", "ablation_unet.yaml", "ours_long_cpu.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert config.data.root is None  # the user points it at their data
@@ -404,6 +404,47 @@ def test_reblur_kernel_lr_scale_gives_the_seeds_branch_a_group_of_its_own(pairs,
     kernel_moved = max(value for key, value in moved.items() if key.startswith("kernel_net."))
     weight_moved = max(value for key, value in moved.items() if key.startswith("weight_net."))
     assert kernel_moved < 1e-8 and weight_moved > 1e-6
+
+
+@pytest.mark.parametrize("rates", [
+    # (optim overrides, R's groups' rates in the prefit, after it): R in groups of its own (R_kpn at
+    # half R's rate), and one group shared with F (lr <= the cap, no reblur_lr).
+    ({"optim.lr": 5e-4, "optim.reblur_lr": 1e-4, "optim.reblur_prefit_lr": 1e-3, "optim.reblur_kernel_lr_scale": 0.5},
+     [5e-4 * 10, 1e-3, 5e-4], [5e-4, 1e-4, 5e-5]),
+    ({"optim.lr": 1e-4, "optim.reblur_prefit_lr": 1e-3}, [1e-3], [1e-4]),
+    ({"optim.lr": 5e-4, "optim.reblur_lr": 1e-4}, [5e-4, 1e-4], [5e-4, 1e-4]),  # unset: R's own rate
+])
+def test_reblur_prefit_steps_at_their_own_rate(pairs, tmp_path, monkeypatch, rates):
+    """optim.reblur_prefit_lr: the prefit's steps run at that rate (R_kpn at its fraction of it),
+    the epochs after it at R's own, and the checkpoint keeps R's own rates."""
+    import jdrl.train as train_module
+
+    overrides, in_prefit, after = rates
+    seen = []
+    real_build = train_module._build_optimizer
+
+    def recording_build(*args, **kwargs):
+        optimizer = real_build(*args, **kwargs)
+        optimizer.register_step_pre_hook(lambda opt, *_: seen.append([group["lr"] for group in opt.param_groups]))
+        return optimizer
+
+    monkeypatch.setattr(train_module, "_build_optimizer", recording_build)
+    config = tiny_config(pairs, tmp_path, **overrides, **{"train.epochs": 1, "train.max_steps_per_epoch": 2,
+                                                          "loss.reblur_prefit_steps": 3, "loss.reblur_prefit_crop": 16})
+    train(config)
+    assert len(seen) == 3 + 2
+    for rates_of_step in seen[:3]:
+        assert rates_of_step == pytest.approx(in_prefit, rel=1e-12)
+    for rates_of_step in seen[3:]:
+        assert rates_of_step == pytest.approx(after, rel=1e-12)
+    saved = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
+    assert [group["lr"] for group in saved] == pytest.approx(after, rel=1e-12)
+
+
+def test_reblur_prefit_steps_at_their_own_rate_is_validated():
+    for bad in (0, -1e-3, float("inf")):
+        with pytest.raises(ConfigError, match="optim.reblur_prefit_lr"):
+            load_config(None, {"optim.reblur_prefit_lr": bad})
 
 
 def test_reblur_prefit_trains_r_alone_before_the_first_epoch(pairs, tmp_path):

@@ -118,6 +118,12 @@ class OptimConfig:
     group of its own at 1e-4: resume them with ``optim.reblur_lr: 1e-4``. See
     :meth:`effective_reblur_lr`.
 
+    ``reblur_prefit_lr``: ours, the rate of the reblurring net's prefit steps
+    (``loss.reblur_prefit_steps``), which may differ from the rate it trains at afterwards. None
+    (the default): :meth:`effective_reblur_lr`, one rate throughout. In the demo R's map climbed
+    steadily after a prefit at 1e-3 when R went on at 1e-4, and swung by up to 0.1 in Spearman
+    from one epoch to the next when it went on at 1e-3 (``benchmarks/RESULTS.md``).
+
     ``reblur_kernel_lr_scale``: R_kpn, the branch that predicts the kernel seeds, trains at this
     fraction of R's rate (a group of its own when not 1; ``ReblurNet.parameter_groups``).
 
@@ -133,12 +139,18 @@ class OptimConfig:
     lr_step: int = 60
     lr_gamma: float = 0.5
     reblur_lr: float | None = None
+    reblur_prefit_lr: float | None = None
     reblur_kernel_lr_scale: float = 1.0
     grad_clip: float = 0.0
 
     def effective_reblur_lr(self) -> float:
         """The reblurring net's learning rate: ``reblur_lr``, or ``min(lr, REBLUR_LR_CAP)`` when None."""
         return self.reblur_lr if self.reblur_lr is not None else min(self.lr, REBLUR_LR_CAP)
+
+    def effective_reblur_prefit_lr(self) -> float:
+        """The rate of the reblurring net's prefit steps: ``reblur_prefit_lr``, or
+        :meth:`effective_reblur_lr` when None."""
+        return self.reblur_prefit_lr if self.reblur_prefit_lr is not None else self.effective_reblur_lr()
 
     def reblur_group_needed(self) -> bool:
         """Whether R gets an Adam parameter group of its own: when ``reblur_lr`` is set or ``lr`` is
@@ -151,6 +163,8 @@ class OptimConfig:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.reblur_lr is not None and not self.reblur_lr > 0:
             raise ConfigError(f"optim.reblur_lr must be > 0 or null, got {self.reblur_lr}")
+        if self.reblur_prefit_lr is not None and not (self.reblur_prefit_lr > 0 and math.isfinite(self.reblur_prefit_lr)):
+            raise ConfigError(f"optim.reblur_prefit_lr must be a finite number > 0 or null, got {self.reblur_prefit_lr}")
         if not (self.reblur_kernel_lr_scale > 0 and math.isfinite(self.reblur_kernel_lr_scale)):
             raise ConfigError(f"optim.reblur_kernel_lr_scale must be a finite number > 0, got {self.reblur_kernel_lr_scale}")
         if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):

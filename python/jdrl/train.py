@@ -619,8 +619,8 @@ class _Trainer:
 
     def prefit_reblur(self) -> None:
         """``loss.reblur_prefit_steps`` Adam steps of R alone on its fit term, each on a random
-        window of a random training pair (``JDRLLoss.reblur_prefit``); F is untouched (its
-        parameters get no gradient, so Adam leaves them and their state alone).
+        window of a random training pair (``JDRLLoss.reblur_prefit``), at ``optim.reblur_prefit_lr``;
+        F is untouched (its parameters get no gradient, so Adam leaves them and their state alone).
 
         The draws come from a generator of their own (seeded by ``train.seed``), so the epochs
         after it draw as without it. Each pair is read, cropped and flipped as in epoch 0 (with
@@ -636,10 +636,38 @@ class _Trainer:
         if steps == 0 or reblur_net is None:
             return
         began = time.perf_counter()
+        # The prefit's own rate (optim.reblur_prefit_lr): every group's rate is scaled for these
+        # steps and put back after them. Only R's parameters get gradients here, so only R's groups
+        # take steps (in a one-group run the shared group's rate is R's), and R_kpn keeps its
+        # fraction of R's rate (optim.reblur_kernel_lr_scale).
+        scale = self.config.optim.effective_reblur_prefit_lr() / self.config.optim.effective_reblur_lr()
+        rates = [group["lr"] for group in self.optimizer.param_groups]
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate * scale
+        try:
+            first, last = self._prefit_steps(steps)
+        finally:
+            for group, rate in zip(self.optimizer.param_groups, rates):
+                group["lr"] = rate
+        if self.distributed.enabled:
+            for tensor in [*reblur_net.parameters(), *reblur_net.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+        self.result.prefit_seconds = time.perf_counter() - began
+        self.logger.record("prefit", 0, {"reblur_prefit_first": first, "reblur_prefit_last": last,
+                                         "steps": steps, "seconds": self.result.prefit_seconds})
+        self.logger.message(
+            f"reblurring net prefit: {steps} steps at lr {self.config.optim.effective_reblur_prefit_lr():g} on "
+            f"{self.config.loss.reblur_prefit_crop} px windows of the "
+            f"flow-aligned training pairs, fit {first:.4f} (first window) -> {last:.4f} (last window), "
+            f"{self.result.prefit_seconds:.0f} s"
+        )
+
+    def _prefit_steps(self, steps: int) -> tuple[float, float]:
+        """The prefit's ``steps`` Adam steps; -> R's fit term on the first and on the last window."""
         generator = torch.Generator()
         generator.manual_seed(int(np.random.SeedSequence([self.config.train.seed, PREFIT_STREAM]).generate_state(1)[0]))
         self.train_set.set_epoch(0)
-        reblur_net.train()
+        self.loss.reblur_net.train()
         first = last = None
         for step in range(1, steps + 1):
             pair = self.train_set[int(torch.randint(len(self.train_set), (1,), generator=generator))]
@@ -654,17 +682,7 @@ class _Trainer:
             last = float(terms["reblur_prefit"].detach())
             first = last if first is None else first
         self.optimizer.zero_grad(set_to_none=True)
-        if self.distributed.enabled:
-            for tensor in [*reblur_net.parameters(), *reblur_net.buffers()]:
-                dist.broadcast(tensor.data, src=0)
-        self.result.prefit_seconds = time.perf_counter() - began
-        self.logger.record("prefit", 0, {"reblur_prefit_first": first, "reblur_prefit_last": last,
-                                         "steps": steps, "seconds": self.result.prefit_seconds})
-        self.logger.message(
-            f"reblurring net prefit: {steps} steps on {self.config.loss.reblur_prefit_crop} px windows of the "
-            f"flow-aligned training pairs, fit {first:.4f} (first window) -> {last:.4f} (last window), "
-            f"{self.result.prefit_seconds:.0f} s"
-        )
+        return first, last
 
     def epoch_loader(self, epoch: int) -> DataLoader:
         """This epoch's batches: crops and shuffle order are functions of (seed, epoch)."""
