@@ -119,6 +119,24 @@ def _differences(mine: dict, theirs: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _same_config(recorded: Any, overrides: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether the overrides a run recorded and today's give one config: the same run in other words,
+    as when a default of the method moved since and a ``--set`` puts it back (``optim.reblur_lr=1e-3
+    --set optim.reblur_prefit_lr=null`` for ours before 2026-12-03 afternoon)."""
+    from jdrl.ablation import Budget, variant_config
+    from jdrl.config import ConfigError
+
+    if not isinstance(recorded, dict):
+        return False
+    budget = Budget(epochs=1, steps_per_epoch=args.every, lr=args.lr)
+    try:
+        configs = [variant_config(values, args.train_data, args.out, budget, seed=args.seed, preset=args.preset, device="cpu")
+                   for values in (recorded, overrides)]
+    except ConfigError:
+        return False
+    return _plain(configs[0].to_dict()) == _plain(configs[1].to_dict())
+
+
 def extension_of(args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
     """The JSON of the run that ``--extend`` continues, checked against ``args``, the method's
     ``overrides`` and the config its checkpoint trained with; raises ValueError naming what does
@@ -139,8 +157,9 @@ def extension_of(args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
     for key, value in given.items():
         if key not in EXTENSION_MAY_CHANGE and recorded.get(key) != value:
             raise ValueError(f"--extend: --{key.replace('_', '-')} is {value!r}, the run in {args.json} had {recorded.get(key)!r}")
-    if result.get("overrides") != _plain(overrides):
-        raise ValueError(f"--extend: the method's overrides are now {overrides}, the run in {args.json} had {result.get('overrides')}")
+    if result.get("overrides") != _plain(overrides) and not _same_config(result.get("overrides"), overrides, args):
+        raise ValueError(f"--extend: the method's overrides are now {overrides}, the run in {args.json} had {result.get('overrides')} "
+                         "(a default of the method that moved since can be put back with --set)")
     if not result.get("rows"):
         raise ValueError(f"--extend: {args.json} holds no rows")
     done = result["rows"][-1]["step"]

@@ -210,6 +210,26 @@ def test_extend_continues_a_run_as_a_longer_run_would_have(data, tmp_path, capsy
     assert load_checkpoint(run / "last.pt")["step"] == 21
 
 
+def test_extend_of_a_run_from_before_a_default_moved(data, tmp_path, capsys):
+    """A run of ours recorded the demo's overrides of its day (R at 1e-3 throughout, no
+    optim.reblur_prefit_lr key). Extending it with today's ours is refused by name; with --set that
+    puts the old rates back, the configs agree and it continues."""
+    out, report = tmp_path / "ours", tmp_path / "ours.json"
+    base = ["--method", "ours", "--train-data", str(data), "--test-data", str(data), "--test-pairs", "1", "--preset", "tiny",
+            "--out", str(out), "--every", "1", "--json", str(report), "--set", "loss.reblur_prefit_steps=1"]
+    old_rates = ["--set", "optim.reblur_lr=1e-3", "--set", "optim.reblur_prefit_lr=null"]
+    assert method_at_scale.main(base + old_rates + ["--steps", "1"]) == 0
+    result = json.loads(report.read_text())
+    del result["overrides"]["optim.reblur_prefit_lr"]  # as the JSON of such a run holds it
+    report.write_text(json.dumps(result))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        method_at_scale.main(base + ["--steps", "2", "--extend"])
+    assert stopped.value.code == 2 and "the method's overrides are now" in capsys.readouterr().err
+    assert method_at_scale.main(base + old_rates + ["--steps", "2", "--extend"]) == 0
+    assert [row["step"] for row in json.loads(report.read_text())["rows"]] == [1, 2]
+
+
 def test_warmup_steps_sets_the_flow_warm_up(data, tmp_path, capsys):
     from jdrl.checkpoint import load_checkpoint
 
