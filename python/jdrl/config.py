@@ -120,9 +120,10 @@ class OptimConfig:
 
     ``reblur_prefit_lr``: ours, the rate of the reblurring net's prefit steps
     (``loss.reblur_prefit_steps``), which may differ from the rate it trains at afterwards. None
-    (the default): :meth:`effective_reblur_lr`, one rate throughout. In the demo R's map climbed
-    steadily after a prefit at 1e-3 when R went on at 1e-4, and swung by up to 0.1 in Spearman
-    from one epoch to the next when it went on at 1e-3 (``benchmarks/RESULTS.md``).
+    (the default): :meth:`effective_reblur_lr`, one rate throughout. In the demo at seed 1, after a
+    prefit at 1e-3, R's map swung by up to 0.1 in Spearman from one epoch to the next when R went on
+    at 1e-3, and stayed within 0.80-0.84 when it went on at 1e-4 (``benchmarks/RESULTS.md``, "R's
+    rate after the prefit").
 
     ``reblur_kernel_lr_scale``: R_kpn, the branch that predicts the kernel seeds, trains at this
     fraction of R's rate (a group of its own when not 1; ``ReblurNet.parameter_groups``).
