@@ -90,7 +90,7 @@ __all__ = ["DEMO_CONTROLLED_KEYS", "DEMO_REBLUR_LR", "DEMO_REBLUR_PREFIT_LR", "D
 # the seed penalty" and "R's rate in the demo"). After a prefit at 1e-3, R going on at 1e-3 swung its
 # map by up to 0.1 in Spearman from one epoch to the next (0.72-0.84 at seed 1, ending at 0.73),
 # while at 1e-4 it stayed within 0.80-0.84, rising on the whole (0.83 at the end; one seed traced
-# epoch by epoch); over four seeds R's map ended at 0.83-0.89 and ours' PSNR moved by -0.02 to +0.02
+# epoch by epoch); over five seeds R's map ended at 0.83-0.89 and ours' PSNR moved by -0.02 to +0.11
 # dB (RESULTS.md, "R's rate after the prefit").
 DEMO_REBLUR_LR = 1e-4
 DEMO_REBLUR_PREFIT_LR = 1e-3
