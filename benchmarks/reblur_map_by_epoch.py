@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         sets.append(f"train.epochs={args.epochs}")
     try:
-        config = load_config(args.config, sets)
-        config.validate()
+        config = load_config(args.config, sets)  # validated
     except ConfigError as error:
         parser.error(f"config {args.config}: {error}")
     if not config.loss.reblurring:

@@ -132,8 +132,11 @@ def ours_reblur_prefit_lr(settings: DemoSettings) -> float:
     """The rate of ours' reblurring net's prefit steps: ``DEMO_REBLUR_PREFIT_LR``, or what ``--set`` /
     ``--set-ours optim.reblur_prefit_lr`` gives (null: the rate it trains at afterwards,
     :func:`ours_reblur_lr`)."""
+    from jdrl.config import OptimConfig
+
     value = ours_overrides(settings).get("optim.reblur_prefit_lr", DEMO_REBLUR_PREFIT_LR)
-    return ours_reblur_lr(settings) if value is None else float(value)
+    return OptimConfig(lr=settings.lr, reblur_lr=ours_reblur_lr(settings),
+                       reblur_prefit_lr=None if value is None else float(value)).effective_reblur_prefit_lr()
 
 
 def ours_prefit_steps(settings: DemoSettings) -> int:
