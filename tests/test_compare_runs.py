@@ -1,0 +1,85 @@
+"""benchmarks/compare_runs.py: span means over the rows both runs scored, the mean over seeds with
+its standard error, and errors that name the file or the argument."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import compare_runs  # noqa: E402
+
+
+def _write_run(path: Path, seed: int, gains: dict[int, float], photo_offset: float = 0.0, **args) -> Path:
+    """A JSON file shaped as method_at_scale.py writes it: two photos, one gain per step."""
+    rows = [{"step": step, "gain": gain - 0.3, "ema_gain": gain,
+             "gain_by_photo": {"cat": gain - 0.3, "moon": gain - 0.3},
+             "ema_gain_by_photo": {"cat": gain + photo_offset, "moon": gain - photo_offset}}
+            for step, gain in gains.items()]
+    settings = {"seed": seed, "test_data": "test64", "test_pairs": 32, "every": 250, "preset": "small", "lr": 5e-4}
+    settings.update(args)
+    path.write_text(json.dumps({"args": settings, "warmup_steps": 250, "input_psnr": 28.4, "rows": rows}))
+    return path
+
+
+def test_spans_seeds_and_thresholds(tmp_path, capsys):
+    # Seed 0: A is 0.1 above B at every step; seed 1: 0.3 above. B skips step 750, so the span
+    # 500-1000 averages A over 500 and 1000 only (the rows both scored).
+    a0 = _write_run(tmp_path / "a0.json", 0, {500: 1.0, 750: 9.0, 1000: 1.6}, photo_offset=0.2)
+    b0 = _write_run(tmp_path / "b0.json", 0, {500: 0.9, 1000: 1.5})
+    a1 = _write_run(tmp_path / "a1.json", 1, {500: 1.3, 750: 1.3, 1000: 1.3})
+    b1 = _write_run(tmp_path / "b1.json", 1, {500: 1.0, 750: 1.0, 1000: 1.0})
+    report = tmp_path / "report.json"
+    assert compare_runs.main(["--a", str(a0), str(a1), "--b", str(b0), str(b1), "--spans", "500-750,1000-1000",
+                              "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(report.read_text())
+    seed0, seed1 = result["pairs"]
+    assert seed0["spans"][0]["rows"] == 1 and seed0["spans"][0]["a"] == pytest.approx(1.0)
+    assert [span["difference"] for span in seed0["spans"]] == pytest.approx([0.1, 0.1])
+    assert [span["difference"] for span in seed1["spans"]] == pytest.approx([0.3, 0.3])
+    # By photo: A's cat is 0.2 above its mean and its moon 0.2 below, B's photos are at its mean.
+    assert seed0["spans"][1]["difference_by_photo"] == pytest.approx({"cat": 0.3, "moon": -0.1})
+    assert seed0["rows_a_above"] == 2 and seed0["rows_compared"] == 2
+    assert seed0["first_at_threshold_a"] == 750 and seed0["first_at_threshold_b"] == 1000
+    assert seed1["first_at_threshold_a"] is None and seed1["best_a"] == pytest.approx(1.3)
+    mean, error = result["summary"][0]["mean_difference"], result["summary"][0]["standard_error"]
+    assert mean == pytest.approx(0.2)
+    assert error == pytest.approx(math.sqrt(((0.1 - 0.2) ** 2 + (0.3 - 0.2) ** 2) / 1) / math.sqrt(2))
+    assert result["summary"][0]["pairs_a_ahead"] == 2
+    assert "+0.200 ± 0.100" in printed and "not by 1000 (+1.30)" in printed
+    # The weights instead of their average: every gain 0.3 lower in both runs, the same differences.
+    assert compare_runs.main(["--a", str(a0), "--b", str(b0), "--score", "gain", "--spans", "500-1000",
+                              "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["pairs"][0]["spans"][0]["difference"] == pytest.approx(0.1)
+
+
+def test_bad_input_names_the_file_or_argument(tmp_path, capsys):
+    a = _write_run(tmp_path / "a.json", 0, {500: 1.0})
+    other_seed = _write_run(tmp_path / "b.json", 1, {500: 1.0})
+    other_data = _write_run(tmp_path / "c.json", 0, {500: 1.0}, test_pairs=64)
+    later = _write_run(tmp_path / "d.json", 0, {5000: 1.0})
+    (tmp_path / "empty.json").write_text(json.dumps({"args": {}, "rows": []}))
+    (tmp_path / "broken.json").write_text("{")
+    no_average = json.loads(a.read_text())
+    no_average["rows"][0]["ema_gain"] = None  # a run without train.ema_decay
+    (tmp_path / "no_average.json").write_text(json.dumps(no_average))
+
+    def error(*argv):
+        assert compare_runs.main(list(argv)) == 2
+        return capsys.readouterr().err
+
+    assert "missing.json: no such file" in error("--a", str(tmp_path / "missing.json"), "--b", str(a))
+    assert "broken.json: not a JSON file" in error("--a", str(tmp_path / "broken.json"), "--b", str(a))
+    assert "empty.json: holds no rows" in error("--a", str(tmp_path / "empty.json"), "--b", str(a))
+    assert "use --score gain" in error("--a", str(tmp_path / "no_average.json"), "--b", str(a))
+    assert "differ in seed" in error("--a", str(a), "--b", str(other_seed))
+    assert "differ in test_pairs" in error("--a", str(a), "--b", str(other_data))
+    assert "share no scored step" in error("--a", str(a), "--b", str(later))
+    assert "no step in 600-700" in error("--a", str(a), "--b", str(a), "--spans", "500-500,600-700")
+    assert "--spans: '7-1' ends before it starts" in error("--a", str(a), "--b", str(a), "--spans", "7-1")
+    assert "--spans: 'x' is not FIRST-LAST" in error("--a", str(a), "--b", str(a), "--spans", "x")
+    assert "--a has 2 runs and --b 1" in error("--a", str(a), str(a), "--b", str(a))
