@@ -137,8 +137,12 @@ def report(pairs: list[dict[str, Any]], summary: list[dict[str, Any]], score: st
     """The tables, in markdown."""
     spans = [f"{low}-{high}" for low, high in (span["span"] for span in summary)]
     lines = [f"Gain over the input ({score}, dB) as A / B / A - B, means over the rows both runs scored:", "",
-             "| seed | " + " | ".join(spans) + f" | rows A above, from {summary[0]['span'][0]} | first at +{threshold:g} A / B (best) |",
+             "| seed | " + " | ".join(spans) + f" | rows A above, from {summary[0]['span'][0]} (A - B, least..most) | first at +{threshold:g} A / B (best) |",
              "|---|" + "---|" * (len(spans) + 2)]
+    def row_range(pair: dict[str, Any]) -> str:
+        low_high = pair["row_difference_range"]
+        return f" ({low_high[0]:+.2f}..{low_high[1]:+.2f})" if low_high is not None else ""
+
     for pair in pairs:
         cells = [f"{span['a']:+.2f} / {span['b']:+.2f} / **{span['difference']:+.2f}** ({span['rows']} rows)"
                  for span in pair["spans"]]
@@ -148,7 +152,7 @@ def report(pairs: list[dict[str, Any]], summary: list[dict[str, Any]], score: st
             return (f"{step}" if step is not None else f"not by {pair[f'last_step_{name}']}") + f" ({pair[f'best_{name}']:+.2f})"
 
         lines.append(f"| {pair['seed']} | " + " | ".join(cells)
-                     + f" | {pair['rows_a_above']}/{pair['rows_compared']} | {reached('a')} / {reached('b')} |")
+                     + f" | {pair['rows_a_above']}/{pair['rows_compared']}{row_range(pair)} | {reached('a')} / {reached('b')} |")
     lines += ["", "| over the seeds | " + " | ".join(spans) + " |", "|---|" + "---|" * len(spans)]
     cells = [f"{span['mean_difference']:+.3f}" + (f" ± {span['standard_error']:.3f}" if span["standard_error"] is not None else "")
              + f", A ahead at {span['pairs_a_ahead']}/{span['pairs']}" for span in summary]

@@ -44,13 +44,14 @@ def test_spans_seeds_and_thresholds(tmp_path, capsys):
     # By photo: A's cat is 0.2 above its mean and its moon 0.2 below, B's photos are at its mean.
     assert seed0["spans"][1]["difference_by_photo"] == pytest.approx({"cat": 0.3, "moon": -0.1})
     assert seed0["rows_a_above"] == 2 and seed0["rows_compared"] == 2
+    assert seed0["row_difference_range"] == pytest.approx([0.1, 0.1])
     assert seed0["first_at_threshold_a"] == 750 and seed0["first_at_threshold_b"] == 1000
     assert seed1["first_at_threshold_a"] is None and seed1["best_a"] == pytest.approx(1.3)
     mean, error = result["summary"][0]["mean_difference"], result["summary"][0]["standard_error"]
     assert mean == pytest.approx(0.2)
     assert error == pytest.approx(math.sqrt(((0.1 - 0.2) ** 2 + (0.3 - 0.2) ** 2) / 1) / math.sqrt(2))
     assert result["summary"][0]["pairs_a_ahead"] == 2
-    assert "+0.200 ± 0.100" in printed and "not by 1000 (+1.30)" in printed
+    assert "+0.200 ± 0.100" in printed and "not by 1000 (+1.30)" in printed and "2/2 (+0.10..+0.10)" in printed
     # The weights instead of their average: every gain 0.3 lower in both runs, the same differences.
     assert compare_runs.main(["--a", str(a0), "--b", str(b0), "--score", "gain", "--spans", "500-1000",
                               "--json", str(report)]) == 0
