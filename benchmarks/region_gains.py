@@ -10,15 +10,16 @@ splits every pair's pixels four ways, each from what only a synthetic pair knows
   (``warp/``) by more than ``--flow-miss`` pixels (parallax edges, disocclusions, strong blur),
   against where it follows it. On such content #4's only target is a wrong one.
 - ``mask``: where Eq. 6's calibration mask of that flow (lambda 0.35, floor 1 px: the training's
-  defaults) drops the pixel, against where it keeps it. Dropped pixels get no deformation loss at
-  all; ours still has the reblurring loss there.
+  defaults) drops the pixel, against where it keeps it. Dropped pixels lose the first term of
+  Eq. 7 (and the cycle term too where the reverse flow's mask drops them); ours still has the
+  reblurring loss there.
 - ``radius``: the true blur radius (``radius/``) below 1 px, 1-3 px, 3 px and above.
 - ``texture``: the textured half of each image (``jdrl.defocus.texture_mask`` of ``gt_aligned``)
   against the flat half.
 
 For each region and pair it takes the mean squared error of the net's output (clipped to [0, 1])
 over the region's pixels and channels, as PSNR; a pair with fewer than ``--min-pixels`` pixels in a
-region is left out of that region. Per region it prints the mean PSNR of the blurry input, of A
+region is left out of that region's per-pair means (not of its pooled numbers). Per region it prints the mean PSNR of the blurry input, of A
 and of B over those pairs, A - B with its standard error over the pairs, how many pairs A wins,
 and the pooled A - B (``10 log10`` of B's over A's mean squared error over all the region's
 pixels). A second table gives, per region, the pooled mean squared error, that of its fine part
@@ -26,14 +27,16 @@ pixels). A second table gives, per region, the pooled mean squared error, that o
 of the true fine detail the image holds (its fine part projected on ``gt_aligned``'s; 1 = all of
 it, noise and false detail add nothing) of the input, A, B, and L_D's target: ``I_S`` warped onto
 ``I_B`` by DIS against ``I_B`` (``flow_reference: blurry``), with the loss's bilinear and bicubic
-interpolations (``loss.warp_interp``); its error includes the small exposure and colour change
-between the two shots.
+interpolations (``loss.warp_interp``), clipped to [0, 1] as the nets' outputs are; its error
+includes the small exposure and colour change between the two shots.
 
 Several checkpoints per side pair up by position (``--a ours_s2 ours_s3 --b no_reb_s2 no_reb_s3``),
 and the mean of their A - B over the pairs follows with its standard error over the seeds.
 
 The regions come from the test pair, not from the training: a test pair's flow-miss and dropped
-pixels mark the kind of content whose training targets were missing or wrong, not the very pixels.
+pixels mark the kind of content whose training targets were missing or wrong, not the very pixels
+(the training ran DIS on crops, and a run with the flow against its estimate, the paper's
+``flow_reference``, met other flows: the script says so for such a checkpoint).
 
 Example (the seed-3 runs of "A fourth seed" in benchmarks/RESULTS.md)::
 
@@ -84,6 +87,13 @@ class TestPair:
     radius: np.ndarray
 
 
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path}: not a .npy array ({error})") from None
+
+
 def read_pairs(root: Path, limit: int | None) -> list[TestPair]:
     """The first ``limit`` (all for None) test pairs of ``root/test``; errors name the folder."""
     from jdrl.imageio import read_image
@@ -96,10 +106,18 @@ def read_pairs(root: Path, limit: int | None) -> list[TestPair]:
                          "(make it with `jdrl synth`)")
     pairs = []
     for path in paths:
+        companions = {sub: folder / sub / path.name for sub in ("gt", "gt_aligned")}
+        companions.update({sub: folder / sub / f"{path.stem}.npy" for sub in ("warp", "radius")})
+        for companion in companions.values():
+            if not companion.is_file():
+                raise ValueError(f"--test-data {root}: {companion} is missing (each blur/ image needs it)")
         image = {sub: read_image(folder / sub / path.name)[None] for sub in ("blur", "gt", "gt_aligned")}
-        flow = torch.from_numpy(np.load(folder / "warp" / f"{path.stem}.npy"))[None]
-        pairs.append(TestPair(path.stem, image["blur"], image["gt"], image["gt_aligned"], flow,
-                              np.load(folder / "radius" / f"{path.stem}.npy")))
+        flow, radius = _load_array(companions["warp"]), _load_array(companions["radius"])
+        size = tuple(image["blur"].shape[-2:])
+        if flow.shape != (2, *size) or radius.shape != size:
+            raise ValueError(f"--test-data {root}: {companions['warp']} is {flow.shape} and {companions['radius']} "
+                             f"{radius.shape}; expected (2, {size[0]}, {size[1]}) and {size}, as {path} is {size[0]}x{size[1]}")
+        pairs.append(TestPair(path.stem, image["blur"], image["gt"], image["gt_aligned"], torch.from_numpy(flow)[None], radius))
     return pairs
 
 
@@ -143,7 +161,7 @@ def pixel_scores(estimate: torch.Tensor, aligned: torch.Tensor, aligned_fine: np
 
 
 def _psnr(mse: float) -> float:
-    return 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf
+    return 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf  # compare() refuses non-finite outputs
 
 
 def compare(net_a, net_b, pairs: list[TestPair], flow_miss: float, min_pixels: int, flow_estimator=None) -> dict[str, Any]:
@@ -166,6 +184,9 @@ def compare(net_a, net_b, pairs: list[TestPair], flow_miss: float, min_pixels: i
             flow = estimator(pair.blurry, pair.sharp)
             estimates = {"input": pair.blurry, "a": net_a(pair.blurry).sharp, "b": net_b(pair.blurry).sharp,
                          **{name: loss_warp(pair.sharp, flow, config) for name, config in warps.items()}}
+            for name in ("a", "b"):
+                if not torch.isfinite(estimates[name]).all():  # clamp keeps NaN; a PSNR of it would mislead
+                    raise ValueError(f"net {name.upper()} gives non-finite values on test pair {pair.name}")
             aligned_fine = fine_part(pair.aligned)
             truth_detail = (aligned_fine ** 2).sum(axis=2)
             scores = {image: pixel_scores(estimate, pair.aligned, aligned_fine) for image, estimate in estimates.items()}
@@ -252,7 +273,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jdrl.checkpoint import CheckpointError, load_deblur_net
+    from jdrl.checkpoint import load_checkpoint, load_deblur_net
+    from jdrl.errors import JdrlError
     from jdrl.process_env import flush_denormals, set_threads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -269,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--a names {len(args.a)} checkpoints and --b {len(args.b)}: they pair up by position")
     if args.test_pairs is not None and args.test_pairs < 1:
         parser.error(f"--test-pairs must be at least 1, got {args.test_pairs}")
-    if args.flow_miss <= 0 or args.min_pixels < 1:
+    if not args.flow_miss > 0 or args.min_pixels < 1:  # "not >" refuses NaN too
         parser.error(f"--flow-miss must be > 0 and --min-pixels >= 1, got {args.flow_miss} and {args.min_pixels}")
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     for path in [*args.a, *args.b]:
         if not path.is_file():
             parser.error(f"checkpoint {path}: no such file")
@@ -278,12 +302,22 @@ def main(argv: list[str] | None = None) -> int:
     flush_denormals()
     try:
         pairs = read_pairs(args.test_data, args.test_pairs)
+        # Every checkpoint loads before the first comparison: a bad one fails at once.
+        nets = {path: load_deblur_net(path) for path in [*args.a, *args.b]}
+        for path in nets:
+            flow_reference = ((load_checkpoint(path)["config"].get("loss") or {}).get("flow_reference", "estimate"))
+            if flow_reference != "blurry":
+                print(f"note: {path} trained with the flow against {flow_reference!r}, not the blurry input: "
+                      "its flow misses and dropped pixels were not these", flush=True)
         results = []
         for path_a, path_b in zip(args.a, args.b):
-            result = compare(load_deblur_net(path_a), load_deblur_net(path_b), pairs, args.flow_miss, args.min_pixels)
+            try:
+                result = compare(nets[path_a], nets[path_b], pairs, args.flow_miss, args.min_pixels)
+            except ValueError as error:
+                raise ValueError(f"A = {path_a}, B = {path_b}: {error}") from None
             results.append({"a": str(path_a), "b": str(path_b), "parts": result})
             print(report(f"A = {path_a}, B = {path_b}, {len(pairs)} test pairs:", result), flush=True)
-    except (ValueError, CheckpointError) as error:
+    except (ValueError, OSError, JdrlError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = summarize([entry["parts"] for entry in results])

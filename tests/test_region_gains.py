@@ -132,6 +132,70 @@ def test_targets_of_the_true_flow_keep_detail_bicubic_better(pairs):
     result = region_gains.compare(identity, identity, test_pairs, 1.0, 1,
                                   flow_estimator=lambda blurry, sharp: by_input[blurry.data_ptr()].flow)
     images = result["textured"]["images"]
-    assert result["flow misses"]["pixel_share"] == 0.0
     assert 0.4 < images["target bilinear"]["detail"] < images["target bicubic"]["detail"] < 1.1
     assert images["a"] == images["b"] == images["input"]
+
+
+def test_dis_follows_the_true_flow_on_most_pixels(pairs):
+    # The sign and argument order of the flow against warp/: with them wrong nearly every pixel misses.
+    from jdrl.flow import build_flow_estimator
+
+    _, test_pairs = pairs
+    estimator = build_flow_estimator("dis")
+    shares = [region_gains.region_masks(pair, estimator(pair.blurry, pair.sharp), 1.0)["flow misses"].mean()
+              for pair in test_pairs]
+    assert max(shares) < 0.5, shares
+
+
+def test_main_writes_the_report_and_refuses_bad_outputs(tmp_path, capsys, monkeypatch, pairs):
+    import json
+
+    import jdrl.checkpoint
+
+    root, test_pairs = pairs
+    # Stand-in checkpoints: "good" halves the input's error where the blur is strong, "same" is the
+    # input; the pairs main() reads are new tensors, so the stand-ins find theirs by content.
+    def net_of(name):
+        def net(blurry):
+            pair = next(pair for pair in test_pairs if torch.equal(pair.blurry, blurry))
+            if name == "nan":
+                return SimpleNamespace(sharp=torch.full_like(blurry, math.nan))
+            strong = torch.from_numpy(pair.radius >= 3) if name == "good" else torch.zeros(pair.radius.shape, dtype=torch.bool)
+            return SimpleNamespace(sharp=torch.where(strong, 0.5 * (blurry + pair.aligned), blurry))
+        return net
+
+    monkeypatch.setattr(jdrl.checkpoint, "load_deblur_net", lambda path: net_of(Path(path).stem))
+    monkeypatch.setattr(jdrl.checkpoint, "load_checkpoint", lambda path: {"config": {"loss": {"flow_reference": "blurry"}}})
+    paths = {}
+    for name in ("good", "same", "nan"):
+        paths[name] = tmp_path / f"{name}.pt"
+        paths[name].write_bytes(b"")
+    threads = ["--threads", str(torch.get_num_threads())]
+    report = tmp_path / "report.json"
+    assert region_gains.main(["--a", str(paths["good"]), str(paths["good"]), "--b", str(paths["same"]), str(paths["same"]),
+                              "--test-data", str(root), "--json", str(report), *threads]) == 0
+    printed = capsys.readouterr().out
+    assert "mean A - B over 2 checkpoint pairs" in printed and "radius >= 3: +6.02 ± 0.00" in printed
+    result = json.loads(report.read_text())
+    assert result["test_pairs"] == 3 and len(result["results"]) == 2
+    assert result["summary"]["radius >= 3"]["mean_difference"] == pytest.approx(HALF_ERROR_DB, abs=1e-6)
+    assert result["summary"]["radius < 1"]["mean_difference"] == pytest.approx(0.0, abs=1e-12)
+    assert region_gains.main(["--a", str(paths["nan"]), "--b", str(paths["same"]), "--test-data", str(root), *threads]) == 2
+    assert "net A gives non-finite values" in capsys.readouterr().err
+
+
+def test_a_missing_or_misshapen_companion_file_is_named(tmp_path, pairs):
+    import shutil
+
+    import numpy as np
+
+    root, _ = pairs
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    first = sorted((copy / "test" / "blur").glob("*.png"))[0].stem
+    np.save(copy / "test" / "radius" / f"{first}.npy", np.zeros((3, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=f"radius/{first}.npy"):
+        region_gains.read_pairs(copy, None)
+    (copy / "test" / "warp" / f"{first}.npy").unlink()
+    with pytest.raises(ValueError, match=f"warp/{first}.npy is missing"):
+        region_gains.read_pairs(copy, None)
