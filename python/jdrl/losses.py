@@ -367,8 +367,11 @@ class LossConfig:
             warp of the loss. Why: at a fractional flow a bilinear warp low-passes what it moves,
             so Eq. 7 compares ``I_hat`` with a blurred ``I_S`` and the blurred ``I_hat`` with
             ``I_S``; a blurry estimate then scores lower a fraction of a pixel off
-            (benchmarks/deformation_shift.py). Bicubic interpolation blurs less; measured, it
-            neither raised ours or #4 consistently nor stopped #4's drift on aligned pairs.
+            (benchmarks/deformation_shift.py). Bicubic interpolation blurs less. Measured with
+            the flow against the estimate, it neither raised ours or #4 consistently nor stopped
+            #4's drift on aligned pairs; with ``flow_reference: blurry`` it raised #4 by 0.28 dB
+            late in 8000-step trainings (two seeds; benchmarks/RESULTS.md, "#4 with the bicubic
+            warp").
     """
 
     deblur_loss: str = "deformation"
