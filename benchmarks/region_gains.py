@@ -164,37 +164,61 @@ def _psnr(mse: float) -> float:
     return 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf  # compare() refuses non-finite outputs
 
 
-def compare(net_a, net_b, pairs: list[TestPair], flow_miss: float, min_pixels: int, flow_estimator=None) -> dict[str, Any]:
-    """Per part: the pairs it has ``min_pixels`` in, mean PSNR of input / A / B over them, A - B
-    (mean, standard error over the pairs, wins) and pooled; the share of pixels in it; and per
-    image of :data:`IMAGES` the pooled mean squared error, that of its fine part, and the share of
-    the true detail it holds. ``flow_estimator``: DIS unless given."""
+@dataclass
+class ScoredPair:
+    """What a test pair scores that does not depend on the nets, computed once per run: its
+    ``masks`` (:func:`region_masks`), ``gt_aligned``'s fine part and fine energy per pixel, and
+    the :func:`pixel_scores` of the input and of L_D's two targets."""
+
+    pair: TestPair
+    masks: dict[str, np.ndarray]
+    aligned_fine: np.ndarray
+    truth_detail: np.ndarray
+    scores: dict[str, dict[str, np.ndarray]]
+
+
+def score_pairs(pairs: list[TestPair], flow_miss: float, flow_estimator=None) -> list[ScoredPair]:
+    """The net-independent part of :func:`compare` for each pair: DIS from ``I_B`` to ``I_S``
+    (``flow_estimator`` instead where given), the regions, and the input and targets scored."""
     from jdrl.flow import build_flow_estimator
     from jdrl.losses import LossConfig, loss_warp
 
     estimator = flow_estimator or build_flow_estimator("dis")
     warps = {name: LossConfig(warp_interp=interp) for name, interp in
              (("target bilinear", "bilinear"), ("target bicubic", "bicubic"))}
+    scored = []
+    with torch.no_grad():
+        for pair in pairs:
+            flow = estimator(pair.blurry, pair.sharp)
+            aligned_fine = fine_part(pair.aligned)
+            estimates = {"input": pair.blurry, **{name: loss_warp(pair.sharp, flow, config) for name, config in warps.items()}}
+            scored.append(ScoredPair(pair, region_masks(pair, flow, flow_miss), aligned_fine, (aligned_fine ** 2).sum(axis=2),
+                                     {image: pixel_scores(estimate, pair.aligned, aligned_fine) for image, estimate in estimates.items()}))
+    return scored
+
+
+def compare(net_a, net_b, scored_pairs: list[ScoredPair], min_pixels: int) -> dict[str, Any]:
+    """Per part: the pairs it has ``min_pixels`` in, mean PSNR of input / A / B over them, A - B
+    (mean, standard error over the pairs, wins) and pooled; the share of pixels in it; and per
+    image of :data:`IMAGES` the pooled mean squared error, that of its fine part, and the share of
+    the true detail it holds. ``scored_pairs``: :func:`score_pairs` of the test pairs."""
     sums = {part: {"pixels": 0, "truth_detail": 0.0, **{image: {"error": 0.0, "fine_error": 0.0, "detail": 0.0} for image in IMAGES}}
             for part in PARTS}
     per_pair: dict[str, list[tuple[float, float, float]]] = {part: [] for part in PARTS}
     total_pixels = 0
     with torch.no_grad():
-        for pair in pairs:
-            flow = estimator(pair.blurry, pair.sharp)
-            estimates = {"input": pair.blurry, "a": net_a(pair.blurry).sharp, "b": net_b(pair.blurry).sharp,
-                         **{name: loss_warp(pair.sharp, flow, config) for name, config in warps.items()}}
-            for name in ("a", "b"):
-                if not torch.isfinite(estimates[name]).all():  # clamp keeps NaN; a PSNR of it would mislead
+        for scored in scored_pairs:
+            pair = scored.pair
+            outputs = {"a": net_a(pair.blurry).sharp, "b": net_b(pair.blurry).sharp}
+            for name, output in outputs.items():
+                if not torch.isfinite(output).all():  # clamp keeps NaN; a PSNR of it would mislead
                     raise ValueError(f"net {name.upper()} gives non-finite values on test pair {pair.name}")
-            aligned_fine = fine_part(pair.aligned)
-            truth_detail = (aligned_fine ** 2).sum(axis=2)
-            scores = {image: pixel_scores(estimate, pair.aligned, aligned_fine) for image, estimate in estimates.items()}
-            total_pixels += truth_detail.size
-            for part, mask in region_masks(pair, flow, flow_miss).items():
+            scores = {**scored.scores, **{name: pixel_scores(output, pair.aligned, scored.aligned_fine) for name, output in outputs.items()}}
+            total_pixels += scored.truth_detail.size
+            for part, mask in scored.masks.items():
                 count = int(mask.sum())
                 sums[part]["pixels"] += count
-                sums[part]["truth_detail"] += float(truth_detail[mask].sum())
+                sums[part]["truth_detail"] += float(scored.truth_detail[mask].sum())
                 for image, maps in scores.items():
                     for key, values in maps.items():
                         sums[part][image][key] += float(values[mask].sum())
@@ -302,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     flush_denormals()
     try:
         pairs = read_pairs(args.test_data, args.test_pairs)
+        scored_pairs = score_pairs(pairs, args.flow_miss)  # once for all the checkpoint pairs
         # Every checkpoint loads before the first comparison: a bad one fails at once.
         nets = {path: load_deblur_net(path) for path in [*args.a, *args.b]}
         for path in nets:
@@ -312,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for path_a, path_b in zip(args.a, args.b):
             try:
-                result = compare(nets[path_a], nets[path_b], pairs, args.flow_miss, args.min_pixels)
+                result = compare(nets[path_a], nets[path_b], scored_pairs, args.min_pixels)
             except ValueError as error:
                 raise ValueError(f"A = {path_a}, B = {path_b}: {error}") from None
             results.append({"a": str(path_a), "b": str(path_b), "parts": result})

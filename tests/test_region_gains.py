@@ -43,7 +43,7 @@ def test_differences_follow_the_region_where_the_error_changed(pairs):
     root, test_pairs = pairs
     identity = HalfErrorWhere(test_pairs, lambda pair: torch.zeros(pair.radius.shape, dtype=torch.bool))
     defocused = HalfErrorWhere(test_pairs, lambda pair: torch.from_numpy(pair.radius >= 3))
-    result = region_gains.compare(defocused, identity, test_pairs, flow_miss=1.0, min_pixels=1)
+    result = region_gains.compare(defocused, identity, region_gains.score_pairs(test_pairs, flow_miss=1.0), min_pixels=1)
     strong = result["radius >= 3"]
     assert strong["pairs"] == 3 and strong["a_wins"] == 3
     assert strong["difference"] == pytest.approx(HALF_ERROR_DB, abs=1e-6)  # float32 outputs
@@ -129,8 +129,8 @@ def test_targets_of_the_true_flow_keep_detail_bicubic_better(pairs):
     _, test_pairs = pairs
     identity = HalfErrorWhere(test_pairs, lambda pair: torch.zeros(pair.radius.shape, dtype=torch.bool))
     by_input = {pair.blurry.data_ptr(): pair for pair in test_pairs}
-    result = region_gains.compare(identity, identity, test_pairs, 1.0, 1,
-                                  flow_estimator=lambda blurry, sharp: by_input[blurry.data_ptr()].flow)
+    scored = region_gains.score_pairs(test_pairs, 1.0, flow_estimator=lambda blurry, sharp: by_input[blurry.data_ptr()].flow)
+    result = region_gains.compare(identity, identity, scored, 1)
     images = result["textured"]["images"]
     assert 0.4 < images["target bilinear"]["detail"] < images["target bicubic"]["detail"] < 1.1
     assert images["a"] == images["b"] == images["input"]
