@@ -33,8 +33,12 @@ from pathlib import Path
 from typing import Any
 
 SCORES = ("ema_gain", "gain")
-# Settings two runs must share to be compared (each is an entry of the JSON's "args").
-SHARED_ARGS = ("seed", "test_data", "test_pairs", "every", "preset", "lr")
+# Settings two runs must share to be compared (each is an entry of the JSON's "args"). The test
+# folder's path is not one of them: a `jdrl synth` set made again by the same command in another
+# folder is the same test set (the scratch folders of earlier runs do not survive the machine).
+# The test pairs are compared by what the runs scored on them instead: the input's PSNR, overall
+# and by photo.
+SHARED_ARGS = ("seed", "test_pairs", "every", "preset", "lr")
 
 
 def load_run(path: Path, score: str) -> dict[str, Any]:
@@ -67,6 +71,11 @@ def check_pair(a: dict[str, Any], b: dict[str, Any]) -> None:
     if not math.isclose(a["input_psnr"], b["input_psnr"], abs_tol=1e-9):
         raise ValueError(f"{a['path']} and {b['path']} scored different inputs ({a['input_psnr']:.4f} against "
                          f"{b['input_psnr']:.4f} dB): not the same test pairs")
+    by_photo_a, by_photo_b = a.get("input_psnr_by_photo") or {}, b.get("input_psnr_by_photo") or {}
+    for photo in sorted(set(by_photo_a) & set(by_photo_b)):
+        if not math.isclose(by_photo_a[photo], by_photo_b[photo], abs_tol=1e-9):
+            raise ValueError(f"{a['path']} and {b['path']} scored different inputs of {photo} ({by_photo_a[photo]:.4f} "
+                             f"against {by_photo_b[photo]:.4f} dB): not the same test pairs")
     if a.get("warmup_steps") != b.get("warmup_steps"):
         raise ValueError(f"{a['path']} and {b['path']} warmed the flow up for different steps "
                          f"({a.get('warmup_steps')} against {b.get('warmup_steps')})")

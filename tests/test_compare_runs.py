@@ -13,7 +13,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import compare_runs  # noqa: E402
 
 
-def _write_run(path: Path, seed: int, gains: dict[int, float], photo_offset: float = 0.0, **args) -> Path:
+def _write_run(path: Path, seed: int, gains: dict[int, float], photo_offset: float = 0.0,
+               input_by_photo: dict[str, float] | None = None, **args) -> Path:
     """A JSON file shaped as method_at_scale.py writes it: two photos, one gain per step."""
     rows = [{"step": step, "gain": gain - 0.3, "ema_gain": gain,
              "gain_by_photo": {"cat": gain - 0.3, "moon": gain - 0.3},
@@ -21,7 +22,9 @@ def _write_run(path: Path, seed: int, gains: dict[int, float], photo_offset: flo
             for step, gain in gains.items()]
     settings = {"seed": seed, "test_data": "test64", "test_pairs": 32, "every": 250, "preset": "small", "lr": 5e-4}
     settings.update(args)
-    path.write_text(json.dumps({"args": settings, "warmup_steps": 250, "input_psnr": 28.4, "rows": rows}))
+    input_by_photo = input_by_photo or {"cat": 27.4, "moon": 29.4}
+    path.write_text(json.dumps({"args": settings, "warmup_steps": 250, "input_psnr": 28.4,
+                                "input_psnr_by_photo": input_by_photo, "rows": rows}))
     return path
 
 
@@ -58,11 +61,23 @@ def test_spans_seeds_and_thresholds(tmp_path, capsys):
     assert json.loads(report.read_text())["pairs"][0]["spans"][0]["difference"] == pytest.approx(0.1)
 
 
+def test_the_same_test_pairs_made_again_in_another_folder_compare(tmp_path):
+    # Scratch folders do not survive the machine; a test set made again by the same `jdrl synth`
+    # command elsewhere scores the same input, and its runs compare with the earlier ones.
+    a = _write_run(tmp_path / "a.json", 0, {500: 1.1}, test_data="/work/s33/test64")
+    b = _write_run(tmp_path / "b.json", 0, {500: 1.0}, test_data="/work/s35/test64")
+    report = tmp_path / "report.json"
+    assert compare_runs.main(["--a", str(a), "--b", str(b), "--spans", "500-500", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["pairs"][0]["spans"][0]["difference"] == pytest.approx(0.1)
+
+
 def test_bad_input_names_the_file_or_argument(tmp_path, capsys):
     a = _write_run(tmp_path / "a.json", 0, {500: 1.0})
     other_seed = _write_run(tmp_path / "b.json", 1, {500: 1.0})
     other_data = _write_run(tmp_path / "c.json", 0, {500: 1.0}, test_pairs=64)
     later = _write_run(tmp_path / "d.json", 0, {5000: 1.0})
+    # The same mean input score from other photos' scores: other test pairs.
+    other_photos = _write_run(tmp_path / "e.json", 0, {500: 1.0}, input_by_photo={"cat": 27.5, "moon": 29.3})
     (tmp_path / "empty.json").write_text(json.dumps({"args": {}, "rows": []}))
     (tmp_path / "broken.json").write_text("{")
     no_average = json.loads(a.read_text())
@@ -79,6 +94,7 @@ def test_bad_input_names_the_file_or_argument(tmp_path, capsys):
     assert "use --score gain" in error("--a", str(tmp_path / "no_average.json"), "--b", str(a))
     assert "differ in seed" in error("--a", str(a), "--b", str(other_seed))
     assert "differ in test_pairs" in error("--a", str(a), "--b", str(other_data))
+    assert "scored different inputs of cat" in error("--a", str(a), "--b", str(other_photos))
     assert "share no scored step" in error("--a", str(a), "--b", str(later))
     assert "no step in 600-700" in error("--a", str(a), "--b", str(a), "--spans", "500-500,600-700")
     assert "--spans: '7-1' ends before it starts" in error("--a", str(a), "--b", str(a), "--spans", "7-1")
