@@ -466,3 +466,31 @@ def test_fused_reblur_memory_bound_at_512_cuda():
     extra_mb = (torch.cuda.max_memory_allocated() - before) / 2**20
     print(f"fused reblur forward+backward at 1x3x512x512 on CUDA: {extra_mb:.0f} MB beyond the inputs")
     assert extra_mb < 200
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40 * 2**30,
+    reason="needs a CUDA device with 40 GB of memory",
+)
+def test_reblur_batch_over_32_bit_indices_matches_item_by_item():
+    """6 x 3 x 2160 x 4096, m = 8, bfloat16: one item's largest per-pixel tensor (the backward's 36
+    orbit-weight planes, or the generic kernels' 44 scratch planes) has 3.9e8 elements, the batch's
+    over 2^31, so the batch runs as launches of 5 and 1 items of the 32-bit kernels. Forward and
+    backward equal the op on each item alone, to the bit: the same kernels sum the same values (in one
+    launch, the batch would take the generic 64-bit kernels, ~55x slower on an H200)."""
+    generator = torch.Generator(device="cuda").manual_seed(6)
+    batch, channels, height, width, levels = 6, 3, 2160, 4096, 8
+    options = {"dtype": torch.bfloat16, "device": "cuda"}
+    image = torch.rand(batch, channels, height, width, generator=generator, **options)
+    seeds = 2 * torch.randn(batch, jdrl_ext.seed_channels(levels), height, width, generator=generator, **options)
+    weights = torch.softmax(torch.randn(batch, levels, height, width, generator=generator, **options), dim=1)
+    grad = torch.randn(batch, channels, height, width, generator=generator, **options)
+    assert seeds.numel() < 2**31 <= batch * 44 * height * width  # a batch over the limit, items under it
+    out = jdrl_ext.reblur(image, seeds, weights)
+    grads = torch.ops.jdrl_ext._reblur_backward(grad, image, seeds, weights, "window", "replicate")
+    for item in range(batch):
+        one = slice(item, item + 1)
+        assert torch.equal(out[one], jdrl_ext.reblur(image[one], seeds[one], weights[one])), f"output of item {item}"
+        item_grads = torch.ops.jdrl_ext._reblur_backward(grad[one], image[one], seeds[one], weights[one], "window", "replicate")
+        for name, got, expected in zip(["image", "seeds", "weights"], grads, item_grads):
+            assert torch.equal(got[one], expected), f"grad {name} of item {item}"

@@ -132,6 +132,29 @@ def test_reblur_emulated_m8_on_a_device_with_less_shared_memory(max_shared_bytes
         )
 
 
+@pytest.mark.parametrize("levels", [5, 8])
+def test_reblur_emulated_batch_cut_into_launches(levels):
+    """A batch whose tensors do not fit 32-bit indices runs in several launches of the 32-bit kernels,
+    each on its own items (on CUDA, from 2^31 elements: 8 x 35 x 2160 x 4096 seeds). A smaller test-only
+    index limit makes that happen here: 2 items per launch (launches of 2, 2, 1 items), and a limit under
+    one item, which sends m = 8 to the generic 64-bit kernels in one launch. Both match the CPU op."""
+    generator = torch.Generator().manual_seed(levels)
+    channels, (height, width) = 9, (7, 18)
+    inputs = reblur_inputs(5, channels, height, width, levels, torch.float32, generator)
+    # the most elements one item of a tensor the kernels index has: the per-pixel planes of the
+    # orbit weights or the generic scratch, m(m+1)/2 + m, are the most here
+    item = max(channels, jdrl_ext.seed_channels(levels), levels * (levels + 1) // 2 + levels) * height * width
+    for index_limit, launches in [(2 * item + 1, "launches of 2, 2, 1 items"), (item, "one generic launch")]:
+        assert_op_matches(
+            "reblur",
+            inputs,
+            ("window", "replicate"),
+            ["grad image", "grad seeds", "grad weights"],
+            f"m {levels}, batch 5, {launches}",
+            emulated_options={"index_limit": index_limit},
+        )
+
+
 def test_reblur_emulated_large_radius_and_specials():
     """m = 10 (generic kernels, 34x34 tile), 3 tiles per row; NaN and infinite seeds and weights propagate as
     on the CPU; channels_last inputs; an empty batch."""

@@ -64,7 +64,8 @@ void check_emulated_half_dtype(const at::Tensor& t, const char* name) {
 }
 
 at::Tensor reblur_emulated(const at::Tensor& image_in, const at::Tensor& seeds_in, const at::Tensor& weights_in,
-                           c10::string_view support, c10::string_view padding_mode, int64_t max_shared_bytes) {
+                           c10::string_view support, c10::string_view padding_mode, int64_t max_shared_bytes,
+                           int64_t index_limit) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
   check_emulated_half_dtype(image_in, "image");
   const at::Tensor image = image_in.contiguous();
@@ -74,7 +75,7 @@ at::Tensor reblur_emulated(const at::Tensor& image_in, const at::Tensor& seeds_i
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "reblur_emulated", [&] {
     reblur_kernels::run_forward<scalar_t, at::opmath_type<scalar_t>>(image, seeds, weights, out, args,
-                                                                     EmulatedLaunch{max_shared_bytes});
+                                                                     EmulatedLaunch{max_shared_bytes}, index_limit);
   });
   return out;
 }
@@ -85,7 +86,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at
                                                                         const at::Tensor& weights_in,
                                                                         c10::string_view support,
                                                                         c10::string_view padding_mode,
-                                                                        int64_t max_shared_bytes) {
+                                                                        int64_t max_shared_bytes,
+                                                                        int64_t index_limit) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
   check_emulated_half_dtype(image_in, "image");
   check_grad(grad_in, image_in, "grad");
@@ -100,7 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "reblur_backward_emulated", [&] {
     grads = reblur_kernels::run_backward<scalar_t, at::opmath_type<scalar_t>>(grad, image, seeds, weights, args,
-                                                                              EmulatedLaunch{max_shared_bytes});
+                                                                              EmulatedLaunch{max_shared_bytes},
+                                                                              index_limit);
   });
   // grad_seeds comes in the accumulation dtype; the CUDA op converts it the same way
   return {std::get<0>(grads), std::get<1>(grads).to(seeds.scalar_type()), std::get<2>(grads)};
@@ -247,13 +250,15 @@ TORCH_LIBRARY(jdrl_emulated, m) {
   m.def(
       "_sv_conv_backward(Tensor grad, Tensor image, Tensor kernels, str padding_mode, bool index64=False, "
       "int max_shared_bytes=232448) -> (Tensor, Tensor)");
-  // reblur's max_shared_bytes (test-only): the device's opt-in shared memory per block (227 KB: H100)
+  // reblur's max_shared_bytes (test-only): the device's opt-in shared memory per block (227 KB: H100);
+  // index_limit (test-only): the element count under which a launch indexes with 32 bits (2^31 - 1;
+  // a smaller one cuts a small batch into several launches, or sends m = 8 to the generic kernels)
   m.def(
       "reblur(Tensor image, Tensor seeds, Tensor weights, *, str support=\"window\", "
-      "str padding_mode=\"replicate\", int max_shared_bytes=232448) -> Tensor");
+      "str padding_mode=\"replicate\", int max_shared_bytes=232448, int index_limit=2147483647) -> Tensor");
   m.def(
       "_reblur_backward(Tensor grad, Tensor image, Tensor seeds, Tensor weights, str support, str padding_mode, "
-      "int max_shared_bytes=232448) -> (Tensor, Tensor, Tensor)");
+      "int max_shared_bytes=232448, int index_limit=2147483647) -> (Tensor, Tensor, Tensor)");
   // flow_warp's index64 (test-only): force the 64-bit index kernels
   m.def("flow_warp(Tensor image, Tensor flow, *, str padding_mode=\"border\", bool index64=False) -> Tensor");
   m.def(
