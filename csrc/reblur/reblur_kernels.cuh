@@ -468,7 +468,88 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
   }
 }
 
-// Pass B: the image gradient at each pixel q, gathered from the neighbours' Wt.
+// The image gradient that the neighbours p = e - d send to the positions e of the padded image in
+// rows [ey0, ey1] x columns [ex0, ex1], summed, per channel of the chunk: sum_e sum_d grad[c, p]
+// Wt_p(o(d)) over the p inside the image, with the output gradient around the tile in `tile` (read
+// only at pixels inside the image). The positions are a runtime loop inside the unrolled taps, as
+// the kernel had them before its border positions were shared out: called with (y, y, x, x), which
+// the compiler sees is one position, the m = 8 kernel needed 64 registers and spilled 40 bytes
+// (ptxas, sm_90); with the pixel's range computed as below, 56 and none.
+template <typename acc_t, typename index_t, int kLevels>
+__device__ __forceinline__ void gather_image_gradient(const acc_t* __restrict__ item_orbit_weights, index_t plane,
+                                                      const acc_t* __restrict__ tile, int elements, int side,
+                                                      int levels, int radius, int height, int width, int y0, int x0,
+                                                      int ey0, int ey1, int ex0, int ex1, int count, acc_t* acc) {
+  JDRL_UNROLL
+  for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+  JDRL_UNROLL
+  for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
+    JDRL_UNROLL
+    for (int bb = 0; bb <= a; ++bb) {
+      const acc_t* __restrict__ wt = item_orbit_weights + static_cast<index_t>(orbit_index(a, bb)) * plane;
+      const int size = orbit_size(a, bb);
+      JDRL_UNROLL
+      for (int k = 0; k < 8; ++k) {
+        if (k >= size) break;
+        int dy, dx;
+        orbit_offset(a, bb, k, &dy, &dx);
+        for (int ey = ey0; ey <= ey1; ++ey) {
+          const int py = ey - dy;
+          if (py < 0 || py >= height) continue;
+          for (int ex = ex0; ex <= ex1; ++ex) {
+            const int px = ex - dx;
+            if (px < 0 || px >= width) continue;
+            const acc_t w = wt[static_cast<index_t>(py) * width + px];
+            const int t = (py - y0 + radius) * side + (px - x0 + radius);
+            JDRL_UNROLL
+            for (int j = 0; j < kChannelChunk; ++j) {
+              if (j < count) acc[j] += w * tile[j * elements + t];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// gather_image_gradient at one padded position e outside the image, for the block's shared border
+// work: the same sum over the window's offsets d in rolled loops, with d's orbit computed (few such
+// positions per block; unrolled, or as the orbit loops of the generic kernel, it made the m = 8
+// kernel spill).
+template <typename acc_t, typename index_t>
+__device__ __forceinline__ void gather_folded_position(const acc_t* __restrict__ item_orbit_weights, index_t plane,
+                                                       const acc_t* __restrict__ tile, int elements, int side,
+                                                       int radius, int height, int width, int y0, int x0, int ey,
+                                                       int ex, int count, acc_t* acc) {
+  JDRL_UNROLL
+  for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+  JDRL_NO_UNROLL
+  for (int dy = -radius; dy <= radius; ++dy) {
+    const int py = ey - dy;
+    if (py < 0 || py >= height) continue;
+    JDRL_NO_UNROLL
+    for (int dx = -radius; dx <= radius; ++dx) {
+      const int px = ex - dx;
+      if (px < 0 || px >= width) continue;
+      const acc_t w = item_orbit_weights[static_cast<index_t>(orbit_of_offset(dy, dx)) * plane +
+                                         static_cast<index_t>(py) * width + px];
+      const int t = (py - y0 + radius) * side + (px - x0 + radius);
+      JDRL_UNROLL
+      for (int j = 0; j < kChannelChunk; ++j) {
+        if (j < count) acc[j] += w * tile[j * elements + t];
+      }
+    }
+  }
+}
+
+// Pass B: the image gradient of each pixel q, the gather at q plus, with replicate padding, the
+// gathers at the positions e outside the image that the padding folds onto q (R of them for a pixel
+// on an edge, (R + 1)^2 - 1 in a corner). A thread that did those for its own pixel ran 8-64x the
+// taps of the others at m = 8 and held up its whole block (on an H200 this kernel's SMs sat idle half
+// of its time). Instead the block's threads share them, one position each: a block on the image's
+// border first gathers every outside position that folds onto its pixels and leaves the sum in the
+// tile at that position (the gathers never read the tile outside the image); then each pixel adds
+// the sums folded onto it.
 template <typename scalar_t, typename acc_t, typename index_t, int kLevels>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(const Params<scalar_t, acc_t> p) {
   const int levels = kLevels > 0 ? kLevels : p.levels;
@@ -480,9 +561,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(co
   const bool active = y < p.height && x < p.width;
   const index_t plane = static_cast<index_t>(p.height) * p.width;
   const index_t pixel = static_cast<index_t>(y) * p.width + x;
-  int first_row, last_row, first_col, last_col;
+  // The padded positions that fold onto the block's pixels: rows [fold_y0, fold_y1] x columns
+  // [fold_x0, fold_x1], less the image (all inside the tile). The same for every thread of the block.
+  const int last_y = (y0 + kTile < p.height ? y0 + kTile : p.height) - 1;
+  const int last_x = (x0 + kTile < p.width ? x0 + kTile : p.width) - 1;
+  const bool fold_block = p.replicate && radius > 0 &&
+                          (y0 == 0 || x0 == 0 || last_y == p.height - 1 || last_x == p.width - 1);
+  const int fold_y0 = y0 == 0 ? -radius : y0, fold_y1 = last_y == p.height - 1 ? last_y + radius : last_y;
+  const int fold_x0 = x0 == 0 ? -radius : x0, fold_x1 = last_x == p.width - 1 ? last_x + radius : last_x;
+  int first_row, last_row, first_col, last_col;  // what folds onto this thread's pixel
   folded_range(y, p.height, radius, p.replicate, &first_row, &last_row);
   folded_range(x, p.width, radius, p.replicate, &first_col, &last_col);
+  // Its part inside the image (the pixel itself), gathered by the thread; the rest by the block.
+  const int own_y0 = first_row > 0 ? first_row : 0, own_y1 = last_row < p.height - 1 ? last_row : p.height - 1;
+  const int own_x0 = first_col > 0 ? first_col : 0, own_x1 = last_col < p.width - 1 ? last_col : p.width - 1;
   acc_t* tile = cuda::dynamic_shared<acc_t>();
   for (int64_t item = blockIdx.z; item < p.batch; item += gridDim.z) {
     const index_t b = static_cast<index_t>(item);
@@ -494,35 +586,33 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(co
       load_tile<scalar_t, acc_t, index_t>(p.grad + (b * p.channels + first) * plane, plane, count, p.height, p.width,
                                           y0, x0, radius, side, false, tile);
       __syncthreads();
+      if (fold_block) {
+        for (int position = threadIdx.y * kTile + threadIdx.x; position < elements; position += kThreads) {
+          const int ey = y0 - radius + position / side, ex = x0 - radius + position % side;
+          const bool outside = ey < 0 || ey >= p.height || ex < 0 || ex >= p.width;
+          if (!outside || ey < fold_y0 || ey > fold_y1 || ex < fold_x0 || ex > fold_x1) continue;
+          acc_t sums[kChannelChunk];
+          gather_folded_position<acc_t, index_t>(item_orbit_weights, plane, tile, elements, side, radius, p.height,
+                                                 p.width, y0, x0, ey, ex, count, sums);
+          JDRL_UNROLL
+          for (int j = 0; j < kChannelChunk; ++j) {
+            if (j < count) tile[j * elements + position] = sums[j];
+          }
+        }
+        __syncthreads();
+      }
       if (!active) continue;
       acc_t acc[kChannelChunk];
-      JDRL_UNROLL
-      for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
-      JDRL_UNROLL
-      for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
-        JDRL_UNROLL
-        for (int bb = 0; bb <= a; ++bb) {
-          const acc_t* __restrict__ wt = item_orbit_weights + static_cast<index_t>(orbit_index(a, bb)) * plane;
-          const int size = orbit_size(a, bb);
+      gather_image_gradient<acc_t, index_t, kLevels>(item_orbit_weights, plane, tile, elements, side, levels, radius,
+                                                     p.height, p.width, y0, x0, own_y0, own_y1, own_x0, own_x1, count,
+                                                     acc);
+      for (int ey = first_row; ey <= last_row; ++ey) {
+        for (int ex = first_col; ex <= last_col; ++ex) {
+          if (ey >= own_y0 && ey <= own_y1 && ex >= own_x0 && ex <= own_x1) continue;  // gathered above
+          const int t = (ey - y0 + radius) * side + (ex - x0 + radius);
           JDRL_UNROLL
-          for (int k = 0; k < 8; ++k) {
-            if (k >= size) break;
-            int dy, dx;
-            orbit_offset(a, bb, k, &dy, &dx);
-            for (int ey = first_row; ey <= last_row; ++ey) {
-              const int py = ey - dy;
-              if (py < 0 || py >= p.height) continue;
-              for (int ex = first_col; ex <= last_col; ++ex) {
-                const int px = ex - dx;
-                if (px < 0 || px >= p.width) continue;
-                const acc_t w = wt[static_cast<index_t>(py) * p.width + px];
-                const int t = (py - y0 + radius) * side + (px - x0 + radius);
-                JDRL_UNROLL
-                for (int j = 0; j < kChannelChunk; ++j) {
-                  if (j < count) acc[j] += w * tile[j * elements + t];
-                }
-              }
-            }
+          for (int j = 0; j < kChannelChunk; ++j) {
+            if (j < count) acc[j] += tile[j * elements + t];
           }
         }
       }
