@@ -155,6 +155,25 @@ def test_reblur_emulated_batch_cut_into_launches(levels):
         )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(35, 50), (1, 40), (40, 1)], ids=["inner-tiles", "1xN", "Nx1"])
+def test_reblur_emulated_border_folding(dtype, shape):
+    """m = 8, replicate padding: the image gradient's border blocks share the padded positions folded
+    onto their pixels. 35 x 50 has tiles on no border, on one, and on two at a corner; 1 x 40 and
+    40 x 1 have blocks on two opposite borders (every pixel on both)."""
+    generator = torch.Generator().manual_seed(shape[0] * 100 + shape[1])
+    inputs = reblur_inputs(1, 3, *shape, 8, dtype, generator)
+    assert_op_matches("reblur", inputs, ("disk", "replicate"), ["grad image", "grad seeds", "grad weights"],
+                      f"m 8 size {shape} {dtype}")
+
+
+def test_reblur_emulated_index_limit_is_checked():
+    inputs = reblur_inputs(1, 1, 2, 2, 2, torch.float32, torch.Generator().manual_seed(0))
+    for bad in (0, 2**31):
+        with pytest.raises(ValueError, match="index_limit"):
+            emulated.reblur(*inputs, index_limit=bad)
+
+
 def test_reblur_emulated_large_radius_and_specials():
     """m = 10 (generic kernels, 34x34 tile), 3 tiles per row; NaN and infinite seeds and weights propagate as
     on the CPU; channels_last inputs; an empty batch."""

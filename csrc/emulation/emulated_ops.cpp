@@ -63,10 +63,17 @@ void check_emulated_half_dtype(const at::Tensor& t, const char* name) {
                    ": the emulated reblur, sv_conv and isotropic_kernels take float32, float64, float16 or bfloat16, got ", dtype);
 }
 
+// A limit above 2^31 - 1 would send larger tensors to the 32-bit kernels.
+void check_index_limit(int64_t index_limit) {
+  TORCH_CHECK_VALUE(index_limit > 0 && index_limit <= reblur_kernels::kIndexLimit, "index_limit: must be in [1, ",
+                    reblur_kernels::kIndexLimit, "], got ", index_limit);
+}
+
 at::Tensor reblur_emulated(const at::Tensor& image_in, const at::Tensor& seeds_in, const at::Tensor& weights_in,
                            c10::string_view support, c10::string_view padding_mode, int64_t max_shared_bytes,
                            int64_t index_limit) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
+  check_index_limit(index_limit);
   check_emulated_half_dtype(image_in, "image");
   const at::Tensor image = image_in.contiguous();
   const at::Tensor seeds = seeds_in.contiguous();
@@ -89,6 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reblur_backward_emulated(const at
                                                                         int64_t max_shared_bytes,
                                                                         int64_t index_limit) {
   const ReblurArgs args = check_reblur(image_in, seeds_in, weights_in, support, padding_mode);
+  check_index_limit(index_limit);
   check_emulated_half_dtype(image_in, "image");
   check_grad(grad_in, image_in, "grad");
   const at::Tensor grad = grad_in.contiguous();
