@@ -236,6 +236,17 @@ def test_sv_conv_emulated_int64_kernels_match_cpu(padding_mode, radius):
         )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("radius", [3, 7])
+@pytest.mark.parametrize("shape", [(35, 50), (1, 40), (40, 1)], ids=["inner-tiles", "1xN", "Nx1"])
+def test_sv_conv_emulated_border_folding(dtype, radius, shape):
+    """Replicate padding: the image gradient's border blocks share the padded positions folded onto
+    their pixels (as reblur's); tiles on no border, one, two at a corner, and on opposite borders."""
+    generator = torch.Generator().manual_seed(radius * 1000 + shape[0] * 100 + shape[1])
+    inputs = sv_conv_inputs(1, 3, *shape, radius, dtype, generator)
+    assert_op_matches("sv_conv", inputs, ("replicate",), ["grad image", "grad kernels"], f"R {radius} {shape} {dtype}")
+
+
 def test_sv_conv_emulated_large_radius_and_specials():
     """R = 20 in float64: a 56x56 tile of 25 KB a channel, so one channel per tile (the kernel gradient
     reads the other channels from global memory); R = 9 over several tiles; NaN and infinite inputs

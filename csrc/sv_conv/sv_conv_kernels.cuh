@@ -21,7 +21,8 @@
 //     have 3);
 //   image gradient, per pixel q: a gather over the neighbours p = e - d (e: the extended positions
 //     that the padding folds onto q, common/pixel_math.h's folded_range) of grad[c, p] * kernels[t(d), p],
-//     with the output gradient around the tile in shared memory (0 outside the image).
+//     with the output gradient around the tile in shared memory (0 outside the image); the positions
+//     outside the image are gathered by the whole block, one per thread (grad_image_kernel).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -243,7 +244,44 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grad_kernels_kernel(cons
   }
 }
 
-// The image gradient at each pixel q, gathered from the neighbours p = e - d that read q (no atomics).
+// The image gradient that the neighbours p = e - d send to one padded position e outside the image,
+// per channel of the chunk: sum_d grad[c, p] kernels[t(d), p] over the p inside the image, with the
+// output gradient around the tile in `tile` (read only at pixels inside the image). Rolled loops:
+// a block runs few of these (see grad_image_kernel).
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ __forceinline__ void gather_folded_position(const scalar_t* __restrict__ kernels, index_t plane,
+                                                       const acc_t* __restrict__ tile, int elements, int side,
+                                                       int radius, int height, int width, int y0, int x0, int ey,
+                                                       int ex, int count, acc_t* acc) {
+  const int size = 2 * radius + 1;
+  JDRL_UNROLL
+  for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+  JDRL_NO_UNROLL
+  for (int dy = 0; dy < size; ++dy) {
+    const int py = ey - (dy - radius);
+    if (py < 0 || py >= height) continue;
+    JDRL_NO_UNROLL
+    for (int dx = 0; dx < size; ++dx) {
+      const int px = ex - (dx - radius);
+      if (px < 0 || px >= width) continue;
+      const acc_t w =
+          static_cast<acc_t>(kernels[static_cast<index_t>(dy * size + dx) * plane + static_cast<index_t>(py) * width + px]);
+      const int at = (py - y0 + radius) * side + (px - x0 + radius);
+      JDRL_UNROLL
+      for (int j = 0; j < kChannelChunk; ++j) {
+        if (j < count) acc[j] += w * tile[j * elements + at];
+      }
+    }
+  }
+}
+
+// The image gradient at each pixel q, gathered from the neighbours p = e - d that read q (no atomics):
+// the gather at q, plus, with replicate padding, the gathers at the padded positions e outside the
+// image that fold onto q (R of them on an edge, (R + 1)^2 - 1 in a corner). As in reblur's
+// image_backward_kernel, a block on the image's border shares those among its threads, one position
+// each, and leaves each sum in the tile's cell of that position (never read by the gathers); each
+// border pixel then adds the sums folded onto it. (Before, each border pixel gathered them all
+// itself, up to 64x the taps of the others at R = 7, and its block held up the kernel.)
 template <typename scalar_t, typename acc_t, typename index_t, int kRadius>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) grad_image_kernel(const Params<scalar_t> p) {
   const int radius = kRadius > 0 ? kRadius : p.radius;
@@ -254,9 +292,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grad_image_kernel(const 
   const index_t pixel = static_cast<index_t>(t.y) * p.width + t.x;
   const int64_t image_stride = static_cast<int64_t>(p.channels) * plane;
   const int64_t kernel_stride = static_cast<int64_t>(size) * size * plane;
-  int first_row, last_row, first_col, last_col;
+  // The padded positions that fold onto the block's pixels: rows [fold_y0, fold_y1] x columns
+  // [fold_x0, fold_x1], less the image (all inside the tile). The same for every thread of the block.
+  const int last_y = (t.y0 + kTile < p.height ? t.y0 + kTile : p.height) - 1;
+  const int last_x = (t.x0 + kTile < p.width ? t.x0 + kTile : p.width) - 1;
+  const bool fold_block = p.replicate && radius > 0 &&
+                          (t.y0 == 0 || t.x0 == 0 || last_y == p.height - 1 || last_x == p.width - 1);
+  const int fold_y0 = t.y0 == 0 ? -radius : t.y0, fold_y1 = last_y == p.height - 1 ? last_y + radius : last_y;
+  const int fold_x0 = t.x0 == 0 ? -radius : t.x0, fold_x1 = last_x == p.width - 1 ? last_x + radius : last_x;
+  int first_row, last_row, first_col, last_col;  // what folds onto this thread's pixel
   folded_range(t.y, p.height, radius, p.replicate, &first_row, &last_row);
   folded_range(t.x, p.width, radius, p.replicate, &first_col, &last_col);
+  // Its part inside the image (the pixel itself), gathered by the thread; the rest by the block.
+  const int own_y0 = first_row > 0 ? first_row : 0, own_y1 = last_row < p.height - 1 ? last_row : p.height - 1;
+  const int own_x0 = first_col > 0 ? first_col : 0, own_x1 = last_col < p.width - 1 ? last_col : p.width - 1;
   acc_t* const tile = cuda::dynamic_shared<acc_t>();
   for (int64_t item = blockIdx.z; item < p.batch; item += gridDim.z) {
     const scalar_t* __restrict__ grad = p.grad + item * image_stride;
@@ -269,16 +318,31 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grad_image_kernel(const 
       cuda::load_tile<scalar_t, acc_t, index_t>(grad + static_cast<index_t>(first) * plane, plane, count, p.height,
                                                 p.width, t.y0, t.x0, radius, side, false, tile);
       __syncthreads();
+      if (fold_block) {
+        for (int position = threadIdx.y * kTile + threadIdx.x; position < elements; position += kThreads) {
+          const int ey = t.y0 - radius + position / side, ex = t.x0 - radius + position % side;
+          const bool outside = ey < 0 || ey >= p.height || ex < 0 || ex >= p.width;
+          if (!outside || ey < fold_y0 || ey > fold_y1 || ex < fold_x0 || ex > fold_x1) continue;
+          acc_t sums[kChannelChunk];
+          gather_folded_position<scalar_t, acc_t, index_t>(kernels, plane, tile, elements, side, radius, p.height,
+                                                           p.width, t.y0, t.x0, ey, ex, count, sums);
+          JDRL_UNROLL
+          for (int j = 0; j < kChannelChunk; ++j) {
+            if (j < count) tile[j * elements + position] = sums[j];
+          }
+        }
+        __syncthreads();
+      }
       if (!t.active) continue;
       acc_t acc[kChannelChunk];
       JDRL_UNROLL
       for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
-      for (int ey = first_row; ey <= last_row; ++ey) {
+      for (int ey = own_y0; ey <= own_y1; ++ey) {
         JDRL_NO_UNROLL
         for (int dy = 0; dy < size; ++dy) {
           const int py = ey - (dy - radius);
           if (py < 0 || py >= p.height) continue;
-          for (int ex = first_col; ex <= last_col; ++ex) {
+          for (int ex = own_x0; ex <= own_x1; ++ex) {
             JDRL_UNROLL
             for (int dx = 0; dx < (kRadius > 0 ? 2 * kRadius + 1 : size); ++dx) {
               const int px = ex - (dx - radius);
@@ -291,6 +355,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grad_image_kernel(const 
                 if (j < count) acc[j] += w * tile[j * elements + at];
               }
             }
+          }
+        }
+      }
+      for (int ey = first_row; ey <= last_row; ++ey) {
+        for (int ex = first_col; ex <= last_col; ++ex) {
+          if (ey >= own_y0 && ey <= own_y1 && ex >= own_x0 && ex <= own_x1) continue;  // gathered above
+          const int at = (ey - t.y0 + radius) * side + (ex - t.x0 + radius);
+          JDRL_UNROLL
+          for (int j = 0; j < kChannelChunk; ++j) {
+            if (j < count) acc[j] += tile[j * elements + at];
           }
         }
       }
