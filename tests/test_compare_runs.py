@@ -100,3 +100,23 @@ def test_bad_input_names_the_file_or_argument(tmp_path, capsys):
     assert "--spans: '7-1' ends before it starts" in error("--a", str(a), "--b", str(a), "--spans", "7-1")
     assert "--spans: 'x' is not FIRST-LAST" in error("--a", str(a), "--b", str(a), "--spans", "x")
     assert "--a has 2 runs and --b 1" in error("--a", str(a), str(a), "--b", str(a))
+
+
+def test_the_recorded_runs_compare_as_results_reports(tmp_path):
+    """benchmarks/records/ holds the runs behind RESULTS' "Ours and #4 with the bicubic warp to 8000
+    steps": compared seed with seed over its three spans, they give the numbers quoted there."""
+    records = REPO / "benchmarks" / "records"
+    report = tmp_path / "report.json"
+    assert compare_runs.main(["--a", str(records / "oldR_bicubic_S2.json"), str(records / "oldR_bicubic_S3.json"),
+                              "--b", str(records / "no_reb_IB_bicubic_S2.json"), str(records / "no_reb_IB_bicubic_S3.json"),
+                              "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    means = [round(span["mean_difference"], 3) for span in result["summary"]]
+    assert means == [-0.123, -0.128, -0.223]
+    assert [span["pairs_a_ahead"] for span in result["summary"]] == [0, 0, 0]
+    seed2, seed3 = result["pairs"]
+    assert [round(span["a"], 2) for span in seed2["spans"]] == [0.95, 1.15, 1.41]
+    assert [round(span["a"], 2) for span in seed3["spans"]] == [0.95, 1.04, 1.10]
+    assert (seed2["first_at_threshold_a"], seed3["first_at_threshold_a"]) == (None, None)
+    assert (seed2["first_at_threshold_b"], seed3["first_at_threshold_b"]) == (6500, 8000)
+    assert (round(seed2["best_b"], 2), round(seed3["best_b"], 2)) == (1.64, 1.51)

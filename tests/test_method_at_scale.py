@@ -282,3 +282,34 @@ def test_long_cpu_config_is_the_config_the_measured_runs_trained(name):
     shipped = load_config(REPO / "configs" / name,
                           {"data.root": "DATA", "train.out_dir": "OUT", "train.log_every": measured.train.log_every})
     assert dataclasses.asdict(shipped) == dataclasses.asdict(measured)
+
+
+# benchmarks/records/: each recorded run is a shipped long config, as RESULTS says, plus the --set
+# named here (ours with the bicubic warp; #4 as shipped).
+RECORDED_RUNS = {
+    "oldR_bicubic_S2.json": ("ours_long_cpu.yaml", {"loss.warp_interp": "bicubic"}),
+    "oldR_bicubic_S3.json": ("ours_long_cpu.yaml", {"loss.warp_interp": "bicubic"}),
+    "no_reb_IB_bicubic_S2.json": ("no_reblur_long_cpu.yaml", {}),
+    "no_reb_IB_bicubic_S3.json": ("no_reblur_long_cpu.yaml", {}),
+}
+
+
+@pytest.mark.parametrize("record", sorted(RECORDED_RUNS))
+def test_recorded_runs_trained_the_shipped_long_configs(record):
+    """The records' own overrides (the --set values as the config got them) build the config that
+    the shipped long config, with the named extra --set, builds."""
+    import dataclasses
+
+    from jdrl.ablation import Budget, variant_config
+    from jdrl.config import load_config
+
+    run = json.loads((REPO / "benchmarks" / "records" / record).read_text())
+    args = run["args"]
+    assert (args["steps"], args["every"], args["warmup_steps"], args["preset"], args["lr"]) == (8000, 250, 250, "small", 5e-4)
+    budget = Budget(epochs=8000 // 250, steps_per_epoch=250, lr=5e-4, warmup_epochs=250 // 250)
+    recorded = variant_config(run["overrides"], "DATA", "OUT", budget, preset="small", device="cpu")
+    name, extra = RECORDED_RUNS[record]
+    shipped = load_config(REPO / "configs" / name,
+                          {"data.root": "DATA", "train.out_dir": "OUT", "train.log_every": recorded.train.log_every,
+                           **extra})
+    assert dataclasses.asdict(shipped) == dataclasses.asdict(recorded)
