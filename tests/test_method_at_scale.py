@@ -285,12 +285,17 @@ def test_long_cpu_config_is_the_config_the_measured_runs_trained(name):
 
 
 # benchmarks/records/: each recorded run is a shipped long config, as RESULTS says, plus the --set
-# named here (ours with the bicubic warp; #4 as shipped).
+# named here (ours with the bicubic warp; Eq. 1, ours without L_P, with it; #4 as shipped), and its
+# number of steps.
+BICUBIC = {"loss.warp_interp": "bicubic"}
+EQ1_BICUBIC = {"loss.warp_interp": "bicubic", "loss.pseudo_supervision": False}
 RECORDED_RUNS = {
-    "oldR_bicubic_S2.json": ("ours_long_cpu.yaml", {"loss.warp_interp": "bicubic"}),
-    "oldR_bicubic_S3.json": ("ours_long_cpu.yaml", {"loss.warp_interp": "bicubic"}),
-    "no_reb_IB_bicubic_S2.json": ("no_reblur_long_cpu.yaml", {}),
-    "no_reb_IB_bicubic_S3.json": ("no_reblur_long_cpu.yaml", {}),
+    "oldR_bicubic_S2.json": ("ours_long_cpu.yaml", BICUBIC, 8000),
+    "oldR_bicubic_S3.json": ("ours_long_cpu.yaml", BICUBIC, 8000),
+    "eq1_bicubic_S2.json": ("ours_long_cpu.yaml", EQ1_BICUBIC, 5500),
+    "eq1_bicubic_S3.json": ("ours_long_cpu.yaml", EQ1_BICUBIC, 5500),
+    "no_reb_IB_bicubic_S2.json": ("no_reblur_long_cpu.yaml", {}, 8000),
+    "no_reb_IB_bicubic_S3.json": ("no_reblur_long_cpu.yaml", {}, 8000),
 }
 
 
@@ -305,10 +310,11 @@ def test_recorded_runs_trained_the_shipped_long_configs(record):
 
     run = json.loads((REPO / "benchmarks" / "records" / record).read_text())
     args = run["args"]
-    assert (args["steps"], args["every"], args["warmup_steps"], args["preset"], args["lr"]) == (8000, 250, 250, "small", 5e-4)
+    name, extra, steps = RECORDED_RUNS[record]
+    assert (args["steps"], args["every"], args["warmup_steps"], args["preset"], args["lr"]) == (steps, 250, 250, "small", 5e-4)
+    # the config of the 8000-step runs (the shipped configs'); a shorter run differs in its step count only
     budget = Budget(epochs=8000 // 250, steps_per_epoch=250, lr=5e-4, warmup_epochs=250 // 250)
     recorded = variant_config(run["overrides"], "DATA", "OUT", budget, preset="small", device="cpu")
-    name, extra = RECORDED_RUNS[record]
     shipped = load_config(REPO / "configs" / name,
                           {"data.root": "DATA", "train.out_dir": "OUT", "train.log_every": recorded.train.log_every,
                            **extra})
