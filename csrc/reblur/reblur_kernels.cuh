@@ -563,6 +563,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(co
   const index_t pixel = static_cast<index_t>(y) * p.width + x;
   // The padded positions that fold onto the block's pixels: rows [fold_y0, fold_y1] x columns
   // [fold_x0, fold_x1], less the image (all inside the tile). The same for every thread of the block.
+  // (sv_conv's grad_image_kernel has the same lines. A helper shared by both, tried, made this file's
+  // float64 kernel, already at 64 registers, spill 4 bytes (ptxas, sm_90), so each keeps its copy.)
   const int last_y = (y0 + kTile < p.height ? y0 + kTile : p.height) - 1;
   const int last_x = (x0 + kTile < p.width ? x0 + kTile : p.width) - 1;
   const bool fold_block = p.replicate && radius > 0 &&

@@ -294,6 +294,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grad_image_kernel(const 
   const int64_t kernel_stride = static_cast<int64_t>(size) * size * plane;
   // The padded positions that fold onto the block's pixels: rows [fold_y0, fold_y1] x columns
   // [fold_x0, fold_x1], less the image (all inside the tile). The same for every thread of the block.
+  // (The same lines as reblur's image_backward_kernel; why they are not shared: a comment there.)
   const int last_y = (t.y0 + kTile < p.height ? t.y0 + kTile : p.height) - 1;
   const int last_x = (t.x0 + kTile < p.width ? t.x0 + kTile : p.width) - 1;
   const bool fold_block = p.replicate && radius > 0 &&
