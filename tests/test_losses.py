@@ -20,6 +20,7 @@ from jdrl.losses import (
     calibration_mask,
     charbonnier,
     pseudo_defocus_map,
+    texture_gate,
     variant_overrides,
     warp_bicubic,
 )
@@ -713,6 +714,61 @@ def test_anchored_r_learns_only_from_the_aligned_target_and_l_r_trains_f_alone()
         JDRLLoss(LossConfig(deblur_loss="l1", reblur_anchor=True, reblur_pretrain=False, pseudo_supervision=False), None)
 
 
+def test_texture_gate_is_the_texture_mask_of_the_correlations_per_image():
+    """texture_gate (torch, for the loss) against jdrl.defocus.texture_mask (OpenCV): the same
+    pixels on photo crops of odd sizes, each image of a batch against its own median, and on an
+    image smaller than the Gaussian's reach (the mirrored border repeated)."""
+    from skimage import data as photos
+
+    from jdrl.defocus import texture_mask
+
+    crops = [photos.astronaut()[40:171, 60:157], photos.coffee()[200:331, 300:397]]
+    arrays = [crop.astype("float32") / 255.0 for crop in crops]
+    batch = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])
+    gate = texture_gate(batch)
+    assert gate.shape == (2, 1, 131, 97) and gate.dtype == torch.bool
+    for index, array in enumerate(arrays):
+        assert torch.equal(gate[index, 0], torch.from_numpy(texture_mask(array)))
+    tiny = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(texture_gate(tiny)[0, 0], torch.from_numpy(texture_mask(tiny[0].permute(1, 2, 0).numpy())))
+    with pytest.raises(ValueError, match="texture_gate: image"):
+        texture_gate(torch.rand(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("reference", ["blurry", "estimate"])
+def test_pseudo_mask_texture_counts_l_p_only_where_the_aligned_sharp_image_is_textured(reference):
+    """With loss.pseudo_mask=texture, L_P is the Charbonnier mean over the pixels texture_gate keeps
+    on I_S aligned to I_B (here the flow is 0, so I_S itself): the defocus map gets no gradient on
+    the flat half, and changing it there leaves L_P as it was. Both ways to the aligned image: the
+    warp of L_D (flow against I_B) and a flow of its own (flow against the estimate)."""
+    generator = torch.Generator().manual_seed(3)
+    sharp = torch.full((1, 3, 16, 32), 0.5, dtype=torch.float64)
+    sharp[..., :16] = torch.rand(1, 3, 16, 16, generator=generator, dtype=torch.float64)  # textured left half
+    # I_B textured on the other half: the gate is read on the aligned sharp image, not on I_B.
+    blurry, estimate = sharp.flip(-1) * 0.9, sharp * 0.95
+    gate = texture_gate(sharp)
+    assert gate[..., :10].all() and not gate[..., 22:].any()
+    config = LossConfig(reblur_anchor=False, seed_penalty=0.0, flow_warmup_epochs=1, flow_reference=reference, pseudo_mask="texture")
+    loss = JDRLLoss(config, ConstantFlow([0.0] * 32), levels=2, reblur_net=FixedReblur())
+    defocus_map = torch.rand(1, 2, 16, 32, generator=generator, dtype=torch.float64, requires_grad=True)
+    out = loss(blurry, sharp, estimate, defocus_map, epoch=5)
+    target = torch.tensor([0.5, 1.0], dtype=torch.float64).view(1, 2, 1, 1)  # B_P = 0.25 * (2, 4)
+    differences = (target - defocus_map)[gate.expand(1, 2, 16, 32)]
+    expected = torch.sqrt(differences * differences + EPS2).mean()
+    assert out.terms["pseudo"].item() == pytest.approx(expected.item(), rel=1e-12)
+    (grad,) = torch.autograd.grad(out.terms["pseudo"], defocus_map)
+    assert grad[..., 22:].abs().sum() == 0 and grad[..., :10].abs().min() > 0
+    changed = defocus_map.detach().clone()
+    changed[..., 22:] += 3.0
+    assert loss(blurry, sharp, estimate, changed, epoch=5).terms["pseudo"].item() == pytest.approx(expected.item(), rel=1e-12)
+    # The paper's L_P counts every pixel.
+    everywhere = JDRLLoss(LossConfig(reblur_anchor=False, seed_penalty=0.0, flow_warmup_epochs=1, flow_reference=reference),
+                          ConstantFlow([0.0] * 32), levels=2, reblur_net=FixedReblur())
+    differences = target - defocus_map.detach()
+    assert everywhere(blurry, sharp, estimate, defocus_map, epoch=5).terms["pseudo"].item() == pytest.approx(
+        torch.sqrt(differences * differences + EPS2).mean().item(), rel=1e-12)
+
+
 def test_pseudo_supervision_needs_a_defocus_map():
     loss = JDRLLoss(LossConfig(reblur_anchor=False), ConstantFlow([0.0] * 4), levels=2, reblur_net=FixedReblur())
     with pytest.raises(ValueError, match="pseudo_supervision"):
@@ -736,6 +792,8 @@ def test_loss_config_names_bad_options():
         LossConfig(reblur_transfer="gamma3")
     with pytest.raises(ValueError, match="loss.warp_interp"):
         LossConfig(warp_interp="nearest")
+    with pytest.raises(ValueError, match="loss.pseudo_mask"):
+        LossConfig(pseudo_mask="edges")
     with pytest.raises(ValueError, match="loss.pseudo_supervision"):
         LossConfig(reblurring=False)
     with pytest.raises(ValueError, match="flow_estimator"):

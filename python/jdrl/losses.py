@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 import jdrl_ext
+from jdrl.defocus import TEXTURE_SIGMA
 from jdrl.models.reblur_net import ReblurOutput
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ WARP_INTERPOLATIONS = ("bilinear", "bicubic")
 FLOW_REFERENCES = ("estimate", "blurry")
 REBLUR_SPACES = ("srgb", "linear")
 REBLUR_TRANSFERS = ("srgb", "gamma2.2")
+PSEUDO_MASKS = ("none", "texture")
 
 
 def warp_bicubic(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
@@ -96,6 +98,53 @@ def loss_warp(moving: torch.Tensor, flow: torch.Tensor, config: LossConfig) -> t
     if config.warp_interp == "bilinear":
         return jdrl_ext.flow_warp(moving, flow, padding_mode=config.warp_padding)
     return warp_bicubic(moving, flow, padding_mode=config.warp_padding)
+
+
+def _symmetric_pad(image: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+    """``image`` padded by ``pad`` along ``dim`` (-1 or -2) with its edge mirrored, the edge pixel
+    included (OpenCV's BORDER_REFLECT: ``cba|abcd``); repeated while ``pad`` exceeds the size."""
+    while pad > 0:
+        step = min(pad, image.shape[dim])
+        first, last = image.narrow(dim, 0, step).flip(dim), image.narrow(dim, image.shape[dim] - step, step).flip(dim)
+        image = torch.cat([first, image, last], dim=dim)
+        pad -= step
+    return image
+
+
+@torch.no_grad()
+def texture_gate(image: torch.Tensor, sigma: float = TEXTURE_SIGMA) -> torch.Tensor:
+    """``(B, 1, H, W)`` bool: the pixels of each ``(B, 3, H, W)`` image in [0, 1] whose local
+    gradient energy is at least the image's median (half of them, ties counted in).
+
+    Energy: the 3x3 Sobel magnitude of the luma (``0.299 R + 0.587 G + 0.114 B``), smoothed by a
+    Gaussian of ``sigma`` pixels (OpenCV's kernel for float images: ``2 * round(4 sigma) + 1``
+    taps), with mirrored borders: :func:`jdrl.defocus.texture_mask` in torch, on any device.
+    """
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"texture_gate: image must be (B, 3, H, W), got {tuple(image.shape)}")
+    if sigma <= 0:
+        raise ValueError(f"texture_gate: sigma must be positive, got {sigma}")
+    work = image.float()
+    luma = (0.299 * work[:, 0:1] + 0.587 * work[:, 1:2] + 0.114 * work[:, 2:3])
+    padded = _symmetric_pad(_symmetric_pad(luma, 1, -1), 1, -2)
+    smooth = torch.tensor([1.0, 2.0, 1.0], device=work.device)
+    derive = torch.tensor([-1.0, 0.0, 1.0], device=work.device)
+    gx = torch.nn.functional.conv2d(padded, (smooth[:, None] * derive[None, :])[None, None])
+    gy = torch.nn.functional.conv2d(padded, (derive[:, None] * smooth[None, :])[None, None])
+    magnitude = torch.sqrt(gx * gx + gy * gy)
+    radius = int(round(4.0 * sigma))
+    taps = torch.arange(-radius, radius + 1, device=work.device, dtype=torch.float32)
+    gaussian = torch.exp(-(taps * taps) / (2.0 * sigma * sigma))
+    gaussian = gaussian / gaussian.sum()
+    energy = torch.nn.functional.conv2d(_symmetric_pad(magnitude, radius, -1), gaussian.view(1, 1, 1, -1))
+    energy = torch.nn.functional.conv2d(_symmetric_pad(energy, radius, -2), gaussian.view(1, 1, -1, 1))
+    flat = energy.flatten(1)
+    count = flat.shape[1]
+    # The median as numpy takes it: the mean of the two middle values for an even count.
+    lower = flat.kthvalue((count + 1) // 2, dim=1).values
+    upper = flat.kthvalue(count // 2 + 1, dim=1).values
+    median = 0.5 * (lower + upper)
+    return energy >= median.view(-1, 1, 1, 1)
 
 
 def charbonnier(diff: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-3) -> torch.Tensor:
@@ -333,6 +382,11 @@ class LossConfig:
         pseudo_supervision: add ``beta * L_P`` (Eq. 2); False gives Eq. 1.
         weighted_pseudo_map: Eq. 13 (weights times seeds); False supervises with the raw seeds as
             the authors' code does.
+        pseudo_mask: where ``L_P`` counts: ``none`` (every pixel, the paper's) or ``texture`` (ours,
+            an option: only where ``I_S`` warped onto ``I_B`` is textured, by
+            :func:`texture_gate`, the rule of the defocus correlations' texture mask). Why: blur
+            is observable only where the scene has detail; on a flat area every kernel reblurs
+            alike, so R's map there is a guess that ``L_P`` would still make ``F_B`` copy.
         alpha, beta: weights of ``L_R`` and ``L_P`` (0.5 each in the paper).
         eps: Charbonnier epsilon.
         flow_warmup_epochs: T; for epochs ``< T`` the flow is estimated against the blurry input.
@@ -400,6 +454,7 @@ class LossConfig:
     reblur_prefit_crop: int = 64
     pseudo_supervision: bool = True
     weighted_pseudo_map: bool = True
+    pseudo_mask: str = "none"
     alpha: float = 0.5
     beta: float = 0.5
     eps: float = 1e-3
@@ -424,6 +479,7 @@ class LossConfig:
             "flow_reference": FLOW_REFERENCES,
             "reblur_space": REBLUR_SPACES,
             "reblur_transfer": REBLUR_TRANSFERS,
+            "pseudo_mask": PSEUDO_MASKS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -769,7 +825,11 @@ class JDRLLoss(nn.Module):
                         f"JDRLLoss: defocus map {tuple(defocus_map.shape)} and pseudo map {tuple(target.shape)} "
                         "differ; do model.levels and the reblurring net's levels agree?"
                     )
-                terms["pseudo"] = charbonnier(target - defocus_map, eps=cfg.eps)
+                gate = None
+                if cfg.pseudo_mask == "texture":
+                    aligned_sharp = aligned[0] if aligned is not None else self._aligned_to_blurry(sharp, blurry)[0]
+                    gate = texture_gate(aligned_sharp)
+                terms["pseudo"] = charbonnier(target - defocus_map, gate, eps=cfg.eps)
                 total = total + cfg.beta * terms["pseudo"]
         return LossOutput(total=total, terms=terms, stats=stats, reblurred=reblurred)
 
