@@ -120,10 +120,14 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     assert (seed2["first_at_threshold_a"], seed3["first_at_threshold_a"]) == (None, None)
     assert (seed2["first_at_threshold_b"], seed3["first_at_threshold_b"]) == (6500, 8000)
     assert (round(seed2["best_b"], 2), round(seed3["best_b"], 2)) == (1.64, 1.51)
-    # Eq. 1 (ours without L_P) against the same #4': ahead at every row, +0.07 then +0.10.
+    # Eq. 1 (ours without L_P) against the same #4': ahead at every row to 8000 steps, +0.07, +0.10,
+    # +0.07, and past +1.5 dB first.
     assert compare_runs.main(["--a", str(records / "eq1_bicubic_S2.json"), str(records / "eq1_bicubic_S3.json"),
                               "--b", str(records / "no_reb_IB_bicubic_S2.json"), str(records / "no_reb_IB_bicubic_S3.json"),
-                              "--spans", "1750-3000,3250-5500", "--json", str(report)]) == 0
+                              "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
     result = json.loads(report.read_text())
-    assert [round(span["mean_difference"], 2) for span in result["summary"]] == [0.07, 0.10]
-    assert [pair["rows_a_above"] for pair in result["pairs"]] == [16, 16]
+    assert [round(span["mean_difference"], 3) for span in result["summary"]] == [0.070, 0.101, 0.072]
+    assert [pair["rows_a_above"] for pair in result["pairs"]] == [26, 26]
+    seed2, seed3 = result["pairs"]
+    assert (seed2["first_at_threshold_a"], seed3["first_at_threshold_a"]) == (6000, 7750)
+    assert (round(seed2["best_a"], 2), round(seed3["best_a"], 2)) == (1.78, 1.54)

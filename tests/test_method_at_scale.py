@@ -261,6 +261,10 @@ LONG_CONFIG_RUNS = {
     "ours_long_cpu.yaml": {"optim.reblur_lr": 1e-3, "loss.reblur_prefit_steps": 1344,
                            "loss.flow_reference": "blurry", "loss.flow_refine": True,
                            "optim.grad_clip": 0.02, "train.ema_decay": 0.999},
+    "eq1_long_cpu.yaml": {"optim.reblur_lr": 1e-3, "loss.reblur_prefit_steps": 1344,
+                          "loss.flow_reference": "blurry", "loss.flow_refine": True,
+                          "optim.grad_clip": 0.02, "train.ema_decay": 0.999,
+                          "loss.warp_interp": "bicubic", "loss.pseudo_supervision": False},
     "no_reblur_long_cpu.yaml": {"loss.pseudo_supervision": False, "loss.reblurring": False,
                                 "optim.grad_clip": 0.02, "train.ema_decay": 0.999,
                                 "loss.flow_reference": "blurry", "loss.warp_interp": "bicubic"},
@@ -269,9 +273,9 @@ LONG_CONFIG_RUNS = {
 
 @pytest.mark.parametrize("name", sorted(LONG_CONFIG_RUNS))
 def test_long_cpu_config_is_the_config_the_measured_runs_trained(name):
-    """configs/ours_long_cpu.yaml and configs/no_reblur_long_cpu.yaml claim runs of RESULTS.md:
-    this script's ``--method ... --steps 8000 --every 250 --warmup-steps 250`` with their four
-    ``--set``. Compare every key of the last chunk's config (the places a run writes to aside)."""
+    """configs/ours_long_cpu.yaml, eq1_long_cpu.yaml and no_reblur_long_cpu.yaml claim runs of
+    RESULTS.md: this script's ``--method ... --steps 8000 --every 250 --warmup-steps 250`` with
+    their ``--set``. Compare every key of the last chunk's config (the places a run writes to aside)."""
     import dataclasses
 
     from jdrl.ablation import Budget, variant_config
@@ -285,15 +289,13 @@ def test_long_cpu_config_is_the_config_the_measured_runs_trained(name):
 
 
 # benchmarks/records/: each recorded run is a shipped long config, as RESULTS says, plus the --set
-# named here (ours with the bicubic warp; Eq. 1, ours without L_P, with it; #4 as shipped), and its
-# number of steps.
+# named here (ours with the bicubic warp; Eq. 1 and #4 as shipped), and its number of steps.
 BICUBIC = {"loss.warp_interp": "bicubic"}
-EQ1_BICUBIC = {"loss.warp_interp": "bicubic", "loss.pseudo_supervision": False}
 RECORDED_RUNS = {
     "oldR_bicubic_S2.json": ("ours_long_cpu.yaml", BICUBIC, 8000),
     "oldR_bicubic_S3.json": ("ours_long_cpu.yaml", BICUBIC, 8000),
-    "eq1_bicubic_S2.json": ("ours_long_cpu.yaml", EQ1_BICUBIC, 5500),
-    "eq1_bicubic_S3.json": ("ours_long_cpu.yaml", EQ1_BICUBIC, 5500),
+    "eq1_bicubic_S2.json": ("eq1_long_cpu.yaml", {}, 8000),
+    "eq1_bicubic_S3.json": ("eq1_long_cpu.yaml", {}, 8000),
     "no_reb_IB_bicubic_S2.json": ("no_reblur_long_cpu.yaml", {}, 8000),
     "no_reb_IB_bicubic_S3.json": ("no_reblur_long_cpu.yaml", {}, 8000),
 }
