@@ -717,7 +717,9 @@ def test_anchored_r_learns_only_from_the_aligned_target_and_l_r_trains_f_alone()
 def test_texture_gate_is_the_texture_mask_of_the_correlations_per_image():
     """texture_gate (torch, for the loss) against jdrl.defocus.texture_mask (OpenCV): the same
     pixels on photo crops of odd sizes, each image of a batch against its own median, and on an
-    image smaller than the Gaussian's reach (the mirrored border repeated)."""
+    image smaller than the Gaussian's reach (the mirrored border repeated); at other sigmas and on
+    other crops at most a few pixels apart (float rounding at the median)."""
+    import numpy as np
     from skimage import data as photos
 
     from jdrl.defocus import texture_mask
@@ -731,6 +733,14 @@ def test_texture_gate_is_the_texture_mask_of_the_correlations_per_image():
         assert torch.equal(gate[index, 0], torch.from_numpy(texture_mask(array)))
     tiny = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(0))
     assert torch.equal(texture_gate(tiny)[0, 0], torch.from_numpy(texture_mask(tiny[0].permute(1, 2, 0).numpy())))
+    differing = total = 0
+    for photo in (photos.chelsea(), photos.rocket(), np.repeat(photos.camera()[..., None], 3, axis=2)):
+        array = photo[100:231, 150:247].astype("float32") / 255.0
+        for sigma in (1.1, 2.0, 3.0):  # 1.1: OpenCV's 11 taps, not 2 * round(4 sigma) + 1 = 9
+            mine = texture_gate(torch.from_numpy(array).permute(2, 0, 1)[None], sigma)[0, 0].numpy()
+            differing += int((mine != texture_mask(array, sigma)).sum())
+            total += mine.size
+    assert differing <= total // 2000
     with pytest.raises(ValueError, match="texture_gate: image"):
         texture_gate(torch.rand(1, 1, 8, 8))
 
@@ -738,18 +748,22 @@ def test_texture_gate_is_the_texture_mask_of_the_correlations_per_image():
 @pytest.mark.parametrize("reference", ["blurry", "estimate"])
 def test_pseudo_mask_texture_counts_l_p_only_where_the_aligned_sharp_image_is_textured(reference):
     """With loss.pseudo_mask=texture, L_P is the Charbonnier mean over the pixels texture_gate keeps
-    on I_S aligned to I_B (here the flow is 0, so I_S itself): the defocus map gets no gradient on
-    the flat half, and changing it there leaves L_P as it was. Both ways to the aligned image: the
-    warp of L_D (flow against I_B) and a flow of its own (flow against the estimate)."""
+    on I_S aligned to I_B (here by a flow of 8 px, so the textured part moves): the defocus map
+    gets no gradient where the aligned image is flat, and changing it there leaves L_P as it was.
+    Both ways to the aligned image: the warp of L_D (flow against I_B) and a flow of its own (flow
+    against the estimate)."""
     generator = torch.Generator().manual_seed(3)
     sharp = torch.full((1, 3, 16, 32), 0.5, dtype=torch.float64)
-    sharp[..., :16] = torch.rand(1, 3, 16, 16, generator=generator, dtype=torch.float64)  # textured left half
-    # I_B textured on the other half: the gate is read on the aligned sharp image, not on I_B.
+    sharp[..., 8:24] = torch.rand(1, 3, 16, 16, generator=generator, dtype=torch.float64)  # textured middle
+    # I_S aligned to I_B: moving(p + flow(p)) ~ reference(p), so the texture lands in columns 0..15.
+    aligned = jdrl_ext.flow_warp(sharp, torch.stack([torch.full((1, 16, 32), 8.0, dtype=torch.float64),
+                                                     torch.zeros(1, 16, 32, dtype=torch.float64)], dim=1))
+    gate = texture_gate(aligned)
+    assert gate[..., :10].all() and not gate[..., 22:].any() and not torch.equal(gate, texture_gate(sharp))
+    # I_B and the estimate textured elsewhere: the gate is read on the aligned sharp image only.
     blurry, estimate = sharp.flip(-1) * 0.9, sharp * 0.95
-    gate = texture_gate(sharp)
-    assert gate[..., :10].all() and not gate[..., 22:].any()
     config = LossConfig(reblur_anchor=False, seed_penalty=0.0, flow_warmup_epochs=1, flow_reference=reference, pseudo_mask="texture")
-    loss = JDRLLoss(config, ConstantFlow([0.0] * 32), levels=2, reblur_net=FixedReblur())
+    loss = JDRLLoss(config, ConstantFlow([8.0] * 32), levels=2, reblur_net=FixedReblur())
     defocus_map = torch.rand(1, 2, 16, 32, generator=generator, dtype=torch.float64, requires_grad=True)
     out = loss(blurry, sharp, estimate, defocus_map, epoch=5)
     target = torch.tensor([0.5, 1.0], dtype=torch.float64).view(1, 2, 1, 1)  # B_P = 0.25 * (2, 4)
@@ -763,10 +777,17 @@ def test_pseudo_mask_texture_counts_l_p_only_where_the_aligned_sharp_image_is_te
     assert loss(blurry, sharp, estimate, changed, epoch=5).terms["pseudo"].item() == pytest.approx(expected.item(), rel=1e-12)
     # The paper's L_P counts every pixel.
     everywhere = JDRLLoss(LossConfig(reblur_anchor=False, seed_penalty=0.0, flow_warmup_epochs=1, flow_reference=reference),
-                          ConstantFlow([0.0] * 32), levels=2, reblur_net=FixedReblur())
+                          ConstantFlow([8.0] * 32), levels=2, reblur_net=FixedReblur())
     differences = target - defocus_map.detach()
     assert everywhere(blurry, sharp, estimate, defocus_map, epoch=5).terms["pseudo"].item() == pytest.approx(
         torch.sqrt(differences * differences + EPS2).mean().item(), rel=1e-12)
+
+
+def test_pseudo_mask_texture_needs_a_flow_estimator():
+    config = LossConfig(deblur_loss="l1", reblur_anchor=False, reblur_pretrain=False, pseudo_mask="texture")
+    with pytest.raises(ValueError, match="loss.pseudo_mask=texture"):
+        JDRLLoss(config, None, levels=2, reblur_net=FixedReblur())
+    JDRLLoss(LossConfig(deblur_loss="l1", reblur_anchor=False, reblur_pretrain=False), None, levels=2, reblur_net=FixedReblur())
 
 
 def test_pseudo_supervision_needs_a_defocus_map():

@@ -111,33 +111,46 @@ def _symmetric_pad(image: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
     return image
 
 
+def _shifted_sum(image: torch.Tensor, taps: list[float], dim: int) -> torch.Tensor:
+    """``sum_k taps[k] * image`` shifted by ``k`` along ``dim``, over the valid span: a 1-D
+    correlation in plain float arithmetic (no convolution routine, so no TF32 on a GPU)."""
+    size = image.shape[dim] - len(taps) + 1
+    total = None
+    for offset, tap in enumerate(taps):
+        if tap == 0.0:
+            continue
+        term = image.narrow(dim, offset, size) * tap
+        total = term if total is None else total + term
+    return total
+
+
 @torch.no_grad()
 def texture_gate(image: torch.Tensor, sigma: float = TEXTURE_SIGMA) -> torch.Tensor:
     """``(B, 1, H, W)`` bool: the pixels of each ``(B, 3, H, W)`` image in [0, 1] whose local
     gradient energy is at least the image's median (half of them, ties counted in).
 
     Energy: the 3x3 Sobel magnitude of the luma (``0.299 R + 0.587 G + 0.114 B``), smoothed by a
-    Gaussian of ``sigma`` pixels (OpenCV's kernel for float images: ``2 * round(4 sigma) + 1``
-    taps), with mirrored borders: :func:`jdrl.defocus.texture_mask` in torch, on any device.
+    Gaussian of ``sigma`` pixels (OpenCV's kernel for float images: ``round(8 sigma + 1) | 1``
+    taps), with mirrored borders, in float32: :func:`jdrl.defocus.texture_mask` in torch, on the
+    image's device.
     """
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"texture_gate: image must be (B, 3, H, W), got {tuple(image.shape)}")
-    if sigma <= 0:
+    if not sigma > 0:
         raise ValueError(f"texture_gate: sigma must be positive, got {sigma}")
     work = image.float()
-    luma = (0.299 * work[:, 0:1] + 0.587 * work[:, 1:2] + 0.114 * work[:, 2:3])
+    luma = 0.299 * work[:, 0:1] + 0.587 * work[:, 1:2] + 0.114 * work[:, 2:3]
     padded = _symmetric_pad(_symmetric_pad(luma, 1, -1), 1, -2)
-    smooth = torch.tensor([1.0, 2.0, 1.0], device=work.device)
-    derive = torch.tensor([-1.0, 0.0, 1.0], device=work.device)
-    gx = torch.nn.functional.conv2d(padded, (smooth[:, None] * derive[None, :])[None, None])
-    gy = torch.nn.functional.conv2d(padded, (derive[:, None] * smooth[None, :])[None, None])
+    # Sobel: derivative [-1, 0, 1] along one axis, smoothing [1, 2, 1] along the other.
+    gx = _shifted_sum(_shifted_sum(padded, [-1.0, 0.0, 1.0], -1), [1.0, 2.0, 1.0], -2)
+    gy = _shifted_sum(_shifted_sum(padded, [-1.0, 0.0, 1.0], -2), [1.0, 2.0, 1.0], -1)
     magnitude = torch.sqrt(gx * gx + gy * gy)
-    radius = int(round(4.0 * sigma))
-    taps = torch.arange(-radius, radius + 1, device=work.device, dtype=torch.float32)
-    gaussian = torch.exp(-(taps * taps) / (2.0 * sigma * sigma))
-    gaussian = gaussian / gaussian.sum()
-    energy = torch.nn.functional.conv2d(_symmetric_pad(magnitude, radius, -1), gaussian.view(1, 1, 1, -1))
-    energy = torch.nn.functional.conv2d(_symmetric_pad(energy, radius, -2), gaussian.view(1, 1, -1, 1))
+    radius = (int(math.floor(8.0 * sigma + 1.5)) | 1) // 2  # OpenCV: cvRound(8 sigma + 1) | 1 taps
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    gaussian = torch.exp(-(offsets * offsets) / (2.0 * sigma * sigma))
+    taps = (gaussian / gaussian.sum()).tolist()
+    energy = _shifted_sum(_symmetric_pad(magnitude, radius, -1), taps, -1)
+    energy = _shifted_sum(_symmetric_pad(energy, radius, -2), taps, -2)
     flat = energy.flatten(1)
     count = flat.shape[1]
     # The median as numpy takes it: the mean of the two middle values for an even count.
@@ -386,7 +399,8 @@ class LossConfig:
             an option: only where ``I_S`` warped onto ``I_B`` is textured, by
             :func:`texture_gate`, the rule of the defocus correlations' texture mask). Why: blur
             is observable only where the scene has detail; on a flat area every kernel reblurs
-            alike, so R's map there is a guess that ``L_P`` would still make ``F_B`` copy.
+            alike, so R's map there is a guess that ``L_P`` would still make ``F_B`` copy. ``L_P``
+            stays a mean over the pixels it counts, so each of them weighs about twice as much.
         alpha, beta: weights of ``L_R`` and ``L_P`` (0.5 each in the paper).
         eps: Charbonnier epsilon.
         flow_warmup_epochs: T; for epochs ``< T`` the flow is estimated against the blurry input.
@@ -599,6 +613,11 @@ class JDRLLoss(nn.Module):
                 "JDRLLoss: loss.reblur_anchor aligns the sharp target with a flow_estimator; give one or set "
                 "loss.reblur_anchor=false"
             )
+        if self.reblur_net is not None and config.pseudo_supervision and config.pseudo_mask == "texture" and flow_estimator is None:
+            raise ValueError(
+                "JDRLLoss: loss.pseudo_mask=texture reads the texture of the sharp target aligned by a flow_estimator; "
+                "give one or set loss.pseudo_mask=none"
+            )
         if self.reblur_net is not None and config.reblur_anchor and not hasattr(self.reblur_net, "blur"):
             raise ValueError(
                 "JDRLLoss: loss.reblur_anchor needs a reblurring net with a blur(image, seeds, weights) method "
@@ -799,7 +818,9 @@ class JDRLLoss(nn.Module):
         if (self.pretrain_active(epoch) or anchored) and fitted is None:
             # R learns the blur from the flow-aligned sharp target while F warms up: no ground truth,
             # and no gradient reaches F (neither input comes from it).
-            target, mask = aligned if aligned is not None else self._aligned_to_blurry(sharp, blurry)
+            if aligned is None:
+                aligned = self._aligned_to_blurry(sharp, blurry)
+            target, mask = aligned
             fit, fitted = self._fit_term(target, blurry, mask, terms, "reblur_fit" if anchored else "reblur_pretrain")
             total = total + fit
         if self.reblur_net is not None and self.reblur_active(epoch):
