@@ -131,3 +131,10 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     seed2, seed3 = result["pairs"]
     assert (seed2["first_at_threshold_a"], seed3["first_at_threshold_a"]) == (6000, 7750)
     assert (round(seed2["best_a"], 2), round(seed3["best_a"], 2)) == (1.78, 1.54)
+    # Ours with L_P only on textured pixels, and with beta 0.1, against ours (seed 2, to 4500 steps).
+    for record, means in (("pmask_texture_bicubic_S2.json", [0.04, 0.02]), ("beta01_bicubic_S2.json", [0.13, 0.16])):
+        assert compare_runs.main(["--a", str(records / record), "--b", str(records / "oldR_bicubic_S2.json"),
+                                  "--spans", "1750-3000,3250-4500", "--json", str(report)]) == 0
+        result = json.loads(report.read_text())
+        assert [round(span["mean_difference"], 2) for span in result["summary"]] == means, record
+        assert result["pairs"][0]["rows_a_above"] == 12, record

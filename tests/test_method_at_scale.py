@@ -289,13 +289,17 @@ def test_long_cpu_config_is_the_config_the_measured_runs_trained(name):
 
 
 # benchmarks/records/: each recorded run is a shipped long config, as RESULTS says, plus the --set
-# named here (ours with the bicubic warp; Eq. 1 and #4 as shipped), and its number of steps.
+# named here (ours with the bicubic warp, and with L_P masked or lighter; Eq. 1 and #4 as
+# shipped), and its number of steps.
 BICUBIC = {"loss.warp_interp": "bicubic"}
 RECORDED_RUNS = {
     "oldR_bicubic_S2.json": ("ours_long_cpu.yaml", BICUBIC, 8000),
     "oldR_bicubic_S3.json": ("ours_long_cpu.yaml", BICUBIC, 8000),
     "eq1_bicubic_S2.json": ("eq1_long_cpu.yaml", {}, 8000),
     "eq1_bicubic_S3.json": ("eq1_long_cpu.yaml", {}, 8000),
+    # stopped at 4500 steps of 8000
+    "pmask_texture_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.pseudo_mask": "texture"}, 8000),
+    "beta01_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
     "no_reb_IB_bicubic_S2.json": ("no_reblur_long_cpu.yaml", {}, 8000),
     "no_reb_IB_bicubic_S3.json": ("no_reblur_long_cpu.yaml", {}, 8000),
 }
