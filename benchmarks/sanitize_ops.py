@@ -3,6 +3,7 @@
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python benchmarks/sanitize_ops.py
 
 Sizes are odd and not multiples of any tile (a halo or border bug reads or writes out of bounds),
+and 39 x 40, whose middle tile is reblur's interior case at m = 8 (its halo ends on the last row),
 with reblur at m = 8 (the specialised case) and m = 3 (the generic one), sv_conv and
 isotropic_kernels at radius 7 and 2, both paddings, float32 and float16. Without the caching
 allocator (the environment variable above), every tensor is its own allocation, so memcheck sees
@@ -33,7 +34,7 @@ def main() -> int:
     generator = torch.Generator(device="cuda").manual_seed(0)
     cases = 0
     for dtype in (torch.float32, torch.float16):
-        for batch, channels, height, width in ((1, 3, 21, 37), (2, 5, 9, 4)):
+        for batch, channels, height, width in ((1, 3, 21, 37), (2, 5, 9, 4), (1, 3, 39, 40)):
             def rand(c: int, scale: float = 1.0) -> torch.Tensor:
                 return (scale * torch.randn(batch, c, height, width, device="cuda", generator=generator)).to(dtype)
 

@@ -155,6 +155,19 @@ def test_reblur_emulated_batch_cut_into_launches(levels):
         )
 
 
+@pytest.mark.parametrize("levels", [5, 8])
+@pytest.mark.parametrize("padding_mode", ["replicate", "zeros"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reblur_emulated_interior_tile(dtype, padding_mode, levels):
+    """40 x 41 has one tile whose pixels' neighbours all lie in the image (rows and columns 16-31 with
+    their halo of R <= 7): the image gradient's unchecked gather runs there, and the checked one in
+    the eight tiles around it. m = 8 in float32 is the specialized kernel, the others the generic."""
+    generator = torch.Generator().manual_seed(levels * 10 + (padding_mode == "zeros"))
+    inputs = reblur_inputs(2, 5, 40, 41, levels, dtype, generator)
+    assert_op_matches("reblur", inputs, ("window", padding_mode), ["grad image", "grad seeds", "grad weights"],
+                      f"m {levels} size 40 x 41 {padding_mode} {dtype}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(35, 50), (1, 40), (40, 1)], ids=["inner-tiles", "1xN", "Nx1"])
 def test_reblur_emulated_border_folding(dtype, shape):

@@ -512,6 +512,46 @@ __device__ __forceinline__ void gather_image_gradient(const acc_t* __restrict__ 
   }
 }
 
+// gather_image_gradient for a pixel of an interior block, one whose every neighbour p = q - d lies in
+// the image (the block and its halo of R pixels inside): no range checks and no position loops, each
+// tap's orbit weight at a fixed offset from the pixel's own index and its gradient at a fixed offset
+// from the pixel's tile cell `centre`. On an H200 the checked form of 1x3x512x512 float32 took 2.8x
+// the forward's time (330 against 119 us), with 88% of its blocks interior.
+template <typename acc_t, typename index_t, int kLevels>
+__device__ __forceinline__ void gather_interior_gradient(const acc_t* __restrict__ item_orbit_weights, index_t plane,
+                                                         const acc_t* __restrict__ tile, int elements, int side,
+                                                         int levels, int width, index_t pixel, int centre, int count,
+                                                         acc_t* acc) {
+  JDRL_UNROLL
+  for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+  JDRL_UNROLL
+  for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
+    JDRL_UNROLL
+    for (int bb = 0; bb <= a; ++bb) {
+      const acc_t* __restrict__ wt = item_orbit_weights + static_cast<index_t>(orbit_index(a, bb)) * plane + pixel;
+#if defined(__CUDA_ARCH__)
+      // The orbit's plane made opaque to the compiler: otherwise it computes the 225 taps' addresses
+      // ahead, out of the channel-chunk and batch loops around this call, and they spill (ptxas,
+      // sm_90: 648 bytes at m = 8).
+      asm volatile("" : "+l"(wt));
+#endif
+      const int size = orbit_size(a, bb);
+      JDRL_UNROLL
+      for (int k = 0; k < 8; ++k) {
+        if (k >= size) break;
+        int dy, dx;
+        orbit_offset(a, bb, k, &dy, &dx);
+        const acc_t w = wt[-(static_cast<index_t>(dy) * width + dx)];
+        const int t = centre - dy * side - dx;
+        JDRL_UNROLL
+        for (int j = 0; j < kChannelChunk; ++j) {
+          if (j < count) acc[j] += w * tile[j * elements + t];
+        }
+      }
+    }
+  }
+}
+
 // gather_image_gradient at one padded position e outside the image, for the block's shared border
 // work: the same sum over the window's offsets d in rolled loops, with d's orbit computed (few such
 // positions per block; unrolled, or as the orbit loops of the generic kernel, it made the m = 8
@@ -577,6 +617,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(co
   // Its part inside the image (the pixel itself), gathered by the thread; the rest by the block.
   const int own_y0 = first_row > 0 ? first_row : 0, own_y1 = last_row < p.height - 1 ? last_row : p.height - 1;
   const int own_x0 = first_col > 0 ? first_col : 0, own_x1 = last_col < p.width - 1 ? last_col : p.width - 1;
+  // A block whose pixels' neighbours all lie in the image: it folds nothing and needs no range checks.
+  const bool interior_block = y0 >= radius && x0 >= radius && y0 + kTile + radius <= p.height &&
+                              x0 + kTile + radius <= p.width;
+  const int centre = (threadIdx.y + radius) * side + threadIdx.x + radius;
   acc_t* tile = cuda::dynamic_shared<acc_t>();
   for (int64_t item = blockIdx.z; item < p.batch; item += gridDim.z) {
     const index_t b = static_cast<index_t>(item);
@@ -605,16 +649,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(co
       }
       if (!active) continue;
       acc_t acc[kChannelChunk];
-      gather_image_gradient<acc_t, index_t, kLevels>(item_orbit_weights, plane, tile, elements, side, levels, radius,
-                                                     p.height, p.width, y0, x0, own_y0, own_y1, own_x0, own_x1, count,
-                                                     acc);
-      for (int ey = first_row; ey <= last_row; ++ey) {
-        for (int ex = first_col; ex <= last_col; ++ex) {
-          if (ey >= own_y0 && ey <= own_y1 && ex >= own_x0 && ex <= own_x1) continue;  // gathered above
-          const int t = (ey - y0 + radius) * side + (ex - x0 + radius);
-          JDRL_UNROLL
-          for (int j = 0; j < kChannelChunk; ++j) {
-            if (j < count) acc[j] += tile[j * elements + t];
+      if (interior_block) {
+        gather_interior_gradient<acc_t, index_t, kLevels>(item_orbit_weights, plane, tile, elements, side, levels,
+                                                          p.width, pixel, centre, count, acc);
+      } else {
+        gather_image_gradient<acc_t, index_t, kLevels>(item_orbit_weights, plane, tile, elements, side, levels,
+                                                       radius, p.height, p.width, y0, x0, own_y0, own_y1, own_x0,
+                                                       own_x1, count, acc);
+        for (int ey = first_row; ey <= last_row; ++ey) {
+          for (int ex = first_col; ex <= last_col; ++ex) {
+            if (ey >= own_y0 && ey <= own_y1 && ex >= own_x0 && ex <= own_x1) continue;  // gathered above
+            const int t = (ey - y0 + radius) * side + (ex - x0 + radius);
+            JDRL_UNROLL
+            for (int j = 0; j < kChannelChunk; ++j) {
+              if (j < count) acc[j] += tile[j * elements + t];
+            }
           }
         }
       }
