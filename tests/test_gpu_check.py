@@ -134,3 +134,18 @@ def test_script_dry_run_prints_the_plan_and_writes_a_summary(tmp_path):
 def test_script_passes_shellcheck():
     result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_profile_reblur_refuses_bad_arguments_and_a_machine_without_a_gpu():
+    """benchmarks/profile_reblur.py: a size that is not WIDTHxHEIGHT or a count under 1 is a usage
+    error naming the argument; without a CUDA device it says so and exits 2."""
+    script = ROOT / "benchmarks" / "profile_reblur.py"
+    for bad, named in ((["--sizes", "512"], "--sizes"), (["--sizes", "0x4"], "--sizes"), (["--calls", "0"], "--calls")):
+        result = subprocess.run([sys.executable, str(script), *bad], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert named in result.stderr
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal cannot be seen")
+    result = subprocess.run([sys.executable, str(script), "--sizes", "64x48"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "no CUDA device" in result.stderr
