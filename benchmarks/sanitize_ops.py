@@ -3,7 +3,8 @@
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python benchmarks/sanitize_ops.py
 
 Sizes are odd and not multiples of any tile (a halo or border bug reads or writes out of bounds),
-and 39 x 40, whose middle tile is reblur's interior case at m = 8 (its halo ends on the last row),
+and 39 x 40, whose middle tile is reblur's interior case at m = 8 (its halo ends on the last row)
+and at m = 3,
 with reblur at m = 8 (the specialised case) and m = 3 (the generic one), sv_conv and
 isotropic_kernels at radius 7 and 2, both paddings, float32 and float16. Without the caching
 allocator (the environment variable above), every tensor is its own allocation, so memcheck sees

@@ -140,7 +140,7 @@ def test_sv_conv_cuda_matches_cpu(dtype, padding_mode, radius):
 @pytest.mark.parametrize("levels", [1, 2, 5, 8, 10])
 def test_reblur_cuda_matches_cpu(dtype, support, padding_mode, levels):
     generator = seeded(3)
-    # 40 x 41: a tile whose neighbours all lie in the image (the image gradient's unchecked gather)
+    # 40 x 41: for m <= 9, a tile whose neighbours all lie in the image (the image gradient's unchecked gather)
     for channels, shape in ((3, (13, 11)), (1, (3, 2)), (6, (9, 4)), (3, (1, 1)), (5, (17, 20)), (3, (40, 41))):
         inputs = reblur_inputs(2, channels, *shape, levels, dtype, generator)
         assert_cuda_matches_cpu(
