@@ -158,6 +158,24 @@ def test_demo_set_ours_reaches_ours_only(tmp_path, capsys):
     assert settings["overrides"] == {}
 
 
+def test_demo_names_ours_eq1_when_its_overrides_leave_out_l_p(tmp_path, capsys):
+    """`--set-ours loss.pseudo_supervision=false` trains ours as Eq. 1: the table, metrics.json's
+    rows and the grid's column say so (and a demo with the defaults still says Eq. 2)."""
+    from jdrl.demo import METRIC_KEYS, OURS_EQ1_LABEL, DemoSettings, format_metrics, row_labels
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--quick", "--out", str(out), "--threads", "1", "--device", "cpu",
+            "--set-ours", "loss.pseudo_supervision=false"]
+    assert main(argv) == 0
+    config = torch.load(out / "runs" / "ours" / "last.pt", map_location="cpu", weights_only=False)["config"]
+    assert config["loss"]["pseudo_supervision"] is False
+    assert f"| {OURS_EQ1_LABEL} |" in (out / "metrics.md").read_text()
+    assert json.loads((out / "metrics.json").read_text())["rows"]["ours"] == OURS_EQ1_LABEL
+    assert row_labels(DemoSettings())["ours"] == ROW_LABELS["ours"] and "Eq. 2" in ROW_LABELS["ours"]
+    means = {key: {k: 1.0 for k in METRIC_KEYS} for key in ROW_LABELS}
+    assert "Eq. 2" in format_metrics(means) and OURS_EQ1_LABEL not in format_metrics(means)
+
+
 def test_demo_set_of_an_option_only_ours_has_fails_before_training(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--quick", "--out", str(out), "--threads", "1", "--device", "cpu",

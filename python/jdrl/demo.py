@@ -399,10 +399,12 @@ def write_grid(
     data_root: Path,
     evaluations: dict[str, SyntheticEvaluation],
     split: str = "test",
+    columns: tuple[str, ...] = GRID_COLUMNS,
 ) -> Path:
     """The before/after grid (see the module docstring); ``evaluations`` needs ``"ours"``, ``"l1"``
     and ``"no_reblur"`` made with ``keep_images=True``. Each output tile shows its PSNR against
-    ``gt_aligned``; the radius tiles show the largest radius of the colour scale."""
+    ``gt_aligned``; the radius tiles show the largest radius of the colour scale. ``columns``: the
+    header's titles (``GRID_COLUMNS``)."""
     from jdrl.defocus import radius_to_colour
     from jdrl.imageio import read_image, write_image_array
     from jdrl.inference import colorize_defocus, defocus_map_to_scalar
@@ -449,9 +451,9 @@ def write_grid(
             enlarged.append(tile)
         rows.append(np.concatenate(enlarged, axis=1))
     body = np.concatenate(rows, axis=0)
-    tile_width = body.shape[1] // len(GRID_COLUMNS)
+    tile_width = body.shape[1] // len(columns)
     header = np.full((GRID_HEADER, body.shape[1], 3), 255, dtype=np.uint8)
-    for column, title in enumerate(GRID_COLUMNS):
+    for column, title in enumerate(columns):
         cv2.putText(
             header, title, (column * tile_width + 6, GRID_HEADER - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
             cv2.LINE_AA,
@@ -488,11 +490,23 @@ def format_defocus(defocus: dict[str, dict[str, float]] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_metrics(means: dict[str, dict[str, float]]) -> str:
-    """Markdown table: one row per ``ROW_LABELS`` entry, the ``METRIC_KEYS`` as columns."""
+# Ours' row when its overrides leave out L_P (`--set-ours loss.pseudo_supervision=false`): Eq. 1.
+OURS_EQ1_LABEL = "ours without L_P: reblurring-guided loss, Eq. 1"
+
+
+def row_labels(settings: DemoSettings) -> dict[str, str]:
+    """``ROW_LABELS``, with ours' row naming Eq. 1 when its overrides turn off the pseudo supervision."""
+    labels = dict(ROW_LABELS)
+    if ours_overrides(settings).get("loss.pseudo_supervision", True) is False:
+        labels["ours"] = OURS_EQ1_LABEL
+    return labels
+
+
+def format_metrics(means: dict[str, dict[str, float]], labels: dict[str, str] = ROW_LABELS) -> str:
+    """Markdown table: one row per entry of ``labels`` (``ROW_LABELS``), the ``METRIC_KEYS`` as columns."""
     header = "| | PSNR vs gt_aligned | SSIM vs gt_aligned | PSNR flow-aligned | SSIM flow-aligned | PSNR unaligned | SSIM unaligned |"
     lines = [header, "|---|---|---|---|---|---|---|"]
-    for key, label in ROW_LABELS.items():
+    for key, label in labels.items():
         values = means[key]
         cells = [f"{values[k]:.2f}" if k.startswith("psnr") else f"{values[k]:.4f}" for k in METRIC_KEYS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -572,7 +586,10 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
         evaluations[name] = evaluate_synthetic(
             net, data_root, flow_estimator=flow_estimator, keep_images=True, device=device, reblur=reblur
         )
-    grid = write_grid(out_dir / "grid.png", data_root, evaluations)
+    labels = row_labels(settings)
+    eq1 = labels["ours"] == OURS_EQ1_LABEL
+    columns = tuple("ours (Eq. 1)" if eq1 and title == "ours (Eq. 2)" else title for title in GRID_COLUMNS)
+    grid = write_grid(out_dir / "grid.png", data_root, evaluations, columns=columns)
     finished = time.perf_counter()
 
     epochs = trainings.epochs["ours"]
@@ -589,7 +606,7 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
         f"{name} after epoch {epoch}" if epoch is not None else f"{name}: last epoch"
         for name, epoch in chosen_epochs.items()
     )
-    table = format_metrics(means)
+    table = format_metrics(means, labels)
     # Ours against #4 pair by pair, and photo by photo (the pairs are crops of a few photos): how
     # sure the table's order of the two is.
     photos = pair_sources(data_root, "test")
@@ -639,7 +656,7 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
         "defocus_spearman": (defocus.get("reblur") or {}).get("spearman"),
         "defocus": defocus,
         "per_image": {name: evaluation.per_image for name, evaluation in evaluations.items()},
-        "rows": ROW_LABELS,
+        "rows": labels,
         "checkpoints": checkpoints,
         "validation": {name: result.val_metrics for name, result in trainings.results.items()},
     }
