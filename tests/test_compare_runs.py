@@ -131,10 +131,26 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     seed2, seed3 = result["pairs"]
     assert (seed2["first_at_threshold_a"], seed3["first_at_threshold_a"]) == (6000, 7750)
     assert (round(seed2["best_a"], 2), round(seed3["best_a"], 2)) == (1.78, 1.54)
-    # Ours with L_P only on textured pixels, and with beta 0.1, against ours (seed 2, to 4500 steps).
-    for record, means in (("pmask_texture_bicubic_S2.json", [0.04, 0.02]), ("beta01_bicubic_S2.json", [0.13, 0.16])):
+    # Ours with L_P only on textured pixels, and with beta 0.1, against ours (seed 2, to 4500 steps;
+    # the masked run stopped there).
+    for record, means, rows in (("pmask_texture_bicubic_S2.json", [0.04, 0.02], 12),
+                                ("beta01_bicubic_S2.json", [0.13, 0.16], 26)):
         assert compare_runs.main(["--a", str(records / record), "--b", str(records / "oldR_bicubic_S2.json"),
                                   "--spans", "1750-3000,3250-4500", "--json", str(report)]) == 0
         result = json.loads(report.read_text())
         assert [round(span["mean_difference"], 2) for span in result["summary"]] == means, record
-        assert result["pairs"][0]["rows_a_above"] == 12, record
+        assert result["pairs"][0]["rows_a_above"] == rows, record
+    # Ours with beta 0.1 to 8000 steps, seeds 2 and 3: against #4' level early, ahead late, at 44 of
+    # 52 rows; against Eq. 1 behind early, level late; against ours (beta 0.5) ahead at every row.
+    beta01 = [str(records / f"beta01_bicubic_S{seed}.json") for seed in (2, 3)]
+    for other, means, rows in (("no_reb_IB_bicubic", [-0.006, 0.069, 0.093], [25, 19]),
+                               ("eq1_bicubic", [-0.077, -0.033, 0.021], [14, 7]),
+                               ("oldR_bicubic", [0.116, 0.197, 0.316], [26, 26])):
+        assert compare_runs.main(["--a", *beta01, "--b", *[str(records / f"{other}_S{seed}.json") for seed in (2, 3)],
+                                  "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
+        result = json.loads(report.read_text())
+        assert [round(span["mean_difference"], 3) for span in result["summary"]] == means, other
+        assert [pair["rows_a_above"] for pair in result["pairs"]] == rows, other
+    seed2, seed3 = result["pairs"]
+    assert (seed2["first_at_threshold_a"], seed3["first_at_threshold_a"]) == (6000, 7750)
+    assert (round(seed2["best_a"], 2), round(seed3["best_a"], 2)) == (1.79, 1.52)

@@ -300,6 +300,7 @@ RECORDED_RUNS = {
     # stopped at 4500 steps of 8000
     "pmask_texture_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.pseudo_mask": "texture"}, 8000),
     "beta01_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
+    "beta01_bicubic_S3.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
     "no_reb_IB_bicubic_S2.json": ("no_reblur_long_cpu.yaml", {}, 8000),
     "no_reb_IB_bicubic_S3.json": ("no_reblur_long_cpu.yaml", {}, 8000),
 }
