@@ -159,9 +159,11 @@ def test_demo_set_ours_reaches_ours_only(tmp_path, capsys):
 
 
 def test_demo_names_ours_eq1_when_its_overrides_leave_out_l_p(tmp_path, capsys):
-    """`--set-ours loss.pseudo_supervision=false` trains ours as Eq. 1: the table, metrics.json's
-    rows and the grid's column say so (and a demo with the defaults still says Eq. 2)."""
-    from jdrl.demo import METRIC_KEYS, OURS_EQ1_LABEL, DemoSettings, format_metrics, row_labels
+    """`--set-ours loss.pseudo_supervision=false` (or `loss.beta=0`) trains ours as Eq. 1: the
+    table, metrics.json's rows, the grid's column and the progress log say so; with the defaults
+    they say Eq. 2."""
+    from jdrl.demo import (GRID_COLUMNS, METRIC_KEYS, OURS_EQ1_LABEL, DemoSettings, format_metrics, grid_columns,
+                           method_label, row_labels)
 
     out = tmp_path / "demo"
     argv = ["demo", "--quick", "--out", str(out), "--threads", "1", "--device", "cpu",
@@ -171,9 +173,18 @@ def test_demo_names_ours_eq1_when_its_overrides_leave_out_l_p(tmp_path, capsys):
     assert config["loss"]["pseudo_supervision"] is False
     assert f"| {OURS_EQ1_LABEL} |" in (out / "metrics.md").read_text()
     assert json.loads((out / "metrics.json").read_text())["rows"]["ours"] == OURS_EQ1_LABEL
-    assert row_labels(DemoSettings())["ours"] == ROW_LABELS["ours"] and "Eq. 2" in ROW_LABELS["ours"]
+    log = capsys.readouterr().err
+    assert "ours: reblurring-guided, Eq. 1" in log and "Eq. 2" not in log
+    defaults, eq1, beta0 = (DemoSettings(), DemoSettings(ours_overrides={"loss.pseudo_supervision": False}),
+                            DemoSettings(ours_overrides={"loss.beta": 0}))
+    assert row_labels(defaults)["ours"] == ROW_LABELS["ours"] and "Eq. 2" in ROW_LABELS["ours"]
+    assert row_labels(eq1)["ours"] == row_labels(beta0)["ours"] == OURS_EQ1_LABEL
+    assert grid_columns(defaults) == GRID_COLUMNS and "ours (Eq. 2)" in GRID_COLUMNS
+    assert "ours (Eq. 1)" in grid_columns(eq1) and "ours (Eq. 2)" not in grid_columns(beta0)
+    assert "Eq. 2" in method_label("ours", defaults) and "Eq. 1" in method_label("ours", eq1)
+    assert method_label("no_reblur", eq1) == method_label("no_reblur", defaults)
     means = {key: {k: 1.0 for k in METRIC_KEYS} for key in ROW_LABELS}
-    assert "Eq. 2" in format_metrics(means) and OURS_EQ1_LABEL not in format_metrics(means)
+    assert OURS_EQ1_LABEL in format_metrics(means, row_labels(eq1))
 
 
 def test_demo_set_of_an_option_only_ours_has_fails_before_training(tmp_path, capsys):

@@ -322,8 +322,8 @@ def _train_all(data_root: Path, val_root: Path, runs: Path, settings: DemoSettin
     trainings.check_configs()
     if settings.epochs is not None:
         trainings.warmup_epochs = warmup_share_of(settings.epochs)
-        for index, (name, (label, _)) in enumerate(METHODS.items(), start=1):
-            _log(f"training {index}/{len(METHODS)}: {label}, {settings.epochs} epoch(s)")
+        for index, name in enumerate(METHODS, start=1):
+            _log(f"training {index}/{len(METHODS)}: {method_label(name, settings)}, {settings.epochs} epoch(s)")
             trainings.advance(name, settings.epochs)
         return trainings
 
@@ -335,8 +335,8 @@ def _train_all(data_root: Path, val_root: Path, runs: Path, settings: DemoSettin
     # 10 minutes fit 11 epochs instead of 16 on our 2-core VM; benchmarks/RESULTS.md).
     deadline = time.perf_counter() + settings.minutes * 60.0
     per_epoch = {}
-    for index, (name, (label, _)) in enumerate(METHODS.items(), start=1):
-        _log(f"training {index}/{len(METHODS)}: {label}, first epoch (measures this machine's speed)")
+    for index, name in enumerate(METHODS, start=1):
+        _log(f"training {index}/{len(METHODS)}: {method_label(name, settings)}, first epoch (measures this machine's speed)")
         per_epoch[name] = trainings.advance(name, 1)
         prefit = trainings.results[name].prefit_seconds
         if prefit > 0:
@@ -354,8 +354,8 @@ def _train_all(data_root: Path, val_root: Path, runs: Path, settings: DemoSettin
             break
         done = trainings.epochs["ours"]
         target = done + max(1, math.ceil(affordable / 2))
-        for name, (label, _) in METHODS.items():
-            _log(f"training {label}: epochs {done + 1}-{target}")
+        for name in METHODS:
+            _log(f"training {method_label(name, settings)}: epochs {done + 1}-{target}")
             per_epoch[name] = trainings.advance(name, target)
     return trainings
 
@@ -494,12 +494,31 @@ def format_defocus(defocus: dict[str, dict[str, float]] | None) -> str:
 OURS_EQ1_LABEL = "ours without L_P: reblurring-guided loss, Eq. 1"
 
 
+def ours_leaves_out_l_p(settings: DemoSettings) -> bool:
+    """Whether ours' overrides turn off the pseudo supervision of F_B (``loss.pseudo_supervision:
+    false``, or its weight ``loss.beta: 0``): ours then trains Eq. 1."""
+    overrides = ours_overrides(settings)
+    return overrides.get("loss.pseudo_supervision", True) is False or overrides.get("loss.beta") == 0
+
+
 def row_labels(settings: DemoSettings) -> dict[str, str]:
-    """``ROW_LABELS``, with ours' row naming Eq. 1 when its overrides turn off the pseudo supervision."""
+    """``ROW_LABELS``, with ours' row naming Eq. 1 when its overrides leave out L_P."""
     labels = dict(ROW_LABELS)
-    if ours_overrides(settings).get("loss.pseudo_supervision", True) is False:
+    if ours_leaves_out_l_p(settings):
         labels["ours"] = OURS_EQ1_LABEL
     return labels
+
+
+def method_label(name: str, settings: DemoSettings) -> str:
+    """The progress log's name of a training (``METHODS``), Eq. 1 for ours when it leaves out L_P."""
+    label = METHODS[name][0]
+    return label.replace("Eq. 2", "Eq. 1") if name == "ours" and ours_leaves_out_l_p(settings) else label
+
+
+def grid_columns(settings: DemoSettings) -> tuple[str, ...]:
+    """The grid's column titles (``GRID_COLUMNS``), ours' column Eq. 1 when it leaves out L_P."""
+    eq1 = ours_leaves_out_l_p(settings)
+    return tuple("ours (Eq. 1)" if eq1 and title == "ours (Eq. 2)" else title for title in GRID_COLUMNS)
 
 
 def format_metrics(means: dict[str, dict[str, float]], labels: dict[str, str] = ROW_LABELS) -> str:
@@ -587,9 +606,7 @@ def run_demo(out_dir: str | os.PathLike, settings: DemoSettings = DemoSettings()
             net, data_root, flow_estimator=flow_estimator, keep_images=True, device=device, reblur=reblur
         )
     labels = row_labels(settings)
-    eq1 = labels["ours"] == OURS_EQ1_LABEL
-    columns = tuple("ours (Eq. 1)" if eq1 and title == "ours (Eq. 2)" else title for title in GRID_COLUMNS)
-    grid = write_grid(out_dir / "grid.png", data_root, evaluations, columns=columns)
+    grid = write_grid(out_dir / "grid.png", data_root, evaluations, columns=grid_columns(settings))
     finished = time.perf_counter()
 
     epochs = trainings.epochs["ours"]
