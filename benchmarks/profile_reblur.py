@@ -1,6 +1,7 @@
 """Time of each CUDA kernel of reblur's forward + backward, from torch.profiler (a GPU only).
 
     python3 benchmarks/profile_reblur.py                 # 1x3x512x512 and 1x3x2160x4096, float32, m = 8
+    PYTHONPATH=$PWD python3 benchmarks/profile_reblur.py # with the extension built in place
     python3 benchmarks/profile_reblur.py --sizes 256x256 --calls 20
 
 bench_ops.py times a whole forward + backward with CUDA events, host gaps included: on a sub-ms case
@@ -16,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import jdrl_ext  # noqa: E402
+import jdrl_ext  # installed, or built in place with the repository root on PYTHONPATH (as bench_ops.py)
 
 
 def parse_size(text: str) -> tuple[int, int]:
