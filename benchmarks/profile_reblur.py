@@ -17,21 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
-import jdrl_ext  # installed, or built in place with the repository root on PYTHONPATH (as bench_ops.py)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (H, W), as bench_ops.py reads its sizes."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes: {text!r} is not WIDTHxHEIGHT") from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"--sizes: {text!r} must be positive")
-    return height, width
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import jdrl_ext  # noqa: E402  installed, or built in place with the repository root on PYTHONPATH (as bench_ops.py)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=10, help="forward + backward calls profiled per size")
     args = parser.parse_args(argv)
     try:
-        sizes = [parse_size(s) for s in args.sizes.split(",")]
-    except argparse.ArgumentTypeError as error:
-        parser.error(str(error))
+        sizes = [common.parse_size(text) for text in common.parse_list(args.sizes, None, "sizes")]
+    except ValueError as error:
+        parser.error(f"--sizes: {error}")
     if args.calls < 1:
         parser.error("--calls must be at least 1")
     if not torch.cuda.is_available():
