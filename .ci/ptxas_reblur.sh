@@ -10,6 +10,9 @@
 # for float, c10::Half and c10::BFloat16, the generic kernel (int64_t, 0) for those and double. Uses
 # $CUDA_HOME/bin/nvcc (default /usr/local/cuda) for TORCH_CUDA_ARCH_LIST's first arch (default 9.0).
 # Prints one line per instantiation; exits 1 if any spills or needs more than 64 registers.
+# With SASS_DIR set, also writes each instantiation's disassembly there (KERNEL_SCALAR_INDEX_LEVELS.sass,
+# by cuobjdump: $CUDA_HOME/bin, PATH, or the one bundled with the venv's triton), for
+# benchmarks/sass_sections.py.
 set -euo pipefail
 venv="${1:?usage: .ci/ptxas_reblur.sh VENV [KERNEL ...]}"
 shift
@@ -28,6 +31,15 @@ void instantiate() {
   (void)kernel;
 }
 CU
+cuobjdump=""
+if [ -n "${SASS_DIR:-}" ]; then
+  mkdir -p "$SASS_DIR"
+  for candidate in "${CUDA_HOME:-/usr/local/cuda}/bin/cuobjdump" "$(command -v cuobjdump || true)" \
+    "$site/triton/backends/nvidia/bin/cuobjdump"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ]; then cuobjdump="$candidate"; break; fi
+  done
+  [ -n "$cuobjdump" ] || { echo "ptxas_reblur.sh: SASS_DIR needs cuobjdump (none found)" >&2; exit 1; }
+fi
 status=0
 for kernel in "${kernels[@]}"; do
   for scalar in float c10::Half c10::BFloat16 double; do
@@ -41,6 +53,9 @@ for kernel in "${kernels[@]}"; do
       registers="$(grep -oE 'Used [0-9]+ registers' "$log" | tail -n 1 | grep -oE '[0-9]+')"
       frame="$(grep -oE '[0-9]+ bytes stack frame, [0-9]+ bytes spill stores, [0-9]+ bytes spill loads' "$log" | tail -n 1)"
       echo "$kernel<$scalar, $index, $levels>: $registers registers, $frame"
+      if [ -n "$cuobjdump" ]; then
+        "$cuobjdump" -sass "$work/one.cubin" >"$SASS_DIR/${kernel}_${scalar#c10::}_${index}_${levels}.sass"
+      fi
       if [ "$registers" -gt 64 ] || ! grep -q "0 bytes spill stores, 0 bytes spill loads" <<<"$frame"; then status=1; fi
     done
   done

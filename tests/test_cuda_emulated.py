@@ -10,7 +10,7 @@ load shows up here as a wrong value, every run.
 
 Compared: every op's output and every gradient (its backward op on a random output gradient), on
 odd and non-square sizes (1x1, and sizes that are not multiples of the 16x16 tile of reblur and
-sv_conv), batch 2, channel counts on both sides of the 4-channel chunk, every radius 1..7 (7 is the
+sv_conv), batch 2, channel counts on both sides of the channel chunk (3 for reblur, 4 for sv_conv), every radius 1..7 (7 is the
 compile-time specialization of sv_conv and isotropic_kernels in float32, the others, and float64 at
 every radius, their generic kernels; R = 9, 12 and 20 as well, and their 64-bit-offset kernels
 through the test-only index64), m in {1, 2, 5, 8} (8 is reblur's compile-time specialization in
@@ -93,8 +93,10 @@ def reblur_inputs(batch, channels, height, width, levels, dtype, generator):
 
 
 # (channels, (height, width)): 1x1, one partial tile, several tiles with partial edges; channel counts
-# 1, 4 (one full chunk), 5 and 9 (a chunk and a partial one).
+# 1, 4 (sv_conv: one full chunk; reblur: a chunk of 3 and 1), 5 (a chunk and a partial one) and 9
+# (reblur: three full chunks); reblur's tests add 3 channels (REBLUR_SHAPES).
 SHAPES = [(4, (1, 1)), (5, (5, 3)), (1, (17, 33)), (9, (7, 18))]
+REBLUR_SHAPES = SHAPES + [(3, (16, 19))]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -103,7 +105,7 @@ SHAPES = [(4, (1, 1)), (5, (5, 3)), (1, (17, 33)), (9, (7, 18))]
 @pytest.mark.parametrize("levels", [1, 2, 5, 8])
 def test_reblur_emulated_matches_cpu(dtype, support, padding_mode, levels):
     generator = torch.Generator().manual_seed(levels)
-    for channels, shape in SHAPES:
+    for channels, shape in REBLUR_SHAPES:
         inputs = reblur_inputs(2, channels, *shape, levels, dtype, generator)
         assert_op_matches(
             "reblur",
@@ -114,11 +116,12 @@ def test_reblur_emulated_matches_cpu(dtype, support, padding_mode, levels):
         )
 
 
-@pytest.mark.parametrize("max_shared_bytes", [48 * 1024, 64 * 1024])
+@pytest.mark.parametrize("max_shared_bytes", [40 * 1024, 48 * 1024])
 def test_reblur_emulated_m8_on_a_device_with_less_shared_memory(max_shared_bytes):
-    """m = 8 in float32 needs ~50 KB of shared memory per block for its specialized kernels: on a
-    device that allows 48 KB (before Volta) the launcher takes the generic kernels, with 64 KB (Turing)
-    the specialized ones; both match the CPU op."""
+    """m = 8 in float32 needs up to 47,664 bytes of shared memory per block for its specialized kernels
+    (36,864 of slots, a tile of 30 x 30 for up to 3 channels): with 40 KiB allowed the launcher takes
+    the generic kernels for 9 channels (with one channel, 40,464 bytes, the specialized ones), with
+    48 KiB the specialized ones; both match the CPU op."""
     generator = torch.Generator().manual_seed(8)
     for channels, shape in SHAPES[2:]:
         inputs = reblur_inputs(2, channels, *shape, 8, torch.float32, generator)
@@ -185,6 +188,22 @@ def test_reblur_emulated_index_limit_is_checked():
     for bad in (0, 2**31):
         with pytest.raises(ValueError, match="index_limit"):
             emulated.reblur(*inputs, index_limit=bad)
+
+
+@pytest.mark.parametrize("support", ["window", "disk"])
+@pytest.mark.parametrize("levels", [5, 8])
+def test_reblur_emulated_large_seeds(support, levels):
+    """Seeds of +-100s, float32: the kernels shift each level's logits by the largest seed (and 0 for the
+    window's corners) instead of the largest orbit logit; a shift that missed a seed would overflow
+    exp2 here (logits up to ~700 in log2 units) and the outputs would be inf or NaN."""
+    generator = torch.Generator().manual_seed(100 + levels)
+    image, seeds, weights = reblur_inputs(2, 3, 18, 17, levels, torch.float32, generator)
+    seeds = 50 * seeds
+    assert torch.isfinite(torch.ops.jdrl_ext.reblur(image, seeds, weights, support=support)).all()
+    assert_op_matches(
+        "reblur", [image, seeds, weights], (support, "replicate"), ["grad image", "grad seeds", "grad weights"],
+        f"m {levels} seeds x50",
+    )
 
 
 def test_reblur_emulated_large_radius_and_specials():

@@ -3,12 +3,13 @@
 // registers where the level count is a compile-time constant), each orbit's logit from the polar
 // interpolation of common/pixel_math.h (orbit_polar, whose fields fold to constants for a
 // compile-time orbit), and the softmax as k(o) = exp2(z(o) - bias) with logits in log2 units and
-// bias = max + log2(sum), so that float32 uses the hardware's exp2f/log2f; float64 keeps base e
+// bias = max + log2(sum), so that float32 uses the hardware's ex2/lg2; float64 keeps base e
 // (exp and log on the logits as they are, as the CPU computes them). What is computed is SPEC
 // section 2's level softmax, as the CPU's level_tap_weights computes it.
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "common/cuda_kernel_support.cuh"
 #include "common/pixel_math.h"
@@ -16,11 +17,33 @@
 namespace jdrl {
 namespace cuda {
 
-// The softmax's exponential and logarithm: base 2 in float32 (the hardware's exp2f, log2f, on logits
+// The softmax's exponential and logarithm: base 2 in float32 (the hardware's ex2 and lg2, on logits
 // scaled by log2(e): kLogitScale), base e in float64 (exp, log; scale 1).
-JDRL_HD float softmax_log(float x) { return log2f(x); }
+// log2 on the GPU: the bare lg2.approx.ftz (one MUFU.LG2) instead of log2f's ~20 instructions;
+// its argument, a level's softmax sum, is >= 1. On the host (the emulation), log2f.
+JDRL_HD float softmax_log(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return log2f(x);
+#endif
+}
 JDRL_HD double softmax_log(double x) { return log(x); }
-JDRL_HD float softmax_pow(float x) { return exp2f(x); }
+// On the GPU, the bare ex2.approx.ftz (one MUFU.EX2): exp2f adds a compare and two predicated
+// multiplies per call to return subnormal results, three of ~10 instructions per orbit in a softmax
+// pass (SASS, sm_90). Flushed to 0 are weights below 2^-126 of a level whose largest weight is
+// >= 1 / 225: nothing the sums can see. On the host (the emulation), exp2f.
+JDRL_HD float softmax_pow(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
 JDRL_HD double softmax_pow(double x) { return exp(x); }
 
 template <typename acc_t>
@@ -99,21 +122,35 @@ __device__ __forceinline__ bool level_logit(const Level& level, int radius, bool
 }
 
 // bias = max + log2(sum of the level's exponentials): k(o) = exp2(z(o) - bias) (float64: log and
-// exp). A NaN or infinite logit makes the bias NaN (NaN - NaN, inf - inf), so the level's kernel is
-// NaN, as on the CPU.
+// exp). In the specialized kernels (kLevels > 0) the max is taken over the level's seeds, not its
+// orbits' logits, and is the same number: seed a_l is itself the logit of orbit (l, 0) (rho = l
+// exactly), every other inside logit lies between two seeds, and under "window" the corners (orbit
+// (r, r) is one for every r >= 1) add the logit 0; radius 0 has no corner. This saves a pass over
+// the orbits (up to 36 logits) per level; an interpolated logit that rounds an ulp above its seeds
+// only makes its exponential an ulp over 1. A NaN logit makes the sum NaN, and so the bias (a NaN or
+// infinite seed: the max as well, inf - inf), so the level's kernel is NaN, as on the CPU.
 template <typename acc_t, int kLevels, typename Level>
 __device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk) {
   acc_t max_logit = level(0);
-  JDRL_UNROLL
-  for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
-    if (a > radius) break;
+  if (kLevels > 0 && !disk && radius >= 1) max_logit = nan_max(max_logit, acc_t(0));
+  if constexpr (kLevels > 0) {
     JDRL_UNROLL
-    for (int b = 0; b <= a; ++b) {
-      acc_t z;
-      if (level_logit(level, radius, disk, orbit_polar<acc_t>(a, b), &z)) max_logit = nan_max(max_logit, z);
+    for (int s = 1; s < kLevels; ++s) {
+      if (s > radius) break;
+      max_logit = nan_max(max_logit, level(s));
+    }
+  } else {
+    // The generic kernels (seeds read from memory) keep the pass over the orbits' logits: with the
+    // seeds' max, reblur's generic parameter backward spilled (8 bytes in float16, 44 in float64;
+    // ptxas, sm_90), and they are not the kernels that speed is measured on.
+    for (int a = 0; a <= radius; ++a) {
+      JDRL_UNROLL
+      for (int b = 0; b <= a; ++b) {
+        acc_t z;
+        if (level_logit(level, radius, disk, orbit_polar<acc_t>(a, b), &z)) max_logit = nan_max(max_logit, z);
+      }
     }
   }
-  level.forget();
   acc_t sum = 0;
   JDRL_UNROLL
   for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
@@ -127,6 +164,32 @@ __device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk)
   }
   level.forget();
   return max_logit + softmax_log(sum);
+}
+
+// `x`, hidden from the compiler (an empty asm claims to change it): an address computed from a
+// level's compile-time radius would otherwise be computed ahead, before the rolled loop over the
+// levels, and held in registers across it (the reblur parameter backward spilled 16 bytes, ptxas
+// sm_90).
+__device__ __forceinline__ int opaque(int x) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+r"(x));
+#endif
+  return x;
+}
+
+// f(r) for the level radius r in 1..kMaxRadius, with r a compile-time constant in each call
+// (std::integral_constant): in a rolled loop over a pixel's levels, each level's orbit loops then
+// compile for their own radius, with no per-orbit test of whether the orbit lies inside the level's
+// window or disk and the corners' constant logit folded (kMaxRadius = 0: no call).
+template <int kMaxRadius, typename F>
+__device__ __forceinline__ void with_constant_radius(int radius, F&& f) {
+  if constexpr (kMaxRadius >= 1) {
+    if (radius == kMaxRadius) {
+      f(std::integral_constant<int, kMaxRadius>{});
+    } else {
+      with_constant_radius<kMaxRadius - 1>(radius, f);
+    }
+  }
 }
 
 // One orbit's share of a level's seed gradient, in the one-pass form of the specialized backward

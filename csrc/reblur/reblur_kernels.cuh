@@ -64,7 +64,11 @@ constexpr int kThreads = cuda::kTileThreads;
 // Blocks of kThreads that a streaming multiprocessor should hold at once: 4 x 256 threads = 50% of
 // its 2048, which caps the kernels at 64 registers per thread (65536 / (4 x 256)).
 constexpr int kMinBlocks = 4;
-constexpr int kChannelChunk = 4;         // at most this many channels in shared memory at once
+// At most this many channels in shared memory at once: 3, an RGB image's count. Every channel of
+// the chunk's unrolled gathers is issued whether the image has it or not (predicated off), so a
+// chunk of 4 spent a quarter of the orbit sums' instructions on nothing for RGB (SASS, sm_90: the
+// forward's gather 2,168 instructions per pixel for 4 channels, ~1,630 for 3).
+constexpr int kChannelChunk = 3;
 constexpr int kSpecializedLevels = 8;    // m of the compile-time specialization
 // The specialization is for float accumulation (float32, float16, bfloat16). float64 takes the
 // generic kernels at every m: in doubles, the specialized kernels' per-level registers (8 seeds and
@@ -120,8 +124,8 @@ constexpr int64_t kIndexLimit = std::numeric_limits<int32_t>::max();
 // `largest_numel`: the largest tensor the kernels index (for the choice of 32-bit indices, below
 // `index_limit`: kIndexLimit, smaller only in tests);
 // `accumulate_bytes`: sizeof(acc_t), the element type of the shared tile; `max_shared_bytes`: the
-// most shared memory a block may use on this device (opt-in limit): the specialized kernels' slots
-// need ~50 KB, which GPUs before Volta do not allow, so there the generic kernels run.
+// most shared memory a block may use on this device (opt-in limit): where the specialized kernels'
+// slots and tile (up to 47,664 bytes) do not fit, the generic kernels run.
 inline Geometry geometry(int64_t batch, int64_t channels, int64_t height, int64_t width, int levels,
                          int64_t largest_numel, size_t accumulate_bytes, int64_t max_shared_bytes,
                          int64_t index_limit = kIndexLimit) {
@@ -169,8 +173,8 @@ constexpr int array_size(int levels_or_zero, int size) { return levels_or_zero >
 // A per-pixel array of the specialized kernels in the block's shared memory: the thread's values
 // kThreads apart (consecutive threads, consecutive words: no bank conflicts). The 36 orbit values
 // of m = 8 do not fit in registers next to the rest (36 floats plus the loop state went over 64
-// registers), and the shared memory a block then uses (36 KB of slots and a 14 KB tile, 50 KB, over
-// the 48 KB default: the launcher opts in) still lets 4 blocks reside, as 64 registers do.
+// registers), and the shared memory a block then uses (36 KiB of slots and at most a 3-channel tile
+// of 10.5 KiB: 47,664 bytes, under the 48 KiB default) still lets 4 blocks reside, as 64 registers do.
 template <typename acc_t>
 struct SlotArray {
   acc_t* base;  // the thread's first slot
@@ -205,14 +209,16 @@ __device__ __forceinline__ void radial_kernel(const Seeds& seed, const Weights& 
   JDRL_UNROLL
   for (int o = 0; o < (kLevels > 0 ? orbit_count(kLevels) : orbits); ++o) wt[o] = acc_t(0);
   wt[0] = weight(0);
-  JDRL_NO_UNROLL
-  for (int radius = 1; radius < levels; ++radius) {
-    auto level = level_seeds<acc_t, kLevels>(seed, radius, seed_offset(radius));
+  // One level: its bias, then w_r k_r(o) added to Wt over its orbits. `radius`: an int, or in the
+  // specialized kernels a compile-time constant (with_constant_radius).
+  const auto add_level = [&](auto radius) {
+    // the level's rows of seeds and weights, indexed at run time (cuda::opaque)
+    auto level = level_seeds<acc_t, kLevels>(seed, radius, cuda::opaque(seed_offset(radius)));
     const acc_t level_bias_value = level_bias<acc_t, kLevels>(level, radius, disk);
     if constexpr (!std::is_same_v<BiasArray, NoBiases>) bias[radius] = level_bias_value;
-    const acc_t level_weight = weight(radius);
+    const acc_t level_weight = weight(cuda::opaque(radius));
     JDRL_UNROLL
-    for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : radius); ++a) {
+    for (int a = 0; a <= (kLevels > 0 ? kLevels - 1 : static_cast<int>(radius)); ++a) {
       if (a > radius) break;
       JDRL_UNROLL
       for (int b = 0; b <= a; ++b) {
@@ -221,6 +227,14 @@ __device__ __forceinline__ void radial_kernel(const Seeds& seed, const Weights& 
           wt[orbit_index(a, b)] += level_weight * softmax_pow(z - level_bias_value);
         }
       }
+    }
+  };
+  JDRL_NO_UNROLL
+  for (int radius = 1; radius < levels; ++radius) {
+    if constexpr (kLevels > 0) {
+      cuda::with_constant_radius<kLevels - 1>(radius, add_level);
+    } else {
+      add_level(radius);
     }
   }
 }
@@ -386,25 +400,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
     if (!active) continue;
     scalar_t* __restrict__ pixel_grad_weights = p.grad_weights + b * levels * plane + pixel;
     pixel_grad_weights[0] = static_cast<scalar_t>(orbit_grad[0]);
-    JDRL_NO_UNROLL
-    for (int r = 1; r < levels; ++r) {
-      const int first = seed_offset(r);
-      auto level = level_seeds<acc_t, kLevels>(seed, r, seed_offset(r));
-      acc_t level_bias_value;
-      if constexpr (kLevels > 0) {
+    if constexpr (kLevels > 0) {
+      // One level's gradients, its radius r a compile-time constant (with_constant_radius). One pass
+      // over the level's orbits: with c(o, s) the share of seed s in the logit of orbit o
+      // ((1 - f, f) at (l, l + 1), or 1 at l), d/da_s = sum_o c(o, s) d/dz_r(o)
+      //   = w_r (sum_o c(o, s) k_r(o) orbit_grad(o) - d/dw_r sum_o c(o, s) |o| k_r(o)),
+      // so each k_r(o) is computed once and no orbit's value waits for d/dw_r (the two-pass form
+      // kept the level's 36 exponentials and orbit gradients live in registers between its passes).
+      const auto level_gradients = [&](auto r) {
+        // the level's rows of seeds, weights and their gradients, indexed at run time (cuda::opaque)
+        const int first = cuda::opaque(seed_offset(r)), row = cuda::opaque(r);
+        auto level = level_seeds<acc_t, kLevels>(seed, r, first);
         // recomputed: a rolled loop cannot keep the level biases in registers
-        level_bias_value = level_bias<acc_t, kLevels>(level, r, p.disk);
-      } else {
-        level_bias_value = bias[r];
-      }
-      acc_t* __restrict__ level_grad_out = p.grad_seeds + seed_base + static_cast<index_t>(first) * plane;
-      const acc_t level_weight = weight(r);
-      if constexpr (kLevels > 0) {
-        // One pass over the level's orbits: with c(o, s) the share of seed s in the logit of orbit o
-        // ((1 - f, f) at (l, l + 1), or 1 at l), d/da_s = sum_o c(o, s) d/dz_r(o)
-        //   = w_r (sum_o c(o, s) k_r(o) orbit_grad(o) - d/dw_r sum_o c(o, s) |o| k_r(o)),
-        // so each k_r(o) is computed once and no orbit's value waits for d/dw_r (the two-pass form
-        // kept the level's 36 exponentials and orbit gradients live in registers between its passes).
+        const acc_t level_bias_value = level_bias<acc_t, kLevels>(level, r, p.disk);
+        acc_t* __restrict__ level_grad_out = p.grad_seeds + seed_base + static_cast<index_t>(first) * plane;
+        const acc_t level_weight = weight(row);
         acc_t grad_weight = 0;
         acc_t weighted[kLevels], sized[kLevels];  // the two sums over o above, per seed s
         JDRL_UNROLL
@@ -424,14 +434,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
             cuda::add_orbit_seed_shares(polar, kg, polar.size * k, weighted, sized);
           }
         }
-        pixel_grad_weights[static_cast<index_t>(r) * plane] = static_cast<scalar_t>(grad_weight);
+        pixel_grad_weights[static_cast<index_t>(row) * plane] = static_cast<scalar_t>(grad_weight);
         JDRL_UNROLL
         for (int t = 0; t < kLevels; ++t) {
           if (t <= r) {
             level_grad_out[static_cast<index_t>(t) * plane] = level_weight * (weighted[t] - grad_weight * sized[t]);
           }
         }
-      } else {
+      };
+      JDRL_NO_UNROLL
+      for (int r = 1; r < levels; ++r) cuda::with_constant_radius<kLevels - 1>(r, level_gradients);
+    } else {
+      JDRL_NO_UNROLL
+      for (int r = 1; r < levels; ++r) {
+        auto level = level_seeds<acc_t, kLevels>(seed, r, seed_offset(r));
+        const acc_t level_bias_value = bias[r];
+        acc_t* __restrict__ level_grad_out = p.grad_seeds + seed_base + static_cast<index_t>(seed_offset(r)) * plane;
+        const acc_t level_weight = weight(r);
         // d/dw_r = sum_o k_r(o) orbit_grad(o)
         acc_t grad_weight = 0;
         for (int a = 0; a <= r; ++a) {
