@@ -17,7 +17,8 @@
 #   otherwise be tested);
 # - the CUDA tests run with --maxfail, the slow torch.compile tests last; then compute-sanitizer
 #   memcheck and racecheck on small cases of every op (benchmarks/sanitize_ops.py), if the tool is
-#   there; then bench_ops.py and bench_train.py with budgets that fit what is left.
+#   there; then each reblur kernel's own time from torch.profiler (benchmarks/profile_reblur.py,
+#   DIR/profile_reblur.log); then bench_ops.py and bench_train.py with budgets that fit what is left.
 # Every step has its own timeout, capped by the deadline (JDRL_DEADLINE_S, default 400 s); a step that
 # fails does not stop the next ones. Writes DIR/<step>.log, DIR/<test step>.xml (JUnit),
 # DIR/env.json, DIR/steps.tsv, the benchmarks' JSON and DIR/summary.json (benchmarks/gpu_summary.py:
@@ -239,7 +240,11 @@ else
     skip_step sanitizer "no compute-sanitizer on PATH or in ${CUDA_HOME:-/usr/local/cuda}/bin"
 fi
 
-# 6. Benchmarks, in what is left (bench_ops stops at least 50 s before the deadline, for bench_train and the summary).
+# 6. Each reblur kernel's own time (torch.profiler; bench_ops' CUDA events include the host's autograd
+# and launches, which vary between runs on a VM): what a change to one kernel is measured by.
+run_step profile_reblur 45 "$PYTHON" benchmarks/profile_reblur.py
+
+# 7. Benchmarks, in what is left (bench_ops stops at least 50 s before the deadline, for bench_train and the summary).
 OPS_BUDGET=$(budget_left 70 80)
 run_step bench_ops $((OPS_BUDGET + 30)) "$PYTHON" benchmarks/bench_ops.py --device cuda \
     --sizes 512x512,4096x2160 --batches 1,8 --dtypes float32,bfloat16 \

@@ -119,11 +119,12 @@ def test_script_dry_run_prints_the_plan_and_writes_a_summary(tmp_path):
     libraries = sorted((ROOT / "jdrl_ext").glob("_C*.so"))
     result = run_script(tmp_path, GPU_CHECK_DRY_RUN="1")
     assert result.returncode == 0, result.stdout + result.stderr
-    for step in ("build", "test_cuda", "test_cuda_compile", "bench_ops", "bench_train"):
+    for step in ("build", "test_cuda", "test_cuda_compile", "profile_reblur", "bench_ops", "bench_train"):
         assert f"== {step} (timeout" in result.stdout
-    # The compile tests come after the other CUDA tests, the benchmarks after the sanitizer.
+    # The compile tests come after the other CUDA tests, the profile and benchmarks after the sanitizer.
     assert result.stdout.index("== test_cuda (") < result.stdout.index("== test_cuda_compile (")
-    assert result.stdout.index("== sanitizer") < result.stdout.index("== bench_ops (")
+    assert result.stdout.index("== sanitizer") < result.stdout.index("== profile_reblur (")
+    assert result.stdout.index("== profile_reblur (") < result.stdout.index("== bench_ops (")
     assert "pip install" not in result.stdout or "torch" not in result.stdout.split("pip install")[1].split("\n")[0]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["dry_run"] is True and summary["ok"] is False and summary["commit"] == "test"
