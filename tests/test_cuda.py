@@ -4,7 +4,7 @@ Skipped where CUDA is not available. test_ops.py holds the CPU kernels to the pu
 reference; here the CUDA kernels are held to the CPU kernels, which call the same per-pixel
 functions (csrc/common/pixel_math.h), on random inputs of odd sizes, every radius 1..7, m in
 {1, 2, 5, 8, 10}, both supports and both paddings, and channel counts on both sides of the CUDA
-kernels' chunk of channels (3 for reblur, 4 for sv_conv).
+kernels' chunk of channels (reblur: 3, 4 in float64; sv_conv: 4).
 
 Tolerances, relative to ``scale = max(1, max |expected|)`` (absolute ``tol * scale``, relative ``tol``):
 - float64 CUDA vs CPU: 1e-10; float32 CUDA vs CPU: 5e-5 (summation order, FMA contraction, and

@@ -10,7 +10,7 @@ load shows up here as a wrong value, every run.
 
 Compared: every op's output and every gradient (its backward op on a random output gradient), on
 odd and non-square sizes (1x1, and sizes that are not multiples of the 16x16 tile of reblur and
-sv_conv), batch 2, channel counts on both sides of the channel chunk (3 for reblur, 4 for sv_conv), every radius 1..7 (7 is the
+sv_conv), batch 2, channel counts on both sides of the channel chunk (reblur: 3, 4 in float64; sv_conv: 4), every radius 1..7 (7 is the
 compile-time specialization of sv_conv and isotropic_kernels in float32, the others, and float64 at
 every radius, their generic kernels; R = 9, 12 and 20 as well, and their 64-bit-offset kernels
 through the test-only index64), m in {1, 2, 5, 8} (8 is reblur's compile-time specialization in
@@ -93,8 +93,9 @@ def reblur_inputs(batch, channels, height, width, levels, dtype, generator):
 
 
 # (channels, (height, width)): 1x1, one partial tile, several tiles with partial edges; channel counts
-# 1, 4 (sv_conv: one full chunk; reblur: a chunk of 3 and 1), 5 (a chunk and a partial one) and 9
-# (reblur: three full chunks); reblur's tests add 3 channels (REBLUR_SHAPES).
+# 1, 4 (one full chunk of 4: sv_conv, reblur in float64; reblur in float32: a chunk of 3 and 1), 5 (a
+# chunk and a partial one) and 9 (reblur in float32: three full chunks); reblur's tests add 3
+# channels (REBLUR_SHAPES).
 SHAPES = [(4, (1, 1)), (5, (5, 3)), (1, (17, 33)), (9, (7, 18))]
 REBLUR_SHAPES = SHAPES + [(3, (16, 19))]
 

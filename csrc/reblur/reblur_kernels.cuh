@@ -64,11 +64,13 @@ constexpr int kThreads = cuda::kTileThreads;
 // Blocks of kThreads that a streaming multiprocessor should hold at once: 4 x 256 threads = 50% of
 // its 2048, which caps the kernels at 64 registers per thread (65536 / (4 x 256)).
 constexpr int kMinBlocks = 4;
-// At most this many channels in shared memory at once: 3, an RGB image's count. Every channel of
-// the chunk's unrolled gathers is issued whether the image has it or not (predicated off), so a
-// chunk of 4 spent a quarter of the orbit sums' instructions on nothing for RGB (SASS, sm_90: the
-// forward's gather 2,168 instructions per pixel for 4 channels, ~1,630 for 3).
-constexpr int kChannelChunk = 3;
+// At most this many channels in shared memory at once: 3, an RGB image's count, with float
+// accumulation. Every channel of the chunk's unrolled gathers is issued whether the image has it or
+// not (predicated off), so a chunk of 4 spent a quarter of the orbit sums' instructions on nothing
+// for RGB (SASS, sm_90: the forward's gather 2,168 instructions per pixel for 4 channels, 1,635 for
+// 3). float64 (the generic kernels only) keeps 4: with 3, its image backward spilled 16 bytes.
+template <typename acc_t>
+constexpr int kChannelChunk = sizeof(acc_t) == sizeof(float) ? 3 : 4;
 constexpr int kSpecializedLevels = 8;    // m of the compile-time specialization
 // The specialization is for float accumulation (float32, float16, bfloat16). float64 takes the
 // generic kernels at every m: in doubles, the specialized kernels' per-level registers (8 seeds and
@@ -133,7 +135,8 @@ inline Geometry geometry(int64_t batch, int64_t channels, int64_t height, int64_
   TORCH_CHECK_VALUE(tiles_y <= 65535, "reblur on CUDA: height ", height, " is over ", 65535 * kTile);
   const int64_t side = tile_side(levels);
   const int64_t tile_bytes = side * side * static_cast<int64_t>(accumulate_bytes);
-  int chunk = static_cast<int>(channels < kChannelChunk ? channels : kChannelChunk);
+  const int max_chunk = accumulate_bytes == sizeof(float) ? kChannelChunk<float> : kChannelChunk<double>;
+  int chunk = static_cast<int>(channels < max_chunk ? channels : max_chunk);
   if (chunk < 1) chunk = 1;
   while (chunk > 1 && chunk * tile_bytes > cuda::kDefaultSharedBytes) --chunk;
   Geometry g;
@@ -241,13 +244,13 @@ __device__ __forceinline__ void radial_kernel(const Seeds& seed, const Weights& 
 
 // The image tile with its halo: common/cuda_tile.cuh (load_tile).
 
-// S_o[j] for j < kChannelChunk: the tile summed over the offsets of orbit (a, b) around the
+// S_o[j] for j < kChannelChunk<acc_t>: the tile summed over the offsets of orbit (a, b) around the
 // thread's pixel, at tile position `centre` = (ty + R) * side + (tx + R).
 template <typename acc_t>
 __device__ __forceinline__ void orbit_sums(const acc_t* __restrict__ tile, int elements, int side, int centre, int count,
                                            int a, int b, acc_t* sums) {
   JDRL_UNROLL
-  for (int j = 0; j < kChannelChunk; ++j) sums[j] = acc_t(0);
+  for (int j = 0; j < kChannelChunk<acc_t>; ++j) sums[j] = acc_t(0);
   const int size = orbit_size(a, b);
   JDRL_UNROLL
   for (int k = 0; k < 8; ++k) {
@@ -256,7 +259,7 @@ __device__ __forceinline__ void orbit_sums(const acc_t* __restrict__ tile, int e
     orbit_offset(a, b, k, &dy, &dx);
     const int t = centre + dy * side + dx;
     JDRL_UNROLL
-    for (int j = 0; j < kChannelChunk; ++j) {
+    for (int j = 0; j < kChannelChunk<acc_t>; ++j) {
       if (j < count) sums[j] += tile[j * elements + t];
     }
   }
@@ -299,22 +302,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const Par
                                           y0, x0, radius, side, p.replicate, tile);
       __syncthreads();
       if (!active) continue;
-      acc_t acc[kChannelChunk];
+      acc_t acc[kChannelChunk<acc_t>];
       JDRL_UNROLL
-      for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+      for (int j = 0; j < kChannelChunk<acc_t>; ++j) acc[j] = acc_t(0);
       JDRL_UNROLL
       for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
         JDRL_UNROLL
         for (int bb = 0; bb <= a; ++bb) {
-          acc_t sums[kChannelChunk];
+          acc_t sums[kChannelChunk<acc_t>];
           orbit_sums(tile, elements, side, centre, count, a, bb, sums);
           const acc_t w = wt[orbit_index(a, bb)];
           JDRL_UNROLL
-          for (int j = 0; j < kChannelChunk; ++j) acc[j] += w * sums[j];
+          for (int j = 0; j < kChannelChunk<acc_t>; ++j) acc[j] += w * sums[j];
         }
       }
       JDRL_UNROLL
-      for (int j = 0; j < kChannelChunk; ++j) {
+      for (int j = 0; j < kChannelChunk<acc_t>; ++j) {
         if (j < count) p.out[(b * p.channels + first + j) * plane + pixel] = static_cast<scalar_t>(acc[j]);
       }
     }
@@ -379,20 +382,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) param_backward_kernel(co
                                           y0, x0, radius, side, p.replicate, tile);
       __syncthreads();
       if (!active) continue;
-      acc_t pixel_grad[kChannelChunk];
+      acc_t pixel_grad[kChannelChunk<acc_t>];
       JDRL_UNROLL
-      for (int j = 0; j < kChannelChunk; ++j) {
+      for (int j = 0; j < kChannelChunk<acc_t>; ++j) {
         pixel_grad[j] = j < count ? static_cast<acc_t>(p.grad[(b * p.channels + first + j) * plane + pixel]) : acc_t(0);
       }
       JDRL_UNROLL
       for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
         JDRL_UNROLL
         for (int bb = 0; bb <= a; ++bb) {
-          acc_t sums[kChannelChunk];
+          acc_t sums[kChannelChunk<acc_t>];
           orbit_sums(tile, elements, side, centre, count, a, bb, sums);
           acc_t total = 0;
           JDRL_UNROLL
-          for (int j = 0; j < kChannelChunk; ++j) total += pixel_grad[j] * sums[j];
+          for (int j = 0; j < kChannelChunk<acc_t>; ++j) total += pixel_grad[j] * sums[j];
           orbit_grad[orbit_index(a, bb)] += total;
         }
       }
@@ -500,7 +503,7 @@ __device__ __forceinline__ void gather_image_gradient(const acc_t* __restrict__ 
                                                       int levels, int radius, int height, int width, int y0, int x0,
                                                       int ey0, int ey1, int ex0, int ex1, int count, acc_t* acc) {
   JDRL_UNROLL
-  for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+  for (int j = 0; j < kChannelChunk<acc_t>; ++j) acc[j] = acc_t(0);
   JDRL_UNROLL
   for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
     JDRL_UNROLL
@@ -521,7 +524,7 @@ __device__ __forceinline__ void gather_image_gradient(const acc_t* __restrict__ 
             const acc_t w = wt[static_cast<index_t>(py) * width + px];
             const int t = (py - y0 + radius) * side + (px - x0 + radius);
             JDRL_UNROLL
-            for (int j = 0; j < kChannelChunk; ++j) {
+            for (int j = 0; j < kChannelChunk<acc_t>; ++j) {
               if (j < count) acc[j] += w * tile[j * elements + t];
             }
           }
@@ -542,7 +545,7 @@ __device__ __forceinline__ void gather_interior_gradient(const acc_t* __restrict
                                                          int levels, int width, index_t pixel, int centre, int count,
                                                          acc_t* acc) {
   JDRL_UNROLL
-  for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+  for (int j = 0; j < kChannelChunk<acc_t>; ++j) acc[j] = acc_t(0);
   JDRL_UNROLL
   for (int a = 0; a < (kLevels > 0 ? kLevels : levels); ++a) {
     JDRL_UNROLL
@@ -563,7 +566,7 @@ __device__ __forceinline__ void gather_interior_gradient(const acc_t* __restrict
         const acc_t w = wt[-(static_cast<index_t>(dy) * width + dx)];
         const int t = centre - dy * side - dx;
         JDRL_UNROLL
-        for (int j = 0; j < kChannelChunk; ++j) {
+        for (int j = 0; j < kChannelChunk<acc_t>; ++j) {
           if (j < count) acc[j] += w * tile[j * elements + t];
         }
       }
@@ -581,7 +584,7 @@ __device__ __forceinline__ void gather_folded_position(const acc_t* __restrict__
                                                        int radius, int height, int width, int y0, int x0, int ey,
                                                        int ex, int count, acc_t* acc) {
   JDRL_UNROLL
-  for (int j = 0; j < kChannelChunk; ++j) acc[j] = acc_t(0);
+  for (int j = 0; j < kChannelChunk<acc_t>; ++j) acc[j] = acc_t(0);
   JDRL_NO_UNROLL
   for (int dy = -radius; dy <= radius; ++dy) {
     const int py = ey - dy;
@@ -594,7 +597,7 @@ __device__ __forceinline__ void gather_folded_position(const acc_t* __restrict__
                                          static_cast<index_t>(py) * width + px];
       const int t = (py - y0 + radius) * side + (px - x0 + radius);
       JDRL_UNROLL
-      for (int j = 0; j < kChannelChunk; ++j) {
+      for (int j = 0; j < kChannelChunk<acc_t>; ++j) {
         if (j < count) acc[j] += w * tile[j * elements + t];
       }
     }
@@ -656,18 +659,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(co
           const int ey = y0 - radius + position / side, ex = x0 - radius + position % side;
           const bool outside = ey < 0 || ey >= p.height || ex < 0 || ex >= p.width;
           if (!outside || ey < fold_y0 || ey > fold_y1 || ex < fold_x0 || ex > fold_x1) continue;
-          acc_t sums[kChannelChunk];
+          acc_t sums[kChannelChunk<acc_t>];
           gather_folded_position<acc_t, index_t>(item_orbit_weights, plane, tile, elements, side, radius, p.height,
                                                  p.width, y0, x0, ey, ex, count, sums);
           JDRL_UNROLL
-          for (int j = 0; j < kChannelChunk; ++j) {
+          for (int j = 0; j < kChannelChunk<acc_t>; ++j) {
             if (j < count) tile[j * elements + position] = sums[j];
           }
         }
         __syncthreads();
       }
       if (!active) continue;
-      acc_t acc[kChannelChunk];
+      acc_t acc[kChannelChunk<acc_t>];
       if (interior_block) {
         gather_interior_gradient<acc_t, index_t, kLevels>(item_orbit_weights, plane, tile, elements, side, levels,
                                                           p.width, pixel, centre, count, acc);
@@ -680,14 +683,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) image_backward_kernel(co
             if (ey >= own_y0 && ey <= own_y1 && ex >= own_x0 && ex <= own_x1) continue;  // gathered above
             const int t = (ey - y0 + radius) * side + (ex - x0 + radius);
             JDRL_UNROLL
-            for (int j = 0; j < kChannelChunk; ++j) {
+            for (int j = 0; j < kChannelChunk<acc_t>; ++j) {
               if (j < count) acc[j] += tile[j * elements + t];
             }
           }
         }
       }
       JDRL_UNROLL
-      for (int j = 0; j < kChannelChunk; ++j) {
+      for (int j = 0; j < kChannelChunk<acc_t>; ++j) {
         if (j < count) p.out[(b * p.channels + first + j) * plane + pixel] = static_cast<scalar_t>(acc[j]);
       }
     }
