@@ -54,7 +54,8 @@ for kernel in "${kernels[@]}"; do
       frame="$(grep -oE '[0-9]+ bytes stack frame, [0-9]+ bytes spill stores, [0-9]+ bytes spill loads' "$log" | tail -n 1)"
       echo "$kernel<$scalar, $index, $levels>: $registers registers, $frame"
       if [ -n "$cuobjdump" ]; then
-        "$cuobjdump" -sass "$work/one.cubin" >"$SASS_DIR/${kernel}_${scalar#c10::}_${index}_${levels}.sass"
+        "$cuobjdump" -sass "$work/one.cubin" >"$SASS_DIR/${kernel}_${scalar#c10::}_${index}_${levels}.sass" ||
+          { echo "ptxas_reblur.sh: $cuobjdump could not disassemble $kernel<$scalar> (older than nvcc?)" >&2; exit 1; }
       fi
       if [ "$registers" -gt 64 ] || ! grep -q "0 bytes spill stores, 0 bytes spill loads" <<<"$frame"; then status=1; fi
     done

@@ -153,6 +153,24 @@ def test_reblur_cuda_matches_cpu(dtype, support, padding_mode, levels):
         )
 
 
+@pytest.mark.parametrize("support", ["window", "disk"])
+def test_reblur_cuda_large_seeds_match_cpu(support):
+    """Seeds of up to ~+-200 in float32, m = 8: the specialized kernels shift each level's logits by its
+    largest seed and use ex2/lg2.approx.ftz, which the host emulation does not run. (x20, not the
+    emulated test's x50: an ulp of a logit of ~800 is 6e-5, and FMA contraction moves the logits by
+    that much against the CPU, near the float32 tolerance.)"""
+    generator = seeded(31)
+    image, seeds, weights = reblur_inputs(2, 3, 18, 17, 8, torch.float32, generator)
+    assert_cuda_matches_cpu(
+        jdrl_ext.reblur,
+        [image, 20 * seeds, weights],
+        {"support": support, "padding_mode": "replicate"},
+        ["grad image", "grad seeds", "grad weights"],
+        generator,
+        "seeds x20",
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("padding_mode", ["border", "zeros"])
 def test_flow_warp_cuda_matches_cpu(dtype, padding_mode):

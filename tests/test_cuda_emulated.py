@@ -194,12 +194,15 @@ def test_reblur_emulated_index_limit_is_checked():
 @pytest.mark.parametrize("support", ["window", "disk"])
 @pytest.mark.parametrize("levels", [5, 8])
 def test_reblur_emulated_large_seeds(support, levels):
-    """Seeds of +-100s, float32: the kernels shift each level's logits by the largest seed (and 0 for the
-    window's corners) instead of the largest orbit logit; a shift that missed a seed would overflow
-    exp2 here (logits up to ~700 in log2 units) and the outputs would be inf or NaN."""
+    """Seeds of +-100s, float32. m = 8, the specialized kernels: each level's logits are shifted by the
+    largest seed (and 0 for the window's corners) instead of the largest orbit logit; a shift that
+    missed a seed would overflow exp2 here (logits up to ~600 in log2 units), the level's sum would be
+    inf and its kernel 0, and the outputs and gradients would differ from the CPU's. m = 5, the
+    generic kernels, which keep the pass over the orbits, for comparison."""
     generator = torch.Generator().manual_seed(100 + levels)
     image, seeds, weights = reblur_inputs(2, 3, 18, 17, levels, torch.float32, generator)
     seeds = 50 * seeds
+    # the CPU op, the reference, is finite on these seeds
     assert torch.isfinite(torch.ops.jdrl_ext.reblur(image, seeds, weights, support=support)).all()
     assert_op_matches(
         "reblur", [image, seeds, weights], (support, "replicate"), ["grad image", "grad seeds", "grad weights"],

@@ -32,9 +32,24 @@ LISTING = """
 """
 
 
+def test_a_barrier_that_is_not_a_block_sync_does_not_split():
+    listing = LISTING.replace("BAR.SYNC.DEFER_BLOCKING 0x0", "BAR.ARV 0x1, 0x40")
+    assert [s["instructions"] for s in sass_sections.sections(listing)] == [8]
+
+
+def test_top_must_be_positive(tmp_path):
+    listing = tmp_path / "k.sass"
+    listing.write_text(LISTING)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sass_sections.py"), str(listing), "--top", "0"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 2 and "--top" in run.stderr
+
+
 def test_sections_split_after_each_barrier_and_count_base_opcodes():
     found = sass_sections.sections(LISTING)
-    assert [(s["start"], s["end"], s["instructions"]) for s in found] == [("0x0", "0x30", 4), ("0x40", "0x90", 4)]
+    assert [(s["start"], s["end"], s["instructions"]) for s in found] == [("0x0", "0x30", 4), ("0x40", "0x70", 4)]
     assert found[0]["opcodes"] == {"LDC": 1, "MUFU": 1, "FMUL": 1, "BAR": 1}
     assert found[1]["opcodes"] == {"LDS": 2, "FADD": 1, "EXIT": 1}  # NOPs left out
 
@@ -52,10 +67,14 @@ def test_command_prints_totals_and_writes_json(tmp_path):
     assert [s["instructions"] for s in json.loads(out.read_text())] == [4, 4]
 
 
-@pytest.mark.parametrize("content", [None, "not a listing\n"])
+@pytest.mark.parametrize(
+    "content", [None, "not a listing\n", LISTING + LISTING.replace("forward", "backward"), b"\x7fELF\xff\xfe"]
+)
 def test_bad_input_names_the_argument(tmp_path, content):
     listing = tmp_path / "k.sass"
-    if content is not None:
+    if isinstance(content, bytes):
+        listing.write_bytes(content)
+    elif content is not None:
         listing.write_text(content)
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "sass_sections.py"), str(listing)], capture_output=True, text=True

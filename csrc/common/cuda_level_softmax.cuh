@@ -126,9 +126,12 @@ __device__ __forceinline__ bool level_logit(const Level& level, int radius, bool
 // orbits' logits, and is the same number: seed a_l is itself the logit of orbit (l, 0) (rho = l
 // exactly), every other inside logit lies between two seeds, and under "window" the corners (orbit
 // (r, r) is one for every r >= 1) add the logit 0; radius 0 has no corner. This saves a pass over
-// the orbits (up to 36 logits) per level; an interpolated logit that rounds an ulp above its seeds
-// only makes its exponential an ulp over 1. A NaN logit makes the sum NaN, and so the bias (a NaN or
-// infinite seed: the max as well, inf - inf), so the level's kernel is NaN, as on the CPU.
+// the orbits (up to 36 logits) per level. An interpolated logit can round an ulp of itself above
+// its seeds: its exponential is then exp2(ulp), 1 + 1e-5 for logits near 100, at most 2 below 2^24
+// (seeds below ~1.2e7, where float32 interpolation is that coarse on the CPU as well); from 2^30
+// (seeds of ~7e8) the sum could overflow and the level drop out where the CPU stays finite. A NaN
+// logit makes the sum NaN, and so the bias (a NaN or infinite seed: the max as well, inf - inf), so
+// the level's kernel is NaN, as on the CPU.
 template <typename acc_t, int kLevels, typename Level>
 __device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk) {
   acc_t max_logit = level(0);

@@ -8,10 +8,11 @@
 // its pixel from there.
 //
 // The radial kernel of a pixel, Wt(o) = [o == 0] w_0 + sum_{r >= a(o)} w_r k_r(o), is built level
-// by level: per level r, one pass over its orbits for the maximum logit, one for the softmax sum
+// by level: per level r, the maximum logit (in the specialized kernels the largest of the level's
+// seeds and the corners' 0; in the generic ones a pass over its orbits), one pass for the softmax sum
 // (bias_r = max + log2(sum), logits in log2 units: k_r(o) = exp2(z_r(o) - bias_r); base e in
-// float64), one adding
-// w_r k_r(o) to Wt. With m = 8 known at compile time (kLevels = 8, the common case; float
+// float64), one adding w_r k_r(o) to Wt; in the specialized kernels each level's passes are compiled
+// for its own radius (cuda::with_constant_radius). With m = 8 known at compile time (kLevels = 8, the common case; float
 // accumulation only, see kSpecializes) the orbits' polar positions are constants, the level's 8
 // seeds are registers, and the 36 values of Wt are per-thread slots in shared memory (SlotArray; 36
 // floats next to the rest did not fit in 64 registers); the generic kernels (kLevels = 0, any m,
@@ -67,10 +68,12 @@ constexpr int kMinBlocks = 4;
 // At most this many channels in shared memory at once: 3, an RGB image's count, with float
 // accumulation. Every channel of the chunk's unrolled gathers is issued whether the image has it or
 // not (predicated off), so a chunk of 4 spent a quarter of the orbit sums' instructions on nothing
-// for RGB (SASS, sm_90: the forward's gather 2,168 instructions per pixel for 4 channels, 1,635 for
+// for RGB (SASS, sm_90: the forward's gather 2,169 instructions per pixel for 4 channels, 1,635 for
 // 3). float64 (the generic kernels only) keeps 4: with 3, its image backward spilled 16 bytes.
+// One rule for the host's geometry (by the accumulation type's size) and the kernels' arrays.
+constexpr int channel_chunk_limit(size_t accumulate_bytes) { return accumulate_bytes == sizeof(float) ? 3 : 4; }
 template <typename acc_t>
-constexpr int kChannelChunk = sizeof(acc_t) == sizeof(float) ? 3 : 4;
+constexpr int kChannelChunk = channel_chunk_limit(sizeof(acc_t));
 constexpr int kSpecializedLevels = 8;    // m of the compile-time specialization
 // The specialization is for float accumulation (float32, float16, bfloat16). float64 takes the
 // generic kernels at every m: in doubles, the specialized kernels' per-level registers (8 seeds and
@@ -135,7 +138,7 @@ inline Geometry geometry(int64_t batch, int64_t channels, int64_t height, int64_
   TORCH_CHECK_VALUE(tiles_y <= 65535, "reblur on CUDA: height ", height, " is over ", 65535 * kTile);
   const int64_t side = tile_side(levels);
   const int64_t tile_bytes = side * side * static_cast<int64_t>(accumulate_bytes);
-  const int max_chunk = accumulate_bytes == sizeof(float) ? kChannelChunk<float> : kChannelChunk<double>;
+  const int max_chunk = channel_chunk_limit(accumulate_bytes);
   int chunk = static_cast<int>(channels < max_chunk ? channels : max_chunk);
   if (chunk < 1) chunk = 1;
   while (chunk > 1 && chunk * tile_bytes > cuda::kDefaultSharedBytes) --chunk;
