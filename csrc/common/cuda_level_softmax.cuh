@@ -169,17 +169,6 @@ __device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk)
   return max_logit + softmax_log(sum);
 }
 
-// `x`, hidden from the compiler (an empty asm claims to change it): an address computed from a
-// level's compile-time radius would otherwise be computed ahead, before the rolled loop over the
-// levels, and held in registers across it (the reblur parameter backward spilled 16 bytes, ptxas
-// sm_90).
-__device__ __forceinline__ int opaque(int x) {
-#if defined(__CUDA_ARCH__)
-  asm volatile("" : "+r"(x));
-#endif
-  return x;
-}
-
 // f(r) for the level radius r in 1..kMaxRadius, with r a compile-time constant in each call
 // (std::integral_constant): in a rolled loop over a pixel's levels, each level's orbit loops then
 // compile for their own radius, with no per-orbit test of whether the orbit lies inside the level's
