@@ -135,8 +135,8 @@ __device__ __forceinline__ bool level_logit(const Level& level, int radius, bool
 template <typename acc_t, int kLevels, typename Level>
 __device__ __forceinline__ acc_t level_bias(Level& level, int radius, bool disk) {
   acc_t max_logit = level(0);
-  if (kLevels > 0 && !disk && radius >= 1) max_logit = nan_max(max_logit, acc_t(0));
   if constexpr (kLevels > 0) {
+    if (!disk && radius >= 1) max_logit = nan_max(max_logit, acc_t(0));  // the window's corners
     JDRL_UNROLL
     for (int s = 1; s < kLevels; ++s) {
       if (s > radius) break;
