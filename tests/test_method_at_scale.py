@@ -300,9 +300,17 @@ RECORDED_RUNS = {
     "pmask_texture_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.pseudo_mask": "texture"}, 8000),  # stopped at 4500
     "beta01_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
     "beta01_bicubic_S3.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
+    "beta01_bicubic_S4.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
     "no_reb_IB_bicubic_S2.json": ("no_reblur_long_cpu.yaml", {}, 8000),
     "no_reb_IB_bicubic_S3.json": ("no_reblur_long_cpu.yaml", {}, 8000),
+    "no_reb_IB_bicubic_S4.json": ("no_reblur_long_cpu.yaml", {}, 8000),
 }
+
+
+def test_every_recorded_run_is_checked():
+    """A record added to benchmarks/records/ without an entry above would go unchecked."""
+    recorded = {path.name for path in (REPO / "benchmarks" / "records").glob("*.json")}
+    assert recorded == set(RECORDED_RUNS)
 
 
 @pytest.mark.parametrize("record", sorted(RECORDED_RUNS))
