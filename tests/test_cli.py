@@ -130,6 +130,19 @@ def test_usage_and_data_errors(tmp_path, tiny_checkpoint):
         assert expected in done.stderr and f"jdrl {argv[0]}: error: " in done.stderr, (argv, done.stderr)
 
 
+def test_python_m_jdrl_is_the_jdrl_command(tmp_path):
+    """`python -m jdrl` (no scripts folder on PATH) runs the same main: its help and its errors."""
+    helped = subprocess.run([sys.executable, "-m", "jdrl", "--help"], env=subprocess_env(), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: jdrl "), helped.stdout + helped.stderr
+    for command in ("train", "eval", "deblur", "demo", "synth"):
+        assert command in helped.stdout, command
+    failed = subprocess.run([sys.executable, "-m", "jdrl", "train", "--set", "train.epcohs=3"], env=subprocess_env(),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "jdrl train: error: " in failed.stderr and "epcohs" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
 def test_deblur_skips_unreadable_inputs_and_resumes(tmp_path, tiny_checkpoint):
     inputs = tmp_path / "in"
     for index in range(2):
