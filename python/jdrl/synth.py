@@ -1279,7 +1279,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder of sharp photos to crop from (default: scikit-image's bundled photos)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the pairs in a non-empty output folder")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, synth_defaults={name: parser.get_default(name) for name in _FLAG_CHECKED})
+
+
+# The parameters whose checks (_check_params) name them in the API's words: the command's error
+# names the flag instead, and says when the flag was not given, since the user then never typed the
+# value it rejects (e.g. --size 16 with the default --max-radius 5).
+_FLAG_CHECKED = ("size", "shift", "zoom", "max_radius", "psf", "noise", "scale", "parallax", "nonrigid",
+                 "exposure", "white_balance", "gamma", "occluders", "seed")
+
+
+def _in_flag_words(message: str, args: argparse.Namespace) -> str:
+    for name in _FLAG_CHECKED:
+        if message.startswith(name + " "):
+            flag = "--" + name.replace("_", "-")
+            message = flag + message[len(name):]
+            if name in getattr(args, "synth_defaults", {}) and getattr(args, name) == args.synth_defaults[name]:
+                message += f" ({flag} was not given: that is its default)"
+            break
+    return message
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1308,7 +1326,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except SynthError as error:
-        print(f"jdrl synth: error: {error}", file=sys.stderr)
+        print(f"jdrl synth: error: {_in_flag_words(str(error), args)}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - started
     print(f"wrote {args.train} train + {args.test} test pairs of {args.size}x{args.size} to {out} in {elapsed:.1f} s")
