@@ -167,6 +167,13 @@ def test_missing_counterpart_names_the_file(tmp_path):
     save_rgb(tmp_path / "gt" / "c.png", textured(40, 48))
     with pytest.raises(DatasetError, match=r"gt/c\.png has no blurry counterpart"):
         PairedDataset(tmp_path, crop=None)
+    # both ways at once: one line, the cases apart
+    (tmp_path / "blur" / "d.png").write_bytes((tmp_path / "blur" / "a.png").read_bytes())
+    with pytest.raises(DatasetError) as error:
+        PairedDataset(tmp_path, crop=None)
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith("2 unpaired image(s): blurry image ")
+    assert "has no sharp counterpart in " in str(error.value) and "; sharp image " in str(error.value)
 
 
 def test_unreadable_file_names_the_file(tmp_path):

@@ -221,7 +221,8 @@ def find_pairs(
         lines = [f"blurry image {blurry_files[k]} has no sharp counterpart in {sharp_folder}" for k in without_sharp]
         lines += [f"sharp image {sharp_files[k]} has no blurry counterpart in {blurry_folder}" for k in without_blurry]
         shown = lines[:10] + ([f"... and {len(lines) - 10} more"] if len(lines) > 10 else [])
-        raise DatasetError("unpaired images:\n  " + "\n  ".join(shown))
+        # one line with "; " between the cases: the command prints errors on one line
+        raise DatasetError(f"{len(lines)} unpaired image(s): " + "; ".join(shown))
     pairs = []
     for key in sorted(blurry_files):
         blurry_path, sharp_path = blurry_files[key], sharp_files[key]
