@@ -130,6 +130,16 @@ def test_float8_inputs_get_an_error_naming_the_argument(dtype, device):
             call()
 
 
+def test_an_argument_that_is_not_a_tensor_is_named():
+    image, flow = torch.rand(1, 3, 8, 8), torch.zeros(1, 2, 8, 8)
+    with pytest.raises(TypeError, match=r"^image must be a torch.Tensor, got list$"):
+        jdrl_ext.flow_warp([[0.0]], flow)
+    with pytest.raises(TypeError, match=r"^flow must be a torch.Tensor, got ndarray$"):
+        jdrl_ext.flow_warp(image, flow.numpy())
+    with pytest.raises(TypeError, match=r"^weights must be a torch.Tensor, got NoneType$"):
+        jdrl_ext.reblur(image, torch.zeros(1, 35, 8, 8), None)
+
+
 @pytest.mark.parametrize("dtype", FLOAT8_DTYPES, ids=str)
 def test_float8_fake_kernel_names_the_argument(dtype):
     # The fake kernels are what torch.compile traces: the same named error there.
