@@ -166,3 +166,22 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     assert (seed4["rows_a_above"], seed4["rows_compared"]) == (10, 26)
     assert (round(seed4["best_a"], 2), round(seed4["best_b"], 2)) == (1.46, 1.29)
     assert (seed4["first_at_threshold_a"], seed4["first_at_threshold_b"]) == (None, None)
+    # Seed 4 of Eq. 1 and of ours (beta 0.5): Eq. 1 ahead of #4' at every row of all three seeds, and
+    # past +1.5 dB at all three; both L_P weights behind #4' early at seed 4, where Eq. 1 is not.
+    assert compare_runs.main(["--a", *[str(records / f"eq1_bicubic_S{seed}.json") for seed in (2, 3, 4)],
+                              "--b", *[str(records / f"no_reb_IB_bicubic_S{seed}.json") for seed in (2, 3, 4)],
+                              "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert [round(span["mean_difference"], 3) for span in result["summary"]] == [0.064, 0.105, 0.125]
+    assert [pair["rows_a_above"] for pair in result["pairs"]] == [26, 26, 26]
+    assert [pair["first_at_threshold_a"] for pair in result["pairs"]] == [6000, 7750, 7250]
+    seed4_eq1 = result["pairs"][2]
+    assert compare_runs.main(["--a", *[str(records / f"oldR_bicubic_S{seed}.json") for seed in (2, 3, 4)],
+                              "--b", *[str(records / f"no_reb_IB_bicubic_S{seed}.json") for seed in (2, 3, 4)],
+                              "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert [round(span["mean_difference"], 3) for span in result["summary"]] == [-0.131, -0.096, -0.121]
+    seed4_ours = result["pairs"][2]
+    assert [round(span["a"] - span["b"], 2) for span in seed4_eq1["spans"]] == [0.05, 0.11, 0.23]
+    assert [round(span["a"] - span["b"], 2) for span in seed4_ours["spans"]] == [-0.15, -0.03, 0.08]
+    assert (seed4_ours["rows_a_above"], round(seed4_ours["best_a"], 2)) == (14, 1.36)

@@ -295,8 +295,10 @@ BICUBIC = {"loss.warp_interp": "bicubic"}
 RECORDED_RUNS = {
     "oldR_bicubic_S2.json": ("ours_long_cpu.yaml", BICUBIC, 8000),
     "oldR_bicubic_S3.json": ("ours_long_cpu.yaml", BICUBIC, 8000),
+    "oldR_bicubic_S4.json": ("ours_long_cpu.yaml", BICUBIC, 8000),
     "eq1_bicubic_S2.json": ("eq1_long_cpu.yaml", {}, 8000),
     "eq1_bicubic_S3.json": ("eq1_long_cpu.yaml", {}, 8000),
+    "eq1_bicubic_S4.json": ("eq1_long_cpu.yaml", {}, 8000),
     "pmask_texture_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.pseudo_mask": "texture"}, 8000),  # stopped at 4500
     "beta01_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
     "beta01_bicubic_S3.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
