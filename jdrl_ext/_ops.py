@@ -32,8 +32,9 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_dtype(tensor: torch.Tensor, name: str) -> None:
-    """A floating dtype the kernels have: float8 is floating too, but no kernel is built for it, and
-    the CUDA dispatch's own error would not say which argument is wrong."""
+    """A tensor of a floating dtype the kernels have: float8 is floating too, but no kernel is built
+    for it, and the CUDA dispatch's own error would not say which argument is wrong; a list or an
+    array gets a TypeError naming the argument, not an AttributeError."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():

@@ -154,7 +154,7 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     seed2, seed3 = result["pairs"]
     assert (seed2["first_at_threshold_a"], seed3["first_at_threshold_a"]) == (6000, 7750)
     assert (round(seed2["best_a"], 2), round(seed3["best_a"], 2)) == (1.79, 1.52)
-    # A third seed, both to 8000 steps: behind early, ahead late at all three seeds.
+    # A third seed, both to 8000 steps: beta 0.1 ahead early at 1 of 3 seeds, late at all three.
     assert compare_runs.main(["--a", *[str(records / f"beta01_bicubic_S{seed}.json") for seed in (2, 3, 4)],
                               "--b", *[str(records / f"no_reb_IB_bicubic_S{seed}.json") for seed in (2, 3, 4)],
                               "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0

@@ -488,15 +488,20 @@ def test_cli_reports_bad_arguments(tmp_path: Path, capsys) -> None:
     args = make_parser().parse_args(["synth", str(tmp_path / "x"), "--size", "-5"])
     assert args.func(args) == 2
     assert "error: --size must be an integer >= 8" in capsys.readouterr().err
-    # A flag left at its default that the other flags make invalid: the error names the flag and
-    # says the user did not type the value.
+    # A flag's default that the other flags make invalid: the error names the flag and says the
+    # value is its default (the user may not have typed it).
     args = make_parser().parse_args(["synth", str(tmp_path / "x"), "--size", "16"])
     assert args.func(args) == 2
     assert capsys.readouterr().err.strip().endswith(
-        "--max-radius must be in [0, size / 4 = 4] px, got 5.0 (--max-radius was not given: that is its default)")
+        "--max-radius must be in [0, --size / 4 = 4] px, got 5.0 (that is --max-radius's default)")
     args = make_parser().parse_args(["synth", str(tmp_path / "x"), "--size", "16", "--max-radius", "9"])
     assert args.func(args) == 2
-    assert capsys.readouterr().err.strip().endswith("--max-radius must be in [0, size / 4 = 4] px, got 9.0")
+    assert capsys.readouterr().err.strip().endswith("--max-radius must be in [0, --size / 4 = 4] px, got 9.0")
+    for argv, expected in ((["--train", "-1"], "--train must be a non-negative integer, got -1"),
+                           (["--train", "0", "--test", "0"], "--train + --test must be at least 1, got 0 and 0")):
+        args = make_parser().parse_args(["synth", str(tmp_path / "x"), *argv])
+        assert args.func(args) == 2
+        assert capsys.readouterr().err.strip().endswith("error: " + expected), argv
     args = make_parser().parse_args(["synth", str(tmp_path / "x"), "--white-balance", "0.9"])
     assert args.func(args) == 2
     assert "error: --white-balance must be a number in [0, 0.5], got 0.9" in capsys.readouterr().err

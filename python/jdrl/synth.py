@@ -1279,23 +1279,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder of sharp photos to crop from (default: scikit-image's bundled photos)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the pairs in a non-empty output folder")
-    parser.set_defaults(func=run, synth_defaults={name: parser.get_default(name) for name in _FLAG_CHECKED})
+    # one flag's default each (not the sum's), to tell a rejected default in the error (_in_flag_words)
+    flag_dests = [_DEST_OF.get(name, name) for name in _FLAG_OF if name.isidentifier()]
+    parser.set_defaults(func=run, synth_defaults={dest: parser.get_default(dest) for dest in flag_dests})
 
 
-# The parameters whose checks (_check_params) name them in the API's words: the command's error
-# names the flag instead, and says when the flag was not given, since the user then never typed the
-# value it rejects (e.g. --size 16 with the default --max-radius 5).
-_FLAG_CHECKED = ("size", "shift", "zoom", "max_radius", "psf", "noise", "scale", "parallax", "nonrigid",
-                 "exposure", "white_balance", "gamma", "occluders", "seed")
+# The checks of make_synthetic_dataset name its parameters; the command's error names the flag
+# instead (n_train -> --train, max_radius -> --max-radius, "size / 4" -> "--size / 4"), and says
+# when the rejected value is the flag's default, which the user may never have typed (e.g. --size 16
+# with the default --max-radius 5).
+_FLAG_OF = {"n_train + n_test": "--train + --test", "n_train": "--train", "n_test": "--test",
+            **{name: "--" + name.replace("_", "-")
+               for name in ("size", "shift", "zoom", "max_radius", "psf", "noise", "scale", "parallax", "nonrigid",
+                            "exposure", "white_balance", "gamma", "occluders", "seed")}}
+_DEST_OF = {"n_train": "train", "n_test": "test"}  # the parameters whose argparse dest has another name
 
 
 def _in_flag_words(message: str, args: argparse.Namespace) -> str:
-    for name in _FLAG_CHECKED:
+    for name, flag in _FLAG_OF.items():  # the sum first: "n_train + n_test" before "n_train"
         if message.startswith(name + " "):
-            flag = "--" + name.replace("_", "-")
-            message = flag + message[len(name):]
-            if name in getattr(args, "synth_defaults", {}) and getattr(args, name) == args.synth_defaults[name]:
-                message += f" ({flag} was not given: that is its default)"
+            message = flag + message[len(name):].replace(" size / ", " --size / ")
+            dest = _DEST_OF.get(name, name)
+            defaults = getattr(args, "synth_defaults", {})
+            if dest in defaults and getattr(args, dest, None) == defaults[dest]:
+                message += f" (that is {flag}'s default)"
             break
     return message
 
