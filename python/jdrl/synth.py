@@ -251,6 +251,8 @@ def _check_fraction(name: str, value: float, high: float) -> float:
     return float(value)
 
 
+# Every check's message starts with the parameter's name (as make_synthetic_dataset spells it): the
+# command turns that word into its flag (_in_flag_words), so a new check should start the same way.
 def _check_params(
     size: int,
     shift: Any,
