@@ -303,6 +303,8 @@ RECORDED_RUNS = {
     "beta01_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
     "beta01_bicubic_S3.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
     "beta01_bicubic_S4.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.1}, 8000),
+    "beta025_bicubic_S2.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.25}, 8000),
+    "beta025_bicubic_S3.json": ("ours_long_cpu.yaml", {**BICUBIC, "loss.beta": 0.25}, 8000),
     "no_reb_IB_bicubic_S2.json": ("no_reblur_long_cpu.yaml", {}, 8000),
     "no_reb_IB_bicubic_S3.json": ("no_reblur_long_cpu.yaml", {}, 8000),
     "no_reb_IB_bicubic_S4.json": ("no_reblur_long_cpu.yaml", {}, 8000),
