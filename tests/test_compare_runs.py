@@ -185,16 +185,19 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     assert [round(span["a"] - span["b"], 2) for span in seed4_eq1["spans"]] == [0.05, 0.11, 0.23]
     assert [round(span["a"] - span["b"], 2) for span in seed4_ours["spans"]] == [-0.15, -0.03, 0.08]
     assert (seed4_ours["rows_a_above"], round(seed4_ours["best_a"], 2)) == (14, 1.36)
-    # beta 0.25, seeds 2 and 3: level with #4' to 5500 steps, below Eq. 1 at every row, between beta
-    # 0.1 and 0.5 (ahead of 0.5 at every row).
+    # beta 0.25, seeds 2 and 3: level with #4' to 5500 steps and split late (seed 3's moon), below
+    # Eq. 1 at every row, level with beta 0.1 early and behind it late, ahead of 0.5 at every row.
     beta025 = [str(records / f"beta025_bicubic_S{seed}.json") for seed in (2, 3)]
-    for other, means, rows in (("no_reb_IB_bicubic", [-0.003, 0.002, -0.038], [23, 5]),
-                               ("eq1_bicubic", [-0.074, -0.099, -0.110], [0, 0]),
-                               ("beta01_bicubic", [0.003, -0.067, -0.131], [2, 6]),
-                               ("oldR_bicubic", [0.119, 0.130, 0.185], [26, 26])):
+    for other, means, ahead, rows in (("no_reb_IB_bicubic", [-0.003, 0.002, -0.038], [0, 1, 1], [23, 5]),
+                                      ("eq1_bicubic", [-0.074, -0.099, -0.110], [0, 0, 0], [0, 0]),
+                                      ("beta01_bicubic", [0.003, -0.067, -0.131], [1, 0, 0], [2, 6]),
+                                      ("oldR_bicubic", [0.119, 0.130, 0.185], [2, 2, 2], [26, 26])):
         assert compare_runs.main(["--a", *beta025, "--b", *[str(records / f"{other}_S{seed}.json") for seed in (2, 3)],
                                   "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
         result = json.loads(report.read_text())
         assert [round(span["mean_difference"], 3) for span in result["summary"]] == means, other
+        assert [span["pairs_a_ahead"] for span in result["summary"]] == ahead, other
         assert [pair["rows_a_above"] for pair in result["pairs"]] == rows, other
-    assert [(pair["first_at_threshold_a"], round(pair["best_a"], 2)) for pair in result["pairs"]] == [(6250, 1.67), (None, 1.39)]
+        assert [(pair["first_at_threshold_a"], round(pair["best_a"], 2)) for pair in result["pairs"]] == [(6250, 1.67), (None, 1.39)]
+        if other == "no_reb_IB_bicubic":  # late, the seeds split on the moon
+            assert [round(pair["spans"][2]["difference_by_photo"]["moon"], 2) for pair in result["pairs"]] == [-0.06, -0.74]
