@@ -107,10 +107,16 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     steps": compared seed with seed over its three spans, they give the numbers quoted there."""
     records = REPO / "benchmarks" / "records"
     report = tmp_path / "report.json"
-    assert compare_runs.main(["--a", str(records / "oldR_bicubic_S2.json"), str(records / "oldR_bicubic_S3.json"),
-                              "--b", str(records / "no_reb_IB_bicubic_S2.json"), str(records / "no_reb_IB_bicubic_S3.json"),
-                              "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
-    result = json.loads(report.read_text())
+
+    def runs(name, *seeds):
+        return [str(records / f"{name}_S{seed}.json") for seed in seeds]
+
+    def compare(a, b, spans="1750-3000,3250-5500,5750-8000"):
+        """compare_runs.py --a A --b B --spans SPANS, and its --json report."""
+        assert compare_runs.main(["--a", *a, "--b", *b, "--spans", spans, "--json", str(report)]) == 0
+        return json.loads(report.read_text())
+
+    result = compare(runs("oldR_bicubic", 2, 3), runs("no_reb_IB_bicubic", 2, 3))
     means = [round(span["mean_difference"], 3) for span in result["summary"]]
     assert means == [-0.123, -0.128, -0.223]
     assert [span["pairs_a_ahead"] for span in result["summary"]] == [0, 0, 0]
@@ -122,10 +128,7 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     assert (round(seed2["best_b"], 2), round(seed3["best_b"], 2)) == (1.64, 1.51)
     # Eq. 1 (ours without L_P) against the same #4': ahead at every row to 8000 steps, +0.07, +0.10,
     # +0.07, and past +1.5 dB first.
-    assert compare_runs.main(["--a", str(records / "eq1_bicubic_S2.json"), str(records / "eq1_bicubic_S3.json"),
-                              "--b", str(records / "no_reb_IB_bicubic_S2.json"), str(records / "no_reb_IB_bicubic_S3.json"),
-                              "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
-    result = json.loads(report.read_text())
+    result = compare(runs("eq1_bicubic", 2, 3), runs("no_reb_IB_bicubic", 2, 3))
     assert [round(span["mean_difference"], 3) for span in result["summary"]] == [0.070, 0.101, 0.072]
     assert [pair["rows_a_above"] for pair in result["pairs"]] == [26, 26]
     seed2, seed3 = result["pairs"]
@@ -133,32 +136,24 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     assert (round(seed2["best_a"], 2), round(seed3["best_a"], 2)) == (1.78, 1.54)
     # Ours with L_P only on textured pixels, and with beta 0.1, against ours (seed 2, to 4500 steps;
     # the masked run stopped there).
-    for record, means, rows in (("pmask_texture_bicubic_S2.json", [0.04, 0.02], 12),
-                                ("beta01_bicubic_S2.json", [0.13, 0.16], 26)):
-        assert compare_runs.main(["--a", str(records / record), "--b", str(records / "oldR_bicubic_S2.json"),
-                                  "--spans", "1750-3000,3250-4500", "--json", str(report)]) == 0
-        result = json.loads(report.read_text())
+    for record, means, rows in (("pmask_texture_bicubic", [0.04, 0.02], 12),
+                                ("beta01_bicubic", [0.13, 0.16], 26)):
+        result = compare(runs(record, 2), runs("oldR_bicubic", 2), spans="1750-3000,3250-4500")
         assert [round(span["mean_difference"], 2) for span in result["summary"]] == means, record
         assert result["pairs"][0]["rows_a_above"] == rows, record
     # Ours with beta 0.1 to 8000 steps, seeds 2 and 3: against #4' level early, ahead late, at 44 of
     # 52 rows; against Eq. 1 behind early, level late; against ours (beta 0.5) ahead at every row.
-    beta01 = [str(records / f"beta01_bicubic_S{seed}.json") for seed in (2, 3)]
     for other, means, rows in (("no_reb_IB_bicubic", [-0.006, 0.069, 0.093], [25, 19]),
                                ("eq1_bicubic", [-0.077, -0.033, 0.021], [14, 7]),
                                ("oldR_bicubic", [0.116, 0.197, 0.316], [26, 26])):
-        assert compare_runs.main(["--a", *beta01, "--b", *[str(records / f"{other}_S{seed}.json") for seed in (2, 3)],
-                                  "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
-        result = json.loads(report.read_text())
+        result = compare(runs("beta01_bicubic", 2, 3), runs(other, 2, 3))
         assert [round(span["mean_difference"], 3) for span in result["summary"]] == means, other
         assert [pair["rows_a_above"] for pair in result["pairs"]] == rows, other
     seed2, seed3 = result["pairs"]
     assert (seed2["first_at_threshold_a"], seed3["first_at_threshold_a"]) == (6000, 7750)
     assert (round(seed2["best_a"], 2), round(seed3["best_a"], 2)) == (1.79, 1.52)
     # A third seed, both to 8000 steps: beta 0.1 ahead early at 1 of 3 seeds, late at all three.
-    assert compare_runs.main(["--a", *[str(records / f"beta01_bicubic_S{seed}.json") for seed in (2, 3, 4)],
-                              "--b", *[str(records / f"no_reb_IB_bicubic_S{seed}.json") for seed in (2, 3, 4)],
-                              "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
-    result = json.loads(report.read_text())
+    result = compare(runs("beta01_bicubic", 2, 3, 4), runs("no_reb_IB_bicubic", 2, 3, 4))
     assert [round(span["mean_difference"], 3) for span in result["summary"]] == [-0.057, 0.014, 0.106]
     assert [span["pairs_a_ahead"] for span in result["summary"]] == [1, 2, 3]
     seed4 = result["pairs"][2]
@@ -168,18 +163,12 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     assert (seed4["first_at_threshold_a"], seed4["first_at_threshold_b"]) == (None, None)
     # Seed 4 of Eq. 1 and of ours (beta 0.5): Eq. 1 ahead of #4' at every row of all three seeds, and
     # past +1.5 dB at all three; both L_P weights behind #4' early at seed 4, where Eq. 1 is not.
-    assert compare_runs.main(["--a", *[str(records / f"eq1_bicubic_S{seed}.json") for seed in (2, 3, 4)],
-                              "--b", *[str(records / f"no_reb_IB_bicubic_S{seed}.json") for seed in (2, 3, 4)],
-                              "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
-    result = json.loads(report.read_text())
+    result = compare(runs("eq1_bicubic", 2, 3, 4), runs("no_reb_IB_bicubic", 2, 3, 4))
     assert [round(span["mean_difference"], 3) for span in result["summary"]] == [0.064, 0.105, 0.125]
     assert [pair["rows_a_above"] for pair in result["pairs"]] == [26, 26, 26]
     assert [pair["first_at_threshold_a"] for pair in result["pairs"]] == [6000, 7750, 7250]
     seed4_eq1 = result["pairs"][2]
-    assert compare_runs.main(["--a", *[str(records / f"oldR_bicubic_S{seed}.json") for seed in (2, 3, 4)],
-                              "--b", *[str(records / f"no_reb_IB_bicubic_S{seed}.json") for seed in (2, 3, 4)],
-                              "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
-    result = json.loads(report.read_text())
+    result = compare(runs("oldR_bicubic", 2, 3, 4), runs("no_reb_IB_bicubic", 2, 3, 4))
     assert [round(span["mean_difference"], 3) for span in result["summary"]] == [-0.131, -0.096, -0.121]
     seed4_ours = result["pairs"][2]
     assert [round(span["a"] - span["b"], 2) for span in seed4_eq1["spans"]] == [0.05, 0.11, 0.23]
@@ -187,17 +176,15 @@ def test_the_recorded_runs_compare_as_results_reports(tmp_path):
     assert (seed4_ours["rows_a_above"], round(seed4_ours["best_a"], 2)) == (14, 1.36)
     # beta 0.25, seeds 2 and 3: level with #4' to 5500 steps and split late (seed 3's moon), below
     # Eq. 1 at every row, level with beta 0.1 early and behind it late, ahead of 0.5 at every row.
-    beta025 = [str(records / f"beta025_bicubic_S{seed}.json") for seed in (2, 3)]
     for other, means, ahead, rows in (("no_reb_IB_bicubic", [-0.003, 0.002, -0.038], [0, 1, 1], [23, 5]),
                                       ("eq1_bicubic", [-0.074, -0.099, -0.110], [0, 0, 0], [0, 0]),
                                       ("beta01_bicubic", [0.003, -0.067, -0.131], [1, 0, 0], [2, 6]),
                                       ("oldR_bicubic", [0.119, 0.130, 0.185], [2, 2, 2], [26, 26])):
-        assert compare_runs.main(["--a", *beta025, "--b", *[str(records / f"{other}_S{seed}.json") for seed in (2, 3)],
-                                  "--spans", "1750-3000,3250-5500,5750-8000", "--json", str(report)]) == 0
-        result = json.loads(report.read_text())
+        result = compare(runs("beta025_bicubic", 2, 3), runs(other, 2, 3))
         assert [round(span["mean_difference"], 3) for span in result["summary"]] == means, other
         assert [span["pairs_a_ahead"] for span in result["summary"]] == ahead, other
         assert [pair["rows_a_above"] for pair in result["pairs"]] == rows, other
-        assert [(pair["first_at_threshold_a"], round(pair["best_a"], 2)) for pair in result["pairs"]] == [(6250, 1.67), (None, 1.39)]
         if other == "no_reb_IB_bicubic":  # late, the seeds split on the moon
             assert [round(pair["spans"][2]["difference_by_photo"]["moon"], 2) for pair in result["pairs"]] == [-0.06, -0.74]
+    # beta 0.25's own (the A side of every comparison above)
+    assert [(pair["first_at_threshold_a"], round(pair["best_a"], 2)) for pair in result["pairs"]] == [(6250, 1.67), (None, 1.39)]
